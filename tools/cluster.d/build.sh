@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Builds the control-plane binaries from the wrapper modules beside this file
+# into a cache directory outside the clone. Called by tools/cluster; can be run
+# on its own:  tools/cluster.d/build.sh [k8s|etcd|kwok|all]
+#
+# Cache layout: $CLUSTER_CACHE/<component>-<version>-<hash of wrapper>/bin/...
+# plus a .complete stamp written only after a successful build, so an
+# interrupted build is redone rather than trusted.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.sh
+. "$HERE/versions.sh"
+
+usage() {
+  cat <<EOF
+usage: tools/cluster.d/build.sh [k8s|etcd|kwok|all] [--print-dir]
+
+Builds (once) and caches:
+  k8s   kube-apiserver kube-controller-manager kube-scheduler kubectl  ($K8S_VERSION)
+  etcd  etcd                                                         ($ETCD_VERSION)
+  kwok  kwok                                                         ($KWOK_VERSION)
+Cache root: \$CLUSTER_CACHE (now: $CLUSTER_CACHE)
+--print-dir prints the component's cache directory and exits.
+EOF
+}
+
+log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+build_one() {
+  local comp="$1" dir; dir="$(cache_dir "$comp")"
+  if [ -f "$dir/.complete" ]; then
+    log "$comp: cached in $dir"
+    return 0
+  fi
+  command -v go >/dev/null || { log "ERROR: go is not installed (need Go >= 1.26)"; exit 1; }
+  local pkgs=() ldflags="-s -w" version
+  case "$comp" in
+    k8s)
+      version="$K8S_VERSION"
+      pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+            k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+      local major minor rest
+      major="${K8S_VERSION#v}"; major="${major%%.*}"
+      rest="${K8S_VERSION#v*.}"; minor="${rest%%.*}"
+      for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+        ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=$K8S_BUILD_DATE"
+      done
+      ;;
+    etcd) version="$ETCD_VERSION"; pkgs=(go.etcd.io/etcd/server/v3) ;;
+    kwok)
+      version="$KWOK_VERSION"; pkgs=(sigs.k8s.io/kwok/cmd/kwok)
+      ldflags+=" -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
+      ;;
+    *) log "unknown component $comp"; exit 2 ;;
+  esac
+
+  mkdir -p "$dir"
+  local src="$dir/src" out="$dir/bin.partial" blog="$dir/build.log"
+  rm -rf "$src" "$out"; mkdir -p "$src" "$out"
+  cp "$HERE/$comp/go.mod" "$HERE/$comp/go.sum" "$src/"
+  export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+  local start=$SECONDS total
+  log "$comp $version: resolving packages (first run downloads modules through the Go module proxy)"
+  total=$(cd "$src" && go list -deps "${pkgs[@]}" 2>>"$blog" | wc -l) || {
+    log "ERROR: $comp: go list failed; tail of $blog:"; tail -n 30 "$blog" >&2; exit 1; }
+  log "$comp $version: compiling ~$total packages into $dir (log: $blog)"
+  : >"$blog.v"
+  (cd "$src" && exec go build -v -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}") \
+      2>"$blog.v" &
+  local pid=$! last=-1 n
+  while kill -0 "$pid" 2>/dev/null; do
+    n=$(grep -vc -e '^go: ' -e '^#' "$blog.v" 2>/dev/null || true)
+    if [ "$n" != "$last" ] && [ $(( (SECONDS - start) % 30 )) -lt 5 ]; then
+      log "$comp: $n/$total packages compiled, $(( (SECONDS - start) / 60 ))m$(( (SECONDS - start) % 60 ))s elapsed"
+      last="$n"
+    fi
+    sleep 5
+  done
+  if ! wait "$pid"; then
+    cat "$blog.v" >>"$blog"
+    log "ERROR: $comp build failed; tail of $blog:"
+    grep -v '^[a-z0-9.]*\.[a-z]*/' "$blog.v" | tail -n 40 >&2 || tail -n 40 "$blog.v" >&2
+    exit 1
+  fi
+  cat "$blog.v" >>"$blog"; rm -f "$blog.v"
+  if [ "$comp" = etcd ]; then mv "$out/v3" "$out/etcd"; fi
+  rm -rf "$dir/bin"; mv "$out" "$dir/bin"
+  printf '%s %s built in %ss with %s\n' "$comp" "$version" "$((SECONDS - start))" "$(go version)" >"$dir/.complete"
+  log "$comp $version: done in $(( (SECONDS - start) / 60 ))m$(( (SECONDS - start) % 60 ))s: $(ls "$dir/bin" | tr '\n' ' ')"
+}
+
+main() {
+  local what=all print=0
+  for a in "$@"; do
+    case "$a" in
+      -h|--help) usage; exit 0 ;;
+      --print-dir) print=1 ;;
+      k8s|etcd|kwok|all) what="$a" ;;
+      *) usage >&2; exit 2 ;;
+    esac
+  done
+  if [ "$print" = 1 ]; then cache_dir "$what"; exit 0; fi
+  if [ "$what" = all ]; then
+    for c in etcd k8s kwok; do build_one "$c"; done
+  else
+    build_one "$what"
+  fi
+}
+
+main "$@"
