@@ -1,0 +1,47 @@
+/* json: a small JSON DOM for the C core (watch events, Status bodies, apply
+ * responses) and the Lua `json` binding.
+ *
+ * Parsed values are owned by the root returned from json_parse(); free the
+ * root with json_free(). All getters accept NULL and return NULL / the
+ * default, so lookups chain without checks:
+ *   const char *rv = json_string(json_path(root, "metadata", "resourceVersion", NULL));
+ */
+#ifndef JSON_H
+#define JSON_H
+
+#include <stddef.h>
+
+#include "util.h"
+
+typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT } json_type;
+
+typedef struct json_value json_value;
+
+/* Parses exactly one JSON text (surrounding white space allowed). Returns NULL
+ * and a message with the byte offset in err on malformed input. Nesting is
+ * limited to 512 levels. */
+json_value *json_parse(const char *s, size_t len, char *err, size_t errlen);
+void json_free(json_value *v);
+
+json_type json_typeof(const json_value *v);
+/* Object member by key; NULL if v is not an object or has no such key. */
+const json_value *json_get(const json_value *v, const char *key);
+/* Walks nested objects by keys, NULL-terminated. */
+const json_value *json_path(const json_value *v, ...);
+/* Array element or object member value by index; NULL when out of range. */
+const json_value *json_at(const json_value *v, size_t i);
+/* Key of the i-th object member. */
+const char *json_key_at(const json_value *v, size_t i);
+/* Number of array elements / object members, 0 for scalars. */
+size_t json_len(const json_value *v);
+/* String value (NUL-terminated; strings containing NUL are cut there for this
+ * getter; use json_string_len for the full length), NULL if not a string. */
+const char *json_string(const json_value *v);
+size_t json_string_len(const json_value *v);
+double json_number(const json_value *v, double dflt);
+int json_bool(const json_value *v, int dflt);
+
+/* Serialises v (compact, object keys in their parsed order) onto b. */
+void json_write(buf *b, const json_value *v);
+
+#endif
