@@ -85,7 +85,24 @@ build_one() {
     exit 1
   fi
   cat "$blog.v" >>"$blog"; rm -f "$blog.v"
-  if [ "$comp" = etcd ]; then mv "$out/v3" "$out/etcd"; fi
+  if [ "$comp" = etcd ]; then
+    for f in "$out/server" "$out/v3"; do [ -f "$f" ] && mv "$f" "$out/etcd"; done
+  fi
+  if [ "$comp" = kwok ]; then
+    # kwok itself has no built-in stages; take the release's default "fast"
+    # node/pod stages (pods become Running+Ready) plus the opt-in chaos stage
+    # (label pod-container-running-failed.stage.kwok.x-k8s.io=true).
+    local kdir
+    kdir="$(cd "$src" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+    local s first=1
+    for s in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+             pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete \
+             pod/chaos/pod-container-running-failed; do
+      [ "$first" = 1 ] || echo "---"
+      first=0
+      cat "$kdir/kustomize/stage/$s.yaml"
+    done >"$out/stages.yaml"
+  fi
   rm -rf "$dir/bin"; mv "$out" "$dir/bin"
   printf '%s %s built in %ss with %s\n' "$comp" "$version" "$((SECONDS - start))" "$(go version)" >"$dir/.complete"
   log "$comp $version: done in $(( (SECONDS - start) / 60 ))m$(( (SECONDS - start) % 60 ))s: $(ls "$dir/bin" | tr '\n' ' ')"
