@@ -1,0 +1,171 @@
+/* main: the command-line entry point. Parses the subcommand and its settings
+ * and hands over to the subsystem that implements it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "luahost.h"
+#include "rules.h"
+#include "util.h"
+
+/* Implemented by the subsystems; weak so that the binary links while a
+ * subsystem is still being written ("not yet implemented" until then). */
+int migrate_main(const config *cfg, int argc, char **argv) __attribute__((weak));
+int run_main(const config *cfg, int argc, char **argv) __attribute__((weak));
+int plan_main(const config *cfg, int argc, char **argv) __attribute__((weak));
+int status_main(const config *cfg, int argc, char **argv) __attribute__((weak));
+int repl_main(const config *cfg, int argc, char **argv) __attribute__((weak));
+
+typedef int (*command_fn)(const config *cfg, int argc, char **argv);
+
+static int check_rules_main(const config *cfg, int argc, char **argv);
+static int version_main(const config *cfg, int argc, char **argv);
+
+typedef struct command {
+    const char *name;
+    const char *usage;
+    const char *summary;
+    const char *details;
+    command_fn *impl; /* pointer to a weak symbol, or NULL for the built-ins below */
+    command_fn builtin;
+} command;
+
+static command_fn run_ref, migrate_ref, plan_ref, status_ref, repl_ref;
+
+static const command commands[] = {
+    {"run", "run [flags]", "watch the accounts table and keep one worker Deployment per active account",
+     "Connects to PostgreSQL and the Kubernetes API, waits until the schema is at head,\n"
+     "takes the leader Lease, then reconciles on every account change (LISTEN/NOTIFY)\n"
+     "and every RESYNC_INTERVAL_SECONDS. Serves /healthz, /readyz and /metrics on\n"
+     "HEALTH_ADDR. Reloads the rules when RULES_DIR changes. SIGTERM stops it cleanly.\n",
+     &run_ref, NULL},
+    {"migrate", "migrate up|status|check [flags]", "create or check the operator's database objects",
+     "  up      apply pending migrations (advisory lock: concurrent runners wait)\n"
+     "  status  list applied and pending migrations (-o json for JSON)\n"
+     "  check   exit 0 at head, 3 when migrations are pending, 1 on error\n",
+     &migrate_ref, NULL},
+    {"plan", "plan [flags]", "show what `run` would do now (exit 0: nothing, 2: changes pending, 1: error)",
+     "Reads the accounts and the managed Deployments, runs the rules, and prints the\n"
+     "actions without executing them (-o json for JSON).\n",
+     &plan_ref, NULL},
+    {"status", "status [flags]", "accounts vs worker Deployments vs pods, one row per account",
+     "Columns: account, active, deployment, ready pods, restarts, fingerprint in sync,\n"
+     "last_sync_at (-o json for JSON).\n",
+     &status_ref, NULL},
+    {"check-rules", "check-rules [DIR] [flags]", "load a rules directory and run its self-checks",
+     "Loads DIR (default RULES_DIR) in the same sandbox and time budget as `run`,\n"
+     "requires rules.lua and runs its self_check (examples that must hold, rendered\n"
+     "Deployments validated). Exits non-zero with file:line on any failure.\n",
+     NULL, check_rules_main},
+    {"repl", "repl [flags]", "a Lua prompt with the operator's bindings, for debugging",
+     "Line editing and history; reads piped input too. Modules: db, kube, json, hash,\n"
+     "log, clock, rules; helpers plan(), status(), reload().\n",
+     &repl_ref, NULL},
+    {"version", "version", "print the version", "", NULL, version_main},
+};
+
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "sync-airbnb-operator keeps one worker Deployment per active sync-airbnb account.\n\n"
+            "Usage: sync-airbnb-operator <command> [flags]\n\nCommands:\n");
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nRun 'sync-airbnb-operator <command> --help' for a command's details.\n\n");
+    config_print_help(f);
+}
+
+static void command_help(const command *c)
+{
+    printf("Usage: sync-airbnb-operator %s\n\n%s.\n\n%s%s", c->usage, c->summary, c->details,
+           *c->details ? "\n" : "");
+    config_print_help(stdout);
+}
+
+static int version_main(const config *cfg, int argc, char **argv)
+{
+    (void)cfg, (void)argc, (void)argv;
+    printf("sync-airbnb-operator %s (%s)\n", SAO_VERSION, LUA_RELEASE);
+    return 0;
+}
+
+static int check_rules_main(const config *cfg, int argc, char **argv)
+{
+    if (argc > 1) {
+        fprintf(stderr, "check-rules: expected at most one directory\n");
+        return 2;
+    }
+    const char *dir = argc == 1 ? argv[0] : cfg->rules_dir;
+    char version[65], err[1024];
+    if (luahost_dir_version(dir, version, err, sizeof err) < 0) {
+        fprintf(stderr, "check-rules: %s\n", err);
+        return 1;
+    }
+    luahost *h = rules_load_checked(cfg, dir, err, sizeof err);
+    if (h == NULL) {
+        fprintf(stderr, "check-rules: %s: %s\n", dir, err);
+        return 1;
+    }
+    luahost_free(h);
+    printf("rules OK: %s (version %.12s)\n", dir, version);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    run_ref = run_main;
+    migrate_ref = migrate_main;
+    plan_ref = plan_main;
+    status_ref = status_main;
+    repl_ref = repl_main;
+
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        return version_main(NULL, 0, NULL);
+    }
+    const command *cmd = NULL;
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            cmd = &commands[i];
+    if (cmd == NULL) {
+        fprintf(stderr, "sync-airbnb-operator: unknown command \"%s\" (see --help)\n", argv[1]);
+        return 2;
+    }
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--"))
+            break;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            command_help(cmd);
+            return 0;
+        }
+    }
+
+    config cfg;
+    char err[512];
+    char **rest = NULL;
+    int nrest = 0;
+    if (config_load(&cfg, argc - 2, argv + 2, &rest, &nrest, err, sizeof err) < 0) {
+        fprintf(stderr, "sync-airbnb-operator %s: %s\n", cmd->name, err);
+        config_free(&cfg);
+        return 2;
+    }
+    log_init(cfg.log_level, cfg.log_format);
+
+    command_fn fn = cmd->builtin ? cmd->builtin : *cmd->impl;
+    int rc;
+    if (fn == NULL) {
+        fprintf(stderr, "sync-airbnb-operator %s: not yet implemented\n", cmd->name);
+        rc = 1;
+    } else {
+        rc = fn(&cfg, nrest, rest);
+    }
+    config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,150 @@
+/* rules: see rules.h. */
+#include "rules.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+struct rules {
+    const config *cfg;
+    luahost *host;
+    char version[65];
+    char *last_error;
+    unsigned long reloads_ok, reloads_failed;
+};
+
+rules *rules_new(const config *cfg)
+{
+    rules *r = xcalloc(1, sizeof *r);
+    r->cfg = cfg;
+    return r;
+}
+
+void rules_free(rules *r)
+{
+    if (r == NULL)
+        return;
+    luahost_free(r->host);
+    free(r->last_error);
+    free(r);
+}
+
+static void push_ctx(const config *cfg, lua_State *L)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, cfg->namespace);
+    lua_setfield(L, -2, "namespace");
+    lua_pushstring(L, cfg->worker_image);
+    lua_setfield(L, -2, "worker_image");
+    lua_pushinteger(L, (lua_Integer)(util_wall_ms() / 1000));
+    lua_setfield(L, -2, "now");
+}
+
+void rules_push_ctx(rules *r, lua_State *L)
+{
+    push_ctx(r->cfg, L);
+}
+
+luahost *rules_load_checked(const config *cfg, const char *dir, char *err, size_t errlen)
+{
+    luahost *h = luahost_new(0);
+    if (h == NULL) {
+        util_seterr(err, errlen, "cannot create a Lua state");
+        return NULL;
+    }
+    lua_State *L = luahost_state(h);
+    char lerr[1024];
+    if (luahost_load_dir(h, dir, "rules", cfg->rules_budget_ms, lerr, sizeof lerr) < 0) {
+        util_seterr(err, errlen, "%s", lerr);
+        goto err;
+    }
+    luahost_push_entry(h);
+    if (!lua_istable(L, -1)) {
+        util_seterr(err, errlen, "rules.lua: must return a table (got %s)", luaL_typename(L, -1));
+        lua_pop(L, 1);
+        goto err;
+    }
+    static const char *const required[] = {"plan", "deployment", "worker_name",
+                                           "credentials_fingerprint", NULL};
+    for (int i = 0; required[i]; i++) {
+        if (lua_getfield(L, -1, required[i]) != LUA_TFUNCTION) {
+            util_seterr(err, errlen, "rules.lua: the returned table has no function '%s'",
+                        required[i]);
+            lua_pop(L, 2);
+            goto err;
+        }
+        lua_pop(L, 1);
+    }
+    int has_check = lua_getfield(L, -1, "self_check") == LUA_TFUNCTION;
+    lua_remove(L, -2);
+    if (!has_check) {
+        lua_pop(L, 1);
+        return h;
+    }
+    push_ctx(cfg, L);
+    if (luahost_pcall(L, 1, 2, cfg->rules_budget_ms, lerr, sizeof lerr) < 0) {
+        util_seterr(err, errlen, "self-check: %s", lerr);
+        goto err;
+    }
+    if (!lua_toboolean(L, -2)) {
+        const char *why = lua_tostring(L, -1);
+        util_seterr(err, errlen, "self-check failed: %s", why ? why : "(no reason given)");
+        lua_pop(L, 2);
+        goto err;
+    }
+    lua_pop(L, 2);
+    return h;
+err:
+    luahost_free(h);
+    return NULL;
+}
+
+int rules_reload(rules *r, const char *dir, char *err, size_t errlen)
+{
+    if (dir == NULL)
+        dir = r->cfg->rules_dir;
+    char version[65], lerr[1024];
+    luahost *h = NULL;
+    if (luahost_dir_version(dir, version, lerr, sizeof lerr) == 0)
+        h = rules_load_checked(r->cfg, dir, lerr, sizeof lerr);
+    if (h == NULL) {
+        r->reloads_failed++;
+        free(r->last_error);
+        r->last_error = xstrdup(lerr);
+        util_seterr(err, errlen, "%s", lerr);
+        log_error("rules rejected, keeping the previous rules", "dir", dir, "error", lerr,
+                  "version", r->version[0] ? r->version : "(none)", NULL);
+        return -1;
+    }
+    luahost_free(r->host);
+    r->host = h;
+    memcpy(r->version, version, sizeof version);
+    free(r->last_error);
+    r->last_error = NULL;
+    r->reloads_ok++;
+    log_info("rules loaded", "dir", dir, "version", r->version, NULL);
+    return 0;
+}
+
+luahost *rules_host(rules *r)
+{
+    return r->host;
+}
+
+const char *rules_version(const rules *r)
+{
+    return r->version;
+}
+
+const char *rules_last_error(const rules *r)
+{
+    return r->last_error;
+}
+
+unsigned long rules_reload_count(const rules *r, int ok)
+{
+    return ok ? r->reloads_ok : r->reloads_failed;
+}

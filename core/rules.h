@@ -1,0 +1,38 @@
+/* rules: the loaded Lua rules, and hot reload that keeps the last good ones.
+ *
+ * rules_reload() builds a fresh sandboxed state from a directory, requires
+ * rules.lua, runs its self_check(ctx), and only then swaps it in; on any
+ * failure the previous state keeps serving and the error is remembered. */
+#ifndef RULES_H
+#define RULES_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "luahost.h"
+
+typedef struct rules rules;
+
+rules *rules_new(const config *cfg);
+void rules_free(rules *r);
+
+/* Loads dir (NULL → cfg->rules_dir). Returns 0 when the new rules are in
+ * effect, -1 (err filled, previous rules kept) otherwise. */
+int rules_reload(rules *r, const char *dir, char *err, size_t errlen);
+
+/* The current rules' host, or NULL before the first successful load. */
+luahost *rules_host(rules *r);
+/* sha256 of the current rules' files ("" before the first load). */
+const char *rules_version(const rules *r);
+/* Last reload error, or NULL if the last reload succeeded. */
+const char *rules_last_error(const rules *r);
+unsigned long rules_reload_count(const rules *r, int ok);
+
+/* Pushes the ctx table handed to every rule call: namespace, worker_image, now. */
+void rules_push_ctx(rules *r, lua_State *L);
+
+/* Loads dir into a new host and runs its self-check; used by rules_reload and
+ * `check-rules`. Returns the host (caller frees) or NULL with err. */
+luahost *rules_load_checked(const config *cfg, const char *dir, char *err, size_t errlen);
+
+#endif
