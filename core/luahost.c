@@ -73,7 +73,11 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         h->over_budget = 1;
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
     }
-    luaL_error(L, "stopped: exceeded the time budget of %d ms", h->budget_ms);
+    /* Level 0 inside a hook is the Lua function that was running: name it. */
+    luaL_where(L, 0);
+    lua_pushfstring(L, "stopped: exceeded the time budget of %d ms", h->budget_ms);
+    lua_concat(L, 2);
+    lua_error(L);
 }
 
 /* [may longjmp] __index / __newindex of the globals table. */
@@ -280,6 +284,9 @@ static int traceback_handler(lua_State *L)
     } else if (lua_type(L, 1) != LUA_TSTRING) {
         lua_settop(L, 1);
         if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
+            lua_replace(L, 1);
+        } else if (lua_type(L, 1) == LUA_TNUMBER || lua_type(L, 1) == LUA_TBOOLEAN) {
+            luaL_tolstring(L, 1, NULL);
             lua_replace(L, 1);
         } else {
             lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
