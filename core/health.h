@@ -1,0 +1,22 @@
+/* health: the /healthz, /readyz and /metrics endpoints, served by
+ * libmicrohttpd on its own thread. The main loop publishes the readiness
+ * document with health_publish(); handlers only read copies under a lock. */
+#ifndef HEALTH_H
+#define HEALTH_H
+
+#include <stddef.h>
+
+typedef struct health health;
+
+/* addr: "[host]:port" (":8080", "127.0.0.1:0"); port 0 picks a free port.
+ * Returns NULL with err on failure (port in use, bad address). */
+health *health_start(const char *addr, char *err, size_t errlen);
+/* The port actually bound. */
+int health_port(const health *h);
+/* Replaces the /readyz document (copied) and its verdict. */
+void health_publish(health *h, int ready, const char *json);
+/* /healthz answers 503 after this (the loop is wedged or shutting down). */
+void health_set_alive(health *h, int alive);
+void health_stop(health *h);
+
+#endif

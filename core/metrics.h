@@ -1,0 +1,23 @@
+/* metrics: a small Prometheus registry. Thread-safe (the health server thread
+ * renders while the main loop updates). Families are declared once with
+ * metrics_declare(); a series is a family plus a label string such as
+ * `result="ok"` (already formatted, values escaped by the caller when not
+ * constants). */
+#ifndef METRICS_H
+#define METRICS_H
+
+#include "util.h"
+
+enum metrics_type { METRICS_COUNTER, METRICS_GAUGE, METRICS_HISTOGRAM };
+
+void metrics_declare(const char *name, enum metrics_type type, const char *help);
+void metrics_add(const char *name, const char *labels, double v);   /* counters (and gauges) */
+void metrics_set(const char *name, const char *labels, double v);   /* gauges */
+void metrics_observe(const char *name, const char *labels, double v); /* histograms, seconds */
+double metrics_get(const char *name, const char *labels);          /* tests and /readyz */
+/* Appends the Prometheus text exposition of every family onto out. */
+void metrics_render(buf *out);
+/* Frees everything (end of process, tests). */
+void metrics_reset(void);
+
+#endif
