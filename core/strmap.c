@@ -1,0 +1,134 @@
+/* strmap: see strmap.h. FNV-1a hashing; tombstones are reclaimed on grow. */
+#include "strmap.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+static char tombstone_key;
+#define TOMBSTONE (&tombstone_key)
+
+static uint64_t hash_key(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static size_t find_slot(const strmap *m, const char *key, int *found)
+{
+    size_t mask = m->cap - 1, i = (size_t)hash_key(key) & mask, first_free = (size_t)-1;
+    for (;;) {
+        char *k = m->keys[i];
+        if (k == NULL) {
+            *found = 0;
+            return first_free != (size_t)-1 ? first_free : i;
+        }
+        if (k == TOMBSTONE) {
+            if (first_free == (size_t)-1)
+                first_free = i;
+        } else if (strcmp(k, key) == 0) {
+            *found = 1;
+            return i;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+static void grow(strmap *m)
+{
+    size_t oldcap = m->cap;
+    char **oldkeys = m->keys;
+    void **oldvalues = m->values;
+    size_t cap = oldcap ? oldcap : 16;
+    while (m->len * 2 >= cap)
+        cap *= 2;
+    m->cap = cap;
+    m->keys = xcalloc(cap, sizeof *m->keys);
+    m->values = xcalloc(cap, sizeof *m->values);
+    m->used = m->len;
+    for (size_t i = 0; i < oldcap; i++) {
+        if (oldkeys[i] == NULL || oldkeys[i] == TOMBSTONE)
+            continue;
+        int found;
+        size_t s = find_slot(m, oldkeys[i], &found);
+        m->keys[s] = oldkeys[i];
+        m->values[s] = oldvalues[i];
+    }
+    free(oldkeys);
+    free(oldvalues);
+}
+
+void *strmap_get(const strmap *m, const char *key)
+{
+    if (m->cap == 0)
+        return NULL;
+    int found;
+    size_t s = find_slot(m, key, &found);
+    return found ? m->values[s] : NULL;
+}
+
+void *strmap_put(strmap *m, const char *key, void *value)
+{
+    if (m->cap == 0 || (m->used + 1) * 4 >= m->cap * 3)
+        grow(m);
+    int found;
+    size_t s = find_slot(m, key, &found);
+    if (found) {
+        void *old = m->values[s];
+        m->values[s] = value;
+        return old;
+    }
+    if (m->keys[s] == NULL)
+        m->used++;
+    m->keys[s] = xstrdup(key);
+    m->values[s] = value;
+    m->len++;
+    return NULL;
+}
+
+void *strmap_del(strmap *m, const char *key)
+{
+    if (m->cap == 0)
+        return NULL;
+    int found;
+    size_t s = find_slot(m, key, &found);
+    if (!found)
+        return NULL;
+    void *old = m->values[s];
+    free(m->keys[s]);
+    m->keys[s] = TOMBSTONE;
+    m->values[s] = NULL;
+    m->len--;
+    return old;
+}
+
+int strmap_next(const strmap *m, size_t *it, const char **key, void **value)
+{
+    while (*it < m->cap) {
+        size_t i = (*it)++;
+        if (m->keys[i] != NULL && m->keys[i] != TOMBSTONE) {
+            if (key)
+                *key = m->keys[i];
+            if (value)
+                *value = m->values[i];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void strmap_free(strmap *m)
+{
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->keys[i] != TOMBSTONE)
+            free(m->keys[i]);
+    free(m->keys);
+    free(m->values);
+    memset(m, 0, sizeof *m);
+}
