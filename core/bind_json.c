@@ -152,8 +152,9 @@ static int buf_gc(lua_State *L)
     return 0;
 }
 
-/* [may longjmp] json.encode(value) -> string */
-static int json_encode_l(lua_State *L)
+/* [may longjmp] json.encode(value) -> string. Exported for the core, which
+ * calls it through luahost_pcall to encode what the rules return. */
+int json_lua_encode(lua_State *L)
 {
     luaL_checkany(L, 1);
     lua_settop(L, 1);
@@ -262,7 +263,7 @@ static int json_is_array_l(lua_State *L)
 }
 
 static const luaL_Reg json_funcs[] = {
-    {"encode", json_encode_l},
+    {"encode", json_lua_encode},
     {"decode", json_decode_l},
     {"array", json_array_l},
     {"is_array", json_is_array_l},

@@ -26,8 +26,7 @@ typedef struct config {
     int kube_burst;            /* KUBE_BURST, default 40 */
     int kube_timeout_ms;       /* KUBE_TIMEOUT_MS, default 10000 */
     int db_timeout_ms;         /* DB_STATEMENT_TIMEOUT_MS, default 10000 */
-    int delete_budget;         /* DELETE_BUDGET: max deletes per reconcile pass, default 5 */
-    int delete_budget_percent; /* DELETE_BUDGET_PERCENT: and at most this % of workers, default 50 */
+    int delete_budget;         /* DELETE_BUDGET: deletes per resync interval, default 5 */
     int allow_empty;           /* ALLOW_EMPTY_DESIRED: 1 lets an empty desired set delete all */
     int leader_elect;          /* LEADER_ELECT, default 1 */
     char *lease_name;          /* LEASE_NAME, default sync-airbnb-operator */

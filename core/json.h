@@ -44,4 +44,10 @@ int json_bool(const json_value *v, int dflt);
 /* Serialises v (compact, object keys in their parsed order) onto b. */
 void json_write(buf *b, const json_value *v);
 
+/* The Lua `json` module (bind_json.c); json_lua_encode is json.encode, a
+ * lua_CFunction that may raise: call it under luahost_pcall. */
+struct lua_State;
+int luaopen_json(struct lua_State *L);
+int json_lua_encode(struct lua_State *L);
+
 #endif

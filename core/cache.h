@@ -1,0 +1,83 @@
+/* cache: what the operator observes in the cluster, kept by a paginated LIST
+ * plus a WATCH (with bookmarks; 410 Gone → relist) of the managed Deployments
+ * and their Pods in the operator's namespace, label selector
+ * app.kubernetes.io/managed-by=sync-airbnb-operator. Only the few fields the
+ * rules and `status` need are kept, never whole objects. */
+#ifndef CACHE_H
+#define CACHE_H
+
+#include "json.h"
+#include "kube.h"
+#include "strmap.h"
+
+#define MANAGED_BY_LABEL "app.kubernetes.io/managed-by"
+#define MANAGED_BY_VALUE "sync-airbnb-operator"
+#define INSTANCE_LABEL "app.kubernetes.io/instance"
+#define ACCOUNT_ANNOTATION "sync-airbnb.io/account-id"
+#define APPLIED_HASH_ANNOTATION "sync-airbnb.io/applied-hash"
+#define FINGERPRINT_ANNOTATION "sync-airbnb.io/credentials-fingerprint"
+
+typedef struct obs_deploy {
+    char *name, *uid, *resource_version;
+    char *account_id;   /* annotation; NULL if missing */
+    char *applied_hash; /* annotation; NULL if missing */
+    char *fingerprint;  /* pod template annotation; NULL if missing */
+    long generation, observed_generation;
+    long applied_generation; /* generation our last apply produced; 0 unknown */
+    int managed;             /* carries the managed-by label */
+    int replicas, ready_replicas, updated_replicas, available_replicas;
+    int seen;                /* relist sweep mark */
+} obs_deploy;
+
+typedef struct obs_pod {
+    char *name;
+    char *instance; /* app.kubernetes.io/instance label: the worker Deployment's name */
+    char *phase;
+    char *waiting_reason; /* e.g. CrashLoopBackOff; NULL if none */
+    int ready, restarts;
+    int seen;
+} obs_pod;
+
+/* Parse one object of the API (as decoded JSON). Caller frees with *_free. */
+obs_deploy *cache_parse_deployment(const json_value *obj);
+obs_pod *cache_parse_pod(const json_value *obj);
+void obs_deploy_free(obs_deploy *d);
+void obs_pod_free(obs_pod *p);
+/* Frees every value of a map of obs_deploy / obs_pod, and the map. */
+void cache_free_deployments(strmap *m);
+void cache_free_pods(strmap *m);
+
+enum cache_kind { CACHE_DEPLOYMENT, CACHE_POD };
+
+/* Called after the cache changed. For deployments: old is the previous entry
+ * (NULL when added; freed right after the call), now the current one (NULL
+ * when deleted). For pods, old/now are obs_pod. Also called with kind and
+ * name NULL when a list (initial or relist) completed. */
+typedef void (*cache_change_cb)(enum cache_kind kind, const char *name, const void *old,
+                                const void *now, void *ud);
+
+typedef struct cache cache;
+
+/* Starts listing and watching at once on a's loop. a is borrowed. */
+cache *cache_start(uv_loop_t *loop, kube_async *a, const char *ns, cache_change_cb cb, void *ud);
+/* Stops the watches and frees the cache and everything in it. */
+void cache_free(cache *c);
+/* 1 once the Deployments were listed (the only safe basis for a plan). */
+int cache_synced(const cache *c);
+/* The maps (name → obs_deploy / obs_pod), owned by the cache. */
+strmap *cache_deployments(cache *c);
+strmap *cache_pods(cache *c);
+/* Records an object we just wrote (the API's response), so that a pass
+ * before the watch event sees it. Takes ownership of d. */
+void cache_upsert_deployment(cache *c, obs_deploy *d);
+void cache_remove_deployment(cache *c, const char *name);
+/* Last error of a list/watch (NULL if fine) and whether the watches are up. */
+const char *cache_last_error(const cache *c);
+int cache_watching(const cache *c);
+
+/* Blocking LIST of all pages into m (for `plan` and `status`). kind is
+ * CACHE_DEPLOYMENT or CACHE_POD. Returns 0 or -1 with err. */
+int cache_list_blocking(kube_client *k, const char *ns, enum cache_kind kind, int timeout_ms,
+                        strmap *m, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,1036 @@
+/* controller: see controller.h.
+ *
+ * Invariants kept here (DESIGN.md §5): no pass runs while the database is
+ * unreachable, the schema is not at head, the Deployment cache has not been
+ * listed, or this process is not the leader — so a database error can never
+ * turn into deletes, and a standby never writes. Every write re-checks
+ * leadership right before it is sent. */
+#include "controller.h"
+
+#include <lauxlib.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "cache.h"
+#include "health.h"
+#include "json.h"
+#include "kube.h"
+#include "leader.h"
+#include "log.h"
+#include "metrics.h"
+#include "migrate.h"
+#include "pg.h"
+#include "reconcile.h"
+#include "rules.h"
+#include "strmap.h"
+#include "util.h"
+
+#define NOTIFY_CHANNEL "sync_airbnb_accounts"
+#define PASS_DEBOUNCE_MS 5
+#define MAX_PARTIAL 1000
+#define SHUTDOWN_BOUND_MS 10000
+#define RULES_CONFIGMAP "sync-airbnb-operator-rules"
+
+typedef struct ctl {
+    const config *cfg;
+    uv_loop_t loop;
+
+    pg_conn *db;
+    uv_poll_t *db_poll;
+    int db_up, db_backoff_ms;
+    uv_timer_t db_retry;
+    char *db_error;
+    int schema_ok;
+    char *schema_error;
+    uv_timer_t schema_timer;
+
+    kube_config kcfg;
+    kube_client *kc;
+    kube_async *ka;
+    cache *cache;
+
+    rules *rules;
+    uv_fs_event_t rules_watch;
+    uv_timer_t reload_timer;
+
+    leader *leader;
+    uv_async_t leader_async;
+    int was_leader;
+
+    health *health;
+    uv_timer_t resync_timer, pass_timer, tick_timer, drain_timer;
+    uv_signal_t sigterm, sigint;
+
+    strmap pending;  /* account ids to plan in the next partial pass */
+    int full_pending;
+    strmap inflight; /* Deployment name → in-flight write */
+    strmap requeue;  /* account ids to plan again when their write finished */
+    strmap backoff;  /* account id → struct backoff after a failed write */
+    strmap reported; /* "name\naction" → last reason, so holds/errors are audited once */
+
+    double delete_tokens;
+    uint64_t delete_refill_ms;
+    int held_deletes;
+    char *hold_reason;
+
+    uint64_t passes;
+    uint64_t last_pass_wall_ms;
+    double last_pass_seconds;
+    char last_result[64];
+    char *pass_error;
+    int stopping;
+    uint64_t stop_deadline;
+} ctl;
+
+typedef struct backoff {
+    int failures;
+    uint64_t next_ms;
+} backoff;
+
+static void kick(ctl *c);
+static void publish(ctl *c);
+
+static int is_leader(const ctl *c)
+{
+    return c->leader != NULL && leader_is_leader(c->leader);
+}
+
+/* ---- audit and events ---------------------------------------------------- */
+
+int audit_write(pg_conn *db, const char *actor, const char *what, const char *account_id,
+                const char *deployment, const char *reason)
+{
+    static const char sql[] =
+        "INSERT INTO sync_airbnb_operator.audit_log (action, account_id, deployment, reason, actor) "
+        "VALUES ($1, $2, $3, $4, $5)";
+    const char *params[] = {what, account_id, deployment, reason, actor};
+    char err[512];
+    if (db == NULL || pg_command(db, sql, 5, params, err, sizeof err) < 0) {
+        metrics_add("sync_airbnb_operator_audit_failures_total", NULL, 1);
+        log_warn("audit_log write failed", "action", what, "account_id", account_id ? account_id : "",
+                 "error", db ? err : "no database connection", NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_event_posted(const kube_response *resp, const char *terr, void *ud)
+{
+    (void)ud;
+    if (resp == NULL || resp->status >= 300) {
+        char err[256];
+        if (resp)
+            kube_response_error(resp, err, sizeof err);
+        log_debug("event not posted", "error", resp ? err : terr, NULL);
+    }
+}
+
+static void post_event(ctl *c, const char *name, const char *uid, const char *reason,
+                       const char *message, int warning)
+{
+    if (name == NULL)
+        return;
+    char ts[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    buf b = {0};
+    buf_puts(&b, "{\"apiVersion\":\"v1\",\"kind\":\"Event\",\"metadata\":{\"generateName\":");
+    char *gen = xasprintf("%s.", name);
+    buf_json_string(&b, gen, strlen(gen));
+    free(gen);
+    buf_puts(&b, ",\"namespace\":");
+    buf_json_string(&b, c->cfg->namespace, strlen(c->cfg->namespace));
+    buf_puts(&b, "},\"involvedObject\":{\"apiVersion\":\"apps/v1\",\"kind\":\"Deployment\",\"name\":");
+    buf_json_string(&b, name, strlen(name));
+    buf_puts(&b, ",\"namespace\":");
+    buf_json_string(&b, c->cfg->namespace, strlen(c->cfg->namespace));
+    if (uid) {
+        buf_puts(&b, ",\"uid\":");
+        buf_json_string(&b, uid, strlen(uid));
+    }
+    buf_puts(&b, "},\"reason\":");
+    buf_json_string(&b, reason, strlen(reason));
+    buf_puts(&b, ",\"message\":");
+    buf_json_string(&b, message, strlen(message));
+    buf_printf(&b, ",\"type\":\"%s\",\"source\":{\"component\":\"sync-airbnb-operator\"},"
+                   "\"reportingComponent\":\"sync-airbnb-operator\",\"reportingInstance\":",
+               warning ? "Warning" : "Normal");
+    buf_json_string(&b, c->cfg->identity, strlen(c->cfg->identity));
+    buf_printf(&b, ",\"firstTimestamp\":\"%s\",\"lastTimestamp\":\"%s\",\"count\":1}", ts, ts);
+    char *path = xasprintf("/api/v1/namespaces/%s/events", c->cfg->namespace);
+    kube_async_request(c->ka, "POST", path, NULL, b.data, b.len, c->cfg->kube_timeout_ms,
+                       on_event_posted, NULL);
+    free(path);
+    buf_free(&b);
+}
+
+/* Log line + audit row + Event for one action outcome (DESIGN.md §5.6). */
+static void report(ctl *c, const char *what, const char *account_id, const char *name,
+                   const char *uid, const char *reason, int warning)
+{
+    enum log_level lvl = warning ? LOG_WARN : LOG_INFO;
+    log_msg(lvl, what, "account_id", account_id ? account_id : "", "deployment", name ? name : "",
+            "reason", reason ? reason : "", NULL);
+    audit_write(c->db_up ? c->db : NULL, c->cfg->identity, what, account_id, name, reason);
+    static const struct { const char *what, *reason; } reasons[] = {
+        {"create", "WorkerCreated"}, {"update", "WorkerUpdated"}, {"delete", "WorkerDeleted"},
+        {"hold", "DeleteHeld"},      {"error", "ReconcileFailed"},
+    };
+    const char *ev = "Reconcile";
+    for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
+        if (strcmp(reasons[i].what, what) == 0)
+            ev = reasons[i].reason;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s%s%s", reason ? reason : what,
+             account_id ? " (account " : "", account_id ? account_id : "");
+    if (account_id)
+        strncat(msg, ")", sizeof msg - strlen(msg) - 1);
+    post_event(c, name, uid, ev, msg, warning);
+    char labels[64];
+    snprintf(labels, sizeof labels, "result=\"%s\"", what);
+    metrics_add("sync_airbnb_operator_reconcile_actions_total", labels, 1);
+}
+
+/* Holds and errors repeat every pass while their cause lasts: report each
+ * (name, kind, reason) once, and again only when the reason changes. */
+static int first_report(ctl *c, const char *kind, const char *key, const char *reason)
+{
+    char *k = xasprintf("%s\n%s", kind, key ? key : "");
+    char *old = strmap_get(&c->reported, k);
+    int fresh = old == NULL || strcmp(old, reason) != 0;
+    if (fresh)
+        free(strmap_put(&c->reported, k, xstrdup(reason)));
+    free(k);
+    return fresh;
+}
+
+static void forget_report(ctl *c, const char *kind, const char *key)
+{
+    char *k = xasprintf("%s\n%s", kind, key ? key : "");
+    free(strmap_del(&c->reported, k));
+    free(k);
+}
+
+/* ---- executing actions --------------------------------------------------- */
+
+typedef struct write_req {
+    ctl *c;
+    act_kind kind;
+    char *account_id, *name, *reason;
+} write_req;
+
+static void enqueue(ctl *c, const char *account_id)
+{
+    if (account_id == NULL)
+        return;
+    if (strmap_get(&c->pending, account_id) == NULL)
+        strmap_put(&c->pending, account_id, (void *)1);
+    kick(c);
+}
+
+static void fail_later(ctl *c, const char *account_id)
+{
+    if (account_id == NULL)
+        return;
+    backoff *b = strmap_get(&c->backoff, account_id);
+    if (b == NULL) {
+        b = xcalloc(1, sizeof *b);
+        strmap_put(&c->backoff, account_id, b);
+    }
+    b->failures++;
+    uint64_t delay = 1000u << (b->failures < 8 ? b->failures - 1 : 8); /* 1 s .. 256 s */
+    delay += (uint64_t)(rand() % 500);
+    b->next_ms = util_now_ms() + delay;
+}
+
+static void on_write_done(const kube_response *resp, const char *terr, void *ud)
+{
+    write_req *w = ud;
+    ctl *c = w->c;
+    strmap_del(&c->inflight, w->name);
+    const char *what = rec_action_name(w->kind);
+    if (resp && resp->status >= 200 && resp->status < 300) {
+        if (w->kind == ACT_DELETE) {
+            cache_remove_deployment(c->cache, w->name);
+            report(c, what, w->account_id, w->name, NULL, w->reason, 0);
+        } else {
+            char err[128];
+            json_value *obj = json_parse(resp->body, resp->len, err, sizeof err);
+            obs_deploy *d = obj ? cache_parse_deployment(obj) : NULL;
+            json_free(obj);
+            const char *uid = NULL;
+            if (d) {
+                d->applied_generation = d->generation;
+                uid = d->uid;
+                report(c, what, w->account_id, w->name, uid, w->reason, 0);
+                cache_upsert_deployment(c->cache, d);
+            } else {
+                report(c, what, w->account_id, w->name, NULL, w->reason, 0);
+            }
+        }
+        free(strmap_del(&c->backoff, w->account_id ? w->account_id : ""));
+        forget_report(c, "error", w->name);
+    } else if (resp && w->kind == ACT_DELETE && resp->status == 404) {
+        cache_remove_deployment(c->cache, w->name); /* already gone */
+    } else {
+        char err[512];
+        if (resp)
+            kube_response_error(resp, err, sizeof err);
+        else
+            snprintf(err, sizeof err, "%s", terr ? terr : "request failed");
+        char *reason;
+        if (resp && resp->status == 409 && w->kind == ACT_CREATE)
+            reason = xasprintf("cannot create %s: a Deployment of that name exists and is not managed by "
+                               "sync-airbnb-operator; leaving it alone (%s)", w->name, err);
+        else
+            reason = xasprintf("%s %s failed: %s", what, w->name, err);
+        if (first_report(c, "error", w->name, reason))
+            report(c, "error", w->account_id, w->name, NULL, reason, 1);
+        free(reason);
+        fail_later(c, w->account_id);
+    }
+    if (w->account_id && strmap_del(&c->requeue, w->account_id))
+        enqueue(c, w->account_id);
+    free(w->account_id);
+    free(w->name);
+    free(w->reason);
+    free(w);
+    publish(c);
+}
+
+static void execute(ctl *c, const action *a)
+{
+    const config *cfg = c->cfg;
+    if (a->kind == ACT_HOLD || a->kind == ACT_ERROR) {
+        const char *kind = a->kind == ACT_HOLD ? "hold" : "error";
+        const char *key = a->name ? a->name : a->account_id;
+        if (first_report(c, kind, key, a->reason))
+            report(c, kind, a->account_id, a->name, NULL, a->reason, a->kind == ACT_ERROR);
+        return;
+    }
+    if (strmap_get(&c->inflight, a->name)) {
+        if (a->account_id && !strmap_get(&c->requeue, a->account_id))
+            strmap_put(&c->requeue, a->account_id, (void *)1);
+        return;
+    }
+    if (a->account_id) {
+        backoff *b = strmap_get(&c->backoff, a->account_id);
+        if (b && util_now_ms() < b->next_ms)
+            return; /* the backoff ticker re-queues it */
+    }
+    if (!is_leader(c))
+        return;
+    forget_report(c, "hold", a->name);
+    char *path = NULL;
+    const char *method, *ctype = NULL, *body = NULL;
+    char *delete_body = NULL;
+    switch (a->kind) {
+    case ACT_CREATE:
+        method = "POST";
+        path = xasprintf("/apis/apps/v1/namespaces/%s/deployments?fieldManager=sync-airbnb-operator",
+                         cfg->namespace);
+        body = a->body;
+        break;
+    case ACT_UPDATE:
+        method = "PATCH";
+        path = xasprintf("/apis/apps/v1/namespaces/%s/deployments/%s?fieldManager=sync-airbnb-operator&force=true",
+                         cfg->namespace, a->name);
+        ctype = "application/apply-patch+yaml"; /* JSON is YAML */
+        body = a->body;
+        break;
+    default: /* ACT_DELETE: with the uid as precondition, never a replacement */
+        method = "DELETE";
+        path = xasprintf("/apis/apps/v1/namespaces/%s/deployments/%s", cfg->namespace, a->name);
+        delete_body = a->uid ? xasprintf("{\"apiVersion\":\"v1\",\"kind\":\"DeleteOptions\",\"propagationPolicy\":\"Background\","
+                                         "\"preconditions\":{\"uid\":\"%s\"}}", a->uid)
+                             : xstrdup("{\"apiVersion\":\"v1\",\"kind\":\"DeleteOptions\",\"propagationPolicy\":\"Background\"}");
+        body = delete_body;
+        break;
+    }
+    write_req *w = xcalloc(1, sizeof *w);
+    w->c = c;
+    w->kind = a->kind;
+    w->account_id = a->account_id ? xstrdup(a->account_id) : NULL;
+    w->name = xstrdup(a->name);
+    w->reason = xstrdup(a->reason);
+    strmap_put(&c->inflight, a->name, w);
+    kube_async_request(c->ka, method, path, ctype, body, body ? strlen(body) : 0, cfg->kube_timeout_ms,
+                       on_write_done, w);
+    free(path);
+    free(delete_body);
+}
+
+/* ---- the pass ------------------------------------------------------------- */
+
+static void db_lost(ctl *c, const char *why);
+
+static int ready_to_plan(ctl *c)
+{
+    return !c->stopping && c->db_up && c->schema_ok && c->cache && cache_synced(c->cache) &&
+           rules_host(c->rules) != NULL && is_leader(c);
+}
+
+static void set_pass_error(ctl *c, const char *err)
+{
+    if (err && (c->pass_error == NULL || strcmp(c->pass_error, err) != 0)) {
+        log_error("reconcile failed", "error", err, NULL);
+        audit_write(c->db_up ? c->db : NULL, c->cfg->identity, "error", NULL, NULL, err);
+    }
+    free(c->pass_error);
+    c->pass_error = err ? xstrdup(err) : NULL;
+}
+
+static void pass(ctl *c)
+{
+    if (!ready_to_plan(c))
+        return;
+    const config *cfg = c->cfg;
+    uint64_t t0 = util_now_ms();
+
+    /* Refill the delete budget: DELETE_BUDGET per resync interval. */
+    double per_ms = (double)cfg->delete_budget / ((double)cfg->resync_interval_s * 1000.0);
+    c->delete_tokens += (double)(t0 - c->delete_refill_ms) * per_ms;
+    if (c->delete_tokens > cfg->delete_budget)
+        c->delete_tokens = cfg->delete_budget;
+    c->delete_refill_ms = t0;
+
+    int full = c->full_pending || c->pending.len > MAX_PARTIAL;
+    char **ids = NULL;
+    size_t nids = 0;
+    if (!full) {
+        if (c->pending.len == 0)
+            return;
+        ids = xcalloc(c->pending.len, sizeof *ids);
+        size_t it = 0;
+        const char *k;
+        while (strmap_next(&c->pending, &it, &k, NULL))
+            ids[nids++] = xstrdup(k);
+    }
+    strmap_free(&c->pending);
+    c->full_pending = 0;
+
+    char err[1024];
+    char *sql = rec_accounts_sql(cfg, !full);
+    char *arr = full ? NULL : rec_text_array((const char *const *)ids, nids);
+    const char *params[] = {arr};
+    PGresult *res = pg_exec(c->db, sql, full ? 0 : 1, params, err, sizeof err);
+    free(sql);
+    free(arr);
+    long active_total = -1;
+    strmap subset = STRMAP_INIT;
+    plan_result plan = {0};
+    if (res == NULL) {
+        metrics_add("sync_airbnb_operator_db_errors_total", NULL, 1);
+        if (!pg_ok(c->db)) {
+            db_lost(c, err);
+        } else {
+            char *msg = xasprintf("reading the accounts failed: %s", err);
+            set_pass_error(c, msg);
+            free(msg);
+        }
+        c->full_pending = 1; /* nothing was done: plan everything once the database answers */
+        goto out;
+    }
+    strmap *observed = cache_deployments(c->cache);
+    if (!full) {
+        /* Only the Deployments of the accounts asked about: the rest are not in this input. */
+        strmap want = STRMAP_INIT;
+        for (size_t i = 0; i < nids; i++)
+            strmap_put(&want, ids[i], (void *)1);
+        size_t it = 0;
+        void *v;
+        while (strmap_next(observed, &it, NULL, &v)) {
+            obs_deploy *d = v;
+            if (d->account_id && strmap_get(&want, d->account_id))
+                strmap_put(&subset, d->name, d);
+        }
+        strmap_free(&want);
+        observed = &subset;
+        char *csql = rec_active_count_sql(cfg);
+        PGresult *cres = pg_exec(c->db, csql, 0, NULL, err, sizeof err);
+        free(csql);
+        if (cres) {
+            active_total = atol(PQgetvalue(cres, 0, 0));
+            PQclear(cres);
+        }
+    }
+    plan_input in = {res, observed, full, active_total, (int)c->delete_tokens};
+    if (rec_plan(c->rules, cfg, &in, &plan, err, sizeof err) < 0) {
+        set_pass_error(c, err);
+        goto out;
+    }
+    set_pass_error(c, NULL);
+    int writes = 0;
+    for (size_t i = 0; i < plan.n; i++) {
+        if (plan.actions[i].kind == ACT_DELETE && is_leader(c))
+            c->delete_tokens -= 1;
+        if (plan.actions[i].kind <= ACT_DELETE)
+            writes++;
+        execute(c, &plan.actions[i]);
+    }
+    if (full) {
+        c->held_deletes = plan.held_deletes;
+        free(c->hold_reason);
+        c->hold_reason = plan.hold_reason ? xstrdup(plan.hold_reason) : NULL;
+        metrics_set("sync_airbnb_operator_workers", "state=\"desired\"", plan.desired);
+    } else if (plan.held_deletes > c->held_deletes) {
+        c->held_deletes = plan.held_deletes;
+        free(c->hold_reason);
+        c->hold_reason = plan.hold_reason ? xstrdup(plan.hold_reason) : NULL;
+    }
+    metrics_set("sync_airbnb_operator_deletes_held", NULL, c->held_deletes);
+    snprintf(c->last_result, sizeof c->last_result, "%s: %d writes, %d held", full ? "full" : "partial",
+             writes, plan.held_deletes);
+    log_debug("reconcile pass", "kind", full ? "full" : "partial", "result", c->last_result, NULL);
+out:
+    if (res)
+        PQclear(res);
+    rec_plan_free(&plan);
+    strmap_free(&subset);
+    for (size_t i = 0; i < nids; i++)
+        free(ids[i]);
+    free(ids);
+    c->passes++;
+    c->last_pass_wall_ms = util_wall_ms();
+    c->last_pass_seconds = (double)(util_now_ms() - t0) / 1000.0;
+    metrics_observe("sync_airbnb_operator_reconcile_duration_seconds", full ? "kind=\"full\"" : "kind=\"partial\"",
+                    c->last_pass_seconds);
+    metrics_add("sync_airbnb_operator_reconcile_passes_total", full ? "kind=\"full\"" : "kind=\"partial\"", 1);
+    publish(c);
+}
+
+static void on_pass_timer(uv_timer_t *t)
+{
+    pass(t->data);
+}
+
+static void kick(ctl *c)
+{
+    if (c->stopping || uv_is_active((uv_handle_t *)&c->pass_timer))
+        return;
+    uv_timer_start(&c->pass_timer, on_pass_timer, PASS_DEBOUNCE_MS, 0);
+}
+
+static void kick_full(ctl *c)
+{
+    c->full_pending = 1;
+    kick(c);
+}
+
+/* ---- database ------------------------------------------------------------- */
+
+static void on_notify(const char *channel, const char *payload, void *ud)
+{
+    ctl *c = ud;
+    (void)channel;
+    metrics_add("sync_airbnb_operator_notifications_total", NULL, 1);
+    if (strcmp(payload, "*") == 0)
+        kick_full(c);
+    else
+        enqueue(c, payload);
+}
+
+static void on_db_readable(uv_poll_t *p, int status, int events)
+{
+    ctl *c = p->data;
+    (void)events;
+    if (status < 0 || pg_consume_notifies(c->db, on_notify, c) < 0)
+        db_lost(c, "connection lost");
+}
+
+static void check_schema(ctl *c);
+
+static void close_free(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void db_watch_socket(ctl *c)
+{
+    if (c->db_poll) {
+        uv_poll_stop(c->db_poll);
+        uv_close((uv_handle_t *)c->db_poll, close_free);
+        c->db_poll = NULL;
+    }
+    int fd = pg_socket(c->db);
+    if (fd < 0)
+        return;
+    c->db_poll = xcalloc(1, sizeof *c->db_poll);
+    uv_poll_init(&c->loop, c->db_poll, fd);
+    c->db_poll->data = c;
+    uv_poll_start(c->db_poll, UV_READABLE, on_db_readable);
+}
+
+static void on_db_connected(ctl *c)
+{
+    c->db_up = 1;
+    c->db_backoff_ms = 0;
+    free(c->db_error);
+    c->db_error = NULL;
+    db_watch_socket(c);
+    log_info("database connected; listening", "channel", NOTIFY_CHANNEL, NULL);
+    check_schema(c);
+    kick_full(c); /* notifications may have been missed */
+}
+
+static void on_db_retry(uv_timer_t *t)
+{
+    ctl *c = t->data;
+    char err[512];
+    int ok;
+    if (c->db == NULL) {
+        c->db = pg_connect(c->cfg->database_url, c->cfg->db_timeout_ms, err, sizeof err);
+        ok = c->db && pg_listen(c->db, NOTIFY_CHANNEL, err, sizeof err) == 0;
+    } else {
+        ok = pg_reconnect(c->db, err, sizeof err) == 0;
+    }
+    if (ok) {
+        on_db_connected(c);
+    } else {
+        db_lost(c, err);
+    }
+    publish(c);
+}
+
+static void db_lost(ctl *c, const char *why)
+{
+    if (c->db_up || c->db_error == NULL || strcmp(c->db_error, why) != 0)
+        log_error("database unavailable; reconciling paused (no deletes while it is away)", "error", why, NULL);
+    c->db_up = 0;
+    free(c->db_error);
+    c->db_error = xstrdup(why);
+    if (c->db_poll) {
+        uv_poll_stop(c->db_poll);
+        uv_close((uv_handle_t *)c->db_poll, close_free);
+        c->db_poll = NULL;
+    }
+    c->db_backoff_ms = c->db_backoff_ms ? c->db_backoff_ms * 2 : 500;
+    if (c->db_backoff_ms > 30000)
+        c->db_backoff_ms = 30000;
+    if (!c->stopping)
+        uv_timer_start(&c->db_retry, on_db_retry, (uint64_t)c->db_backoff_ms, 0);
+    publish(c);
+}
+
+static void on_schema_timer(uv_timer_t *t)
+{
+    check_schema(t->data);
+}
+
+static void check_schema(ctl *c)
+{
+    if (!c->db_up)
+        return;
+    char err[512] = "";
+    int at = migrate_at_head(c->db, c->cfg, err, sizeof err);
+    if (at == 1) {
+        if (!c->schema_ok)
+            log_info("schema at head; reconciling", NULL);
+        c->schema_ok = 1;
+        free(c->schema_error);
+        c->schema_error = NULL;
+        metrics_set("sync_airbnb_operator_schema_at_head", NULL, 1);
+        kick_full(c);
+        return;
+    }
+    if (at < 0 && !pg_ok(c->db)) {
+        db_lost(c, err);
+        return;
+    }
+    if (c->schema_error == NULL || strcmp(c->schema_error, err) != 0)
+        log_warn("waiting for the database migrations (run `sync-airbnb-operator migrate up` or the migration Job)",
+                 "reason", err, NULL);
+    c->schema_ok = 0;
+    free(c->schema_error);
+    c->schema_error = xstrdup(err);
+    metrics_set("sync_airbnb_operator_schema_at_head", NULL, 0);
+    uv_timer_start(&c->schema_timer, on_schema_timer, 2000, 0);
+}
+
+/* ---- cluster --------------------------------------------------------------- */
+
+static void on_cache_change(enum cache_kind kind, const char *name, const void *old, const void *now,
+                            void *ud)
+{
+    ctl *c = ud;
+    if (name == NULL) { /* a list completed */
+        if (kind == CACHE_DEPLOYMENT)
+            kick_full(c);
+        return;
+    }
+    if (kind != CACHE_DEPLOYMENT)
+        return;
+    const obs_deploy *o = old, *n = now;
+    if (n == NULL) {
+        /* Deleted: by us (the account is inactive: the pass finds nothing to
+         * do) or by hand (it comes back). */
+        if (o->account_id && strmap_get(&c->inflight, o->name) == NULL)
+            enqueue(c, o->account_id);
+        return;
+    }
+    int drifted = n->applied_generation > 0 && n->generation > n->applied_generation;
+    int hash_changed = o && ((o->applied_hash == NULL) != (n->applied_hash == NULL) ||
+                             (o->applied_hash && n->applied_hash && strcmp(o->applied_hash, n->applied_hash)));
+    if ((drifted || hash_changed) && n->account_id && strmap_get(&c->inflight, n->name) == NULL) {
+        log_info("managed Deployment changed outside the operator; restoring", "deployment", n->name,
+                 "account_id", n->account_id, NULL);
+        enqueue(c, n->account_id);
+    }
+}
+
+/* ---- rules hot reload ------------------------------------------------------ */
+
+static void reload_rules(ctl *c)
+{
+    char version[65], err[1024];
+    if (luahost_dir_version(c->cfg->rules_dir, version, err, sizeof err) == 0 &&
+        strcmp(version, rules_version(c->rules)) == 0 && rules_last_error(c->rules) == NULL)
+        return; /* unchanged */
+    uint64_t t0 = util_now_ms();
+    if (rules_reload(c->rules, NULL, err, sizeof err) == 0) {
+        metrics_add("sync_airbnb_operator_rules_reloads_total", "result=\"success\"", 1);
+        char ms[24];
+        snprintf(ms, sizeof ms, "%llu", (unsigned long long)(util_now_ms() - t0));
+        log_info("rules in effect", "version", rules_version(c->rules), "reload_ms", ms, NULL);
+        post_event(c, RULES_CONFIGMAP, NULL, "RulesReloaded", "new rules loaded and self-checked", 0);
+        kick_full(c);
+    } else {
+        metrics_add("sync_airbnb_operator_rules_reloads_total", "result=\"failure\"", 1);
+        char msg[1200];
+        snprintf(msg, sizeof msg, "rules rejected, previous rules kept: %s", err);
+        post_event(c, RULES_CONFIGMAP, NULL, "RulesRejected", msg, 1);
+    }
+    publish(c);
+}
+
+static void on_reload_timer(uv_timer_t *t)
+{
+    reload_rules(t->data);
+}
+
+static void on_rules_changed(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+    ctl *c = h->data;
+    (void)filename, (void)events, (void)status;
+    /* Debounce: a ConfigMap update is several renames in a row. */
+    uv_timer_start(&c->reload_timer, on_reload_timer, 50, 0);
+}
+
+/* ---- leader ------------------------------------------------------------- */
+
+static void on_leader_change(int is_leader, void *ud)
+{
+    (void)is_leader;
+    uv_async_send(&((ctl *)ud)->leader_async);
+}
+
+static void on_leader_async(uv_async_t *a)
+{
+    ctl *c = a->data;
+    int now = is_leader(c);
+    if (now != c->was_leader) {
+        log_info(now ? "became leader; reconciling" : "not the leader; standing by", NULL);
+        c->was_leader = now;
+        metrics_set("sync_airbnb_operator_leader", NULL, now);
+        if (now)
+            kick_full(c);
+    }
+    publish(c);
+}
+
+/* ---- timers, readiness, shutdown ------------------------------------------ */
+
+static void on_resync(uv_timer_t *t)
+{
+    ctl *c = t->data;
+    reload_rules(c); /* the fallback when a file event was missed */
+    kick_full(c);
+}
+
+static void kube_stat(const char *verb, long code, unsigned long count, void *ud)
+{
+    (void)ud;
+    char labels[64];
+    snprintf(labels, sizeof labels, "verb=\"%s\",code=\"%ld\"", verb, code);
+    metrics_set("sync_airbnb_operator_api_requests_total", labels, (double)count);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    ctl *c = t->data;
+    /* Accounts whose write failed come back when their backoff expires. */
+    uint64_t now = util_now_ms();
+    size_t it = 0;
+    const char *k;
+    void *v;
+    while (strmap_next(&c->backoff, &it, &k, &v))
+        if (((backoff *)v)->next_ms <= now && ((backoff *)v)->next_ms != 0) {
+            ((backoff *)v)->next_ms = 0;
+            if (strmap_get(&c->pending, k) == NULL)
+                strmap_put(&c->pending, k, (void *)1);
+            kick(c);
+        }
+    if (c->leader && c->was_leader != is_leader(c))
+        on_leader_async(&c->leader_async);
+    kube_stats_foreach(kube_stat, NULL);
+    publish(c);
+}
+
+static void json_kv_str(buf *b, const char *k, const char *v)
+{
+    buf_json_string(b, k, strlen(k));
+    buf_putc(b, ':');
+    if (v)
+        buf_json_string(b, v, strlen(v));
+    else
+        buf_puts(b, "null");
+}
+
+static void publish(ctl *c)
+{
+    if (c->cache) {
+        int present = 0, ready = 0;
+        size_t it = 0;
+        void *v;
+        while (strmap_next(cache_deployments(c->cache), &it, NULL, &v)) {
+            present++;
+            ready += ((obs_deploy *)v)->ready_replicas > 0;
+        }
+        metrics_set("sync_airbnb_operator_workers", "state=\"present\"", present);
+        metrics_set("sync_airbnb_operator_workers", "state=\"ready\"", ready);
+    }
+    if (c->health == NULL)
+        return;
+    int synced = c->cache && cache_synced(c->cache);
+    int rules_ok = rules_host(c->rules) != NULL;
+    int ready = c->db_up && c->schema_ok && synced && rules_ok && !c->stopping;
+    char holder[256] = "";
+    if (c->leader)
+        leader_holder(c->leader, holder, sizeof holder);
+    buf b = {0};
+    buf_printf(&b, "{\"ready\":%s,\"checks\":{\"database\":{\"ok\":%s,", ready ? "true" : "false",
+               c->db_up ? "true" : "false");
+    json_kv_str(&b, "error", c->db_error);
+    buf_printf(&b, "},\"schema\":{\"at_head\":%s,", c->schema_ok ? "true" : "false");
+    json_kv_str(&b, "reason", c->schema_error);
+    buf_printf(&b, "},\"kubernetes\":{\"synced\":%s,\"watching\":%s,", synced ? "true" : "false",
+               c->cache && cache_watching(c->cache) ? "true" : "false");
+    json_kv_str(&b, "error", c->cache ? cache_last_error(c->cache) : NULL);
+    buf_puts(&b, "},\"rules\":{");
+    json_kv_str(&b, "version", rules_version(c->rules));
+    buf_putc(&b, ',');
+    json_kv_str(&b, "last_error", rules_last_error(c->rules));
+    buf_printf(&b, ",\"reloads_ok\":%lu,\"reloads_failed\":%lu},", rules_reload_count(c->rules, 1),
+               rules_reload_count(c->rules, 0));
+    buf_printf(&b, "\"leader\":{\"is_leader\":%s,", c->leader && is_leader(c) ? "true" : "false");
+    json_kv_str(&b, "identity", c->cfg->identity);
+    buf_putc(&b, ',');
+    json_kv_str(&b, "holder", holder);
+    buf_printf(&b, "},\"last_reconcile\":{\"passes\":%llu,\"at_unix_ms\":%llu,\"duration_seconds\":%.6f,",
+               (unsigned long long)c->passes, (unsigned long long)c->last_pass_wall_ms, c->last_pass_seconds);
+    json_kv_str(&b, "result", c->last_result[0] ? c->last_result : NULL);
+    buf_putc(&b, ',');
+    json_kv_str(&b, "error", c->pass_error);
+    buf_printf(&b, "},\"holds\":{\"active\":%s,\"held_deletes\":%d,", c->held_deletes > 0 ? "true" : "false",
+               c->held_deletes);
+    json_kv_str(&b, "reason", c->hold_reason);
+    buf_printf(&b, "},\"inflight\":%zu}}", c->inflight.len);
+    health_publish(c->health, ready, b.data);
+    buf_free(&b);
+}
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_drain(uv_timer_t *t)
+{
+    ctl *c = t->data;
+    int queued = 0, inflight = 0, watches = 0;
+    kube_async_counts(c->ka, &queued, &inflight, &watches);
+    if ((c->inflight.len > 0 || queued > 0 || inflight > 0) && util_now_ms() < c->stop_deadline)
+        return; /* finish what was sent */
+    uv_timer_stop(t);
+    uv_stop(&c->loop);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    ctl *c = s->data;
+    if (c->stopping)
+        return;
+    log_info("signal received; finishing in-flight work", "signal", signum == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+    c->stopping = 1;
+    c->stop_deadline = util_now_ms() + SHUTDOWN_BOUND_MS;
+    uv_timer_stop(&c->resync_timer);
+    uv_timer_stop(&c->pass_timer);
+    publish(c);
+    uv_timer_start(&c->drain_timer, on_drain, 0, 20);
+}
+
+static void declare_metrics(void)
+{
+    metrics_declare("sync_airbnb_operator_reconcile_actions_total", METRICS_COUNTER,
+                    "Reconcile actions by result (create, update, delete, hold, error).");
+    metrics_declare("sync_airbnb_operator_reconcile_passes_total", METRICS_COUNTER, "Reconcile passes by kind.");
+    metrics_declare("sync_airbnb_operator_reconcile_duration_seconds", METRICS_HISTOGRAM,
+                    "Duration of a reconcile pass (read, plan, dispatch).");
+    metrics_declare("sync_airbnb_operator_api_requests_total", METRICS_COUNTER,
+                    "Kubernetes API requests by verb and HTTP status (0: no response).");
+    metrics_declare("sync_airbnb_operator_db_errors_total", METRICS_COUNTER, "Failed database reads.");
+    metrics_declare("sync_airbnb_operator_audit_failures_total", METRICS_COUNTER, "audit_log rows that could not be written.");
+    metrics_declare("sync_airbnb_operator_notifications_total", METRICS_COUNTER, "NOTIFYs received.");
+    metrics_declare("sync_airbnb_operator_rules_reloads_total", METRICS_COUNTER, "Rules reloads by result.");
+    metrics_declare("sync_airbnb_operator_workers", METRICS_GAUGE, "Worker Deployments: desired, present, ready.");
+    metrics_declare("sync_airbnb_operator_deletes_held", METRICS_GAUGE, "Deletes currently held (empty set or budget).");
+    metrics_declare("sync_airbnb_operator_leader", METRICS_GAUGE, "1 when this process holds the Lease.");
+    metrics_declare("sync_airbnb_operator_schema_at_head", METRICS_GAUGE, "1 when the database schema is at head.");
+}
+
+int run_main(const config *cfg, int argc, char **argv)
+{
+    (void)argv;
+    char err[1024];
+    if (argc > 0) {
+        fprintf(stderr, "run: unexpected argument %s\n", argv[0]);
+        return 2;
+    }
+    if (config_require_database(cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "run: %s\n", err);
+        return 2;
+    }
+    ctl *c = xcalloc(1, sizeof *c);
+    c->cfg = cfg;
+    int rc = 1;
+    signal(SIGPIPE, SIG_IGN);
+    declare_metrics();
+    uv_loop_init(&c->loop);
+
+    int kerr = cfg->kubeconfig ? kube_config_load_kubeconfig(cfg->kubeconfig, &c->kcfg, err, sizeof err)
+                               : kube_config_in_cluster(&c->kcfg, err, sizeof err);
+    if (kerr < 0) {
+        fprintf(stderr, "run: %s\n", err);
+        goto out;
+    }
+    c->rules = rules_new(cfg);
+    if (rules_reload(c->rules, NULL, err, sizeof err) < 0) {
+        fprintf(stderr, "run: rules in %s: %s\n", cfg->rules_dir, err);
+        goto out;
+    }
+    if (cfg->health_addr && *cfg->health_addr) {
+        c->health = health_start(cfg->health_addr, err, sizeof err);
+        if (c->health == NULL) {
+            fprintf(stderr, "run: %s\n", err);
+            goto out;
+        }
+    }
+    c->kc = kube_client_new(&c->kcfg, err, sizeof err);
+    if (c->kc == NULL) {
+        fprintf(stderr, "run: %s\n", err);
+        goto out;
+    }
+    kube_limits lim = {.qps = cfg->kube_qps, .burst = cfg->kube_burst};
+    c->ka = kube_async_new(c->kc, &c->loop, &lim);
+
+    uv_timer_init(&c->loop, &c->db_retry);
+    uv_timer_init(&c->loop, &c->schema_timer);
+    uv_timer_init(&c->loop, &c->reload_timer);
+    uv_timer_init(&c->loop, &c->resync_timer);
+    uv_timer_init(&c->loop, &c->pass_timer);
+    uv_timer_init(&c->loop, &c->tick_timer);
+    uv_timer_init(&c->loop, &c->drain_timer);
+    c->db_retry.data = c->schema_timer.data = c->reload_timer.data = c->resync_timer.data = c;
+    c->pass_timer.data = c->tick_timer.data = c->drain_timer.data = c;
+    uv_signal_init(&c->loop, &c->sigterm);
+    uv_signal_init(&c->loop, &c->sigint);
+    c->sigterm.data = c->sigint.data = c;
+    uv_signal_start(&c->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&c->sigint, on_signal, SIGINT);
+    uv_async_init(&c->loop, &c->leader_async, on_leader_async);
+    c->leader_async.data = c;
+    uv_fs_event_init(&c->loop, &c->rules_watch);
+    c->rules_watch.data = c;
+    if (uv_fs_event_start(&c->rules_watch, on_rules_changed, cfg->rules_dir, 0) < 0)
+        log_warn("cannot watch the rules directory; changes are picked up at each resync", "dir", cfg->rules_dir, NULL);
+
+    c->delete_tokens = cfg->delete_budget;
+    c->delete_refill_ms = util_now_ms();
+    c->cache = cache_start(&c->loop, c->ka, cfg->namespace, on_cache_change, c);
+
+    c->db = pg_connect(cfg->database_url, cfg->db_timeout_ms, err, sizeof err);
+    if (c->db && pg_listen(c->db, NOTIFY_CHANNEL, err, sizeof err) == 0)
+        on_db_connected(c);
+    else
+        db_lost(c, err);
+
+    c->leader = leader_start(cfg, &c->kcfg, on_leader_change, c, err, sizeof err);
+    if (c->leader == NULL) {
+        fprintf(stderr, "run: leader election: %s\n", err);
+        goto out;
+    }
+    on_leader_async(&c->leader_async);
+    uv_timer_start(&c->resync_timer, on_resync, (uint64_t)cfg->resync_interval_s * 1000,
+                   (uint64_t)cfg->resync_interval_s * 1000);
+    uv_timer_start(&c->tick_timer, on_tick, 1000, 1000);
+    log_info("operator started", "namespace", cfg->namespace, "rules", cfg->rules_dir, "version", SAO_VERSION,
+             "identity", cfg->identity, NULL);
+    publish(c);
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+    rc = 0;
+    log_info("stopping: releasing the lease", NULL);
+
+out:
+    if (c->leader)
+        leader_stop(c->leader, 1);
+    health_stop(c->health);
+    if (c->cache)
+        cache_free(c->cache);
+    /* write_req of requests still in flight are freed with the map below */
+    size_t it = 0;
+    void *v;
+    while (strmap_next(&c->inflight, &it, NULL, &v)) {
+        write_req *w = v;
+        free(w->account_id);
+        free(w->name);
+        free(w->reason);
+        free(w);
+    }
+    if (c->ka)
+        kube_async_free(c->ka);
+    uv_walk(&c->loop, close_walk, NULL);
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&c->loop);
+    kube_client_free(c->kc);
+    kube_config_free(&c->kcfg);
+    pg_close(c->db);
+    rules_free(c->rules);
+    strmap_free(&c->pending);
+    strmap_free(&c->inflight);
+    strmap_free(&c->requeue);
+    it = 0;
+    while (strmap_next(&c->backoff, &it, NULL, &v))
+        free(v);
+    strmap_free(&c->backoff);
+    it = 0;
+    while (strmap_next(&c->reported, &it, NULL, &v))
+        free(v);
+    strmap_free(&c->reported);
+    free(c->db_error);
+    free(c->schema_error);
+    free(c->hold_reason);
+    free(c->pass_error);
+    free(c);
+    metrics_reset();
+    if (rc == 0)
+        log_info("stopped", NULL);
+    return rc;
+}

@@ -1,0 +1,543 @@
+/* reconcile: see reconcile.h. */
+#include "reconcile.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache.h"
+#include "json.h"
+#include "log.h"
+#include "pg.h"
+#include "util.h"
+
+#define BOOLOID 16
+#define MIN_SECRET_LEN 4
+
+static const char *const account_columns[] = {"account_id", "customer_id", "airbnb_cookie",
+                                              "x_client_version", "user_agent", "is_active",
+                                              "last_sync_at", "updated_at", "deleted_at"};
+#define NCOLUMNS (sizeof account_columns / sizeof account_columns[0])
+static const char *const credential_columns[] = {"airbnb_cookie", "x_client_version", "user_agent"};
+
+char *rec_accounts_sql(const config *cfg, int partial)
+{
+    char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);
+    char *sql = xasprintf(
+        "SELECT account_id::text AS account_id, customer_id::text AS customer_id, airbnb_cookie, "
+        "x_client_version, user_agent, is_active, last_sync_at::text AS last_sync_at, "
+        "updated_at::text AS updated_at, deleted_at::text AS deleted_at FROM %s.%s%s",
+        s, t, partial ? " WHERE account_id::text = ANY($1::text[])" : "");
+    free(s);
+    free(t);
+    return sql;
+}
+
+char *rec_active_count_sql(const config *cfg)
+{
+    char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);
+    char *sql = xasprintf("SELECT count(*) FROM %s.%s WHERE is_active AND deleted_at IS NULL", s, t);
+    free(s);
+    free(t);
+    return sql;
+}
+
+char *rec_text_array(const char *const *ids, size_t n)
+{
+    buf b = {0};
+    buf_putc(&b, '{');
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            buf_putc(&b, ',');
+        buf_putc(&b, '"');
+        for (const char *p = ids[i]; *p; p++) {
+            if (*p == '"' || *p == '\\')
+                buf_putc(&b, '\\');
+            buf_putc(&b, *p);
+        }
+        buf_putc(&b, '"');
+    }
+    buf_putc(&b, '}');
+    return buf_steal(&b);
+}
+
+const char *rec_action_name(act_kind k)
+{
+    static const char *const names[] = {"create", "update", "delete", "hold", "error"};
+    return names[k];
+}
+
+static void action_free(action *a)
+{
+    free(a->account_id);
+    free(a->name);
+    free(a->reason);
+    free(a->body);
+    free(a->desired_hash);
+    free(a->uid);
+}
+
+void rec_plan_free(plan_result *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        action_free(&p->actions[i]);
+    free(p->actions);
+    free(p->hold_reason);
+    memset(p, 0, sizeof *p);
+}
+
+static action *push_action(plan_result *p, act_kind kind, const char *account_id, const char *name,
+                           const char *reason)
+{
+    p->actions = xrealloc(p->actions, (p->n + 1) * sizeof *p->actions);
+    action *a = &p->actions[p->n++];
+    memset(a, 0, sizeof *a);
+    a->kind = kind;
+    a->account_id = account_id ? xstrdup(account_id) : NULL;
+    a->name = name ? xstrdup(name) : NULL;
+    a->reason = xstrdup(reason ? reason : "");
+    return a;
+}
+
+/* ---- credential scrubbing ------------------------------------------------ */
+
+typedef struct row_index {
+    const plan_input *in;
+    int col[NCOLUMNS];
+    strmap by_id; /* account_id → row + 1 (as a pointer-sized int) */
+} row_index;
+
+static void index_rows(row_index *ri, const plan_input *in)
+{
+    memset(ri, 0, sizeof *ri);
+    ri->in = in;
+    for (size_t c = 0; c < NCOLUMNS; c++)
+        ri->col[c] = PQfnumber(in->accounts, account_columns[c]);
+    int n = PQntuples(in->accounts);
+    for (int i = 0; i < n; i++)
+        if (ri->col[0] >= 0 && !PQgetisnull(in->accounts, i, ri->col[0]))
+            strmap_put(&ri->by_id, PQgetvalue(in->accounts, i, ri->col[0]), (void *)(intptr_t)(i + 1));
+}
+
+/* Replaces every credential value of any input account found in *s. */
+static void scrub(const row_index *ri, char **s)
+{
+    if (*s == NULL)
+        return;
+    int n = PQntuples(ri->in->accounts);
+    for (int i = 0; i < n; i++) {
+        for (size_t k = 0; k < 3; k++) {
+            int col = PQfnumber(ri->in->accounts, credential_columns[k]);
+            if (col < 0 || PQgetisnull(ri->in->accounts, i, col))
+                continue;
+            const char *secret = PQgetvalue(ri->in->accounts, i, col);
+            size_t slen = strlen(secret);
+            if (slen < MIN_SECRET_LEN)
+                continue;
+            char *hit;
+            while ((hit = strstr(*s, secret)) != NULL) {
+                char *fixed = xasprintf("%.*s[REDACTED]%s", (int)(hit - *s), *s, hit + slen);
+                free(*s);
+                *s = fixed;
+            }
+        }
+    }
+}
+
+/* 1 if body holds a credential value of account row (1-based; 0 = none). */
+static int body_leaks(const row_index *ri, intptr_t row, const char *body)
+{
+    if (row <= 0)
+        return 0;
+    for (size_t k = 0; k < 3; k++) {
+        int col = PQfnumber(ri->in->accounts, credential_columns[k]);
+        if (col < 0 || PQgetisnull(ri->in->accounts, (int)row - 1, col))
+            continue;
+        const char *secret = PQgetvalue(ri->in->accounts, (int)row - 1, col);
+        if (strlen(secret) >= MIN_SECRET_LEN && strstr(body, secret))
+            return 1;
+    }
+    return 0;
+}
+
+/* ---- Lua inputs ---------------------------------------------------------- */
+
+static void push_row(lua_State *L, PGresult *res, int row)
+{
+    lua_createtable(L, 0, (int)NCOLUMNS);
+    int nf = PQnfields(res);
+    for (int c = 0; c < nf; c++) {
+        if (PQgetisnull(res, row, c))
+            continue;
+        const char *v = PQgetvalue(res, row, c);
+        if (PQftype(res, c) == BOOLOID)
+            lua_pushboolean(L, v[0] == 't');
+        else
+            lua_pushstring(L, v);
+        lua_setfield(L, -2, PQfname(res, c));
+    }
+}
+
+static void push_observed_one(lua_State *L, const obs_deploy *d)
+{
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, d->name);
+    lua_setfield(L, -2, "name");
+    if (d->account_id) {
+        lua_pushstring(L, d->account_id);
+        lua_setfield(L, -2, "account_id");
+    }
+    if (d->applied_hash) {
+        lua_pushstring(L, d->applied_hash);
+        lua_setfield(L, -2, "applied_hash");
+    }
+    if (d->fingerprint) {
+        lua_pushstring(L, d->fingerprint);
+        lua_setfield(L, -2, "fingerprint");
+    }
+    lua_pushinteger(L, d->generation);
+    lua_setfield(L, -2, "generation");
+    lua_pushboolean(L, d->applied_generation > 0 && d->generation > d->applied_generation);
+    lua_setfield(L, -2, "drifted");
+    lua_pushinteger(L, d->replicas);
+    lua_setfield(L, -2, "replicas");
+    lua_pushinteger(L, d->ready_replicas);
+    lua_setfield(L, -2, "ready_replicas");
+}
+
+/* Pushes observed filtered to one account id (NULL: all). */
+static void push_observed(lua_State *L, strmap *observed, const char *only_account, int orphans_only,
+                          const row_index *ri)
+{
+    lua_newtable(L);
+    size_t it = 0;
+    void *v;
+    while (strmap_next(observed, &it, NULL, &v)) {
+        const obs_deploy *d = v;
+        if (!d->managed)
+            continue;
+        if (only_account && (d->account_id == NULL || strcmp(d->account_id, only_account) != 0))
+            continue;
+        if (orphans_only && d->account_id && strmap_get(&ri->by_id, d->account_id))
+            continue;
+        push_observed_one(L, d);
+        lua_setfield(L, -2, d->name);
+    }
+}
+
+/* ---- reading the actions ------------------------------------------------- */
+
+static const char *field_string(lua_State *L, int idx, const char *key, char *tmp, size_t tmplen)
+{
+    lua_getfield(L, idx, key);
+    const char *s = NULL;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        snprintf(tmp, tmplen, "%s", lua_tostring(L, -1));
+        s = tmp;
+    }
+    lua_pop(L, 1);
+    return s;
+}
+
+static int valid_dns_label(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        int alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+        if (!alnum && !(c == '-' && i > 0 && i < n - 1))
+            return 0;
+    }
+    return 1;
+}
+
+/* Sets t[k1][k2] = value on the table at idx, creating t[k1] if needed. */
+static void set_nested(lua_State *L, int idx, const char *k1, const char *k2, const char *value)
+{
+    idx = lua_absindex(L, idx);
+    if (lua_getfield(L, idx, k1) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, idx, k1);
+    }
+    lua_pushstring(L, value);
+    lua_setfield(L, -2, k2);
+    lua_pop(L, 1);
+}
+
+/* Encodes the object table at the top of the stack (popping it) after making
+ * the fields we own ours. Returns malloc'd JSON or NULL with err. */
+static char *render_object(lua_State *L, const config *cfg, const char *name, const char *desired_hash,
+                           char *err, size_t errlen)
+{
+    int obj = lua_gettop(L);
+    if (lua_getfield(L, obj, "metadata") != LUA_TTABLE) {
+        lua_pop(L, 2);
+        util_seterr(err, errlen, "the rendered Deployment has no metadata table");
+        return NULL;
+    }
+    int meta = lua_gettop(L);
+    const char *oname = lua_getfield(L, meta, "name") == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    int same = oname && strcmp(oname, name) == 0;
+    lua_pop(L, 1);
+    if (!same) {
+        lua_pop(L, 2);
+        util_seterr(err, errlen, "the rendered Deployment's metadata.name differs from the action's name");
+        return NULL;
+    }
+    lua_pushstring(L, cfg->namespace);
+    lua_setfield(L, meta, "namespace");
+    set_nested(L, meta, "labels", MANAGED_BY_LABEL, MANAGED_BY_VALUE);
+    set_nested(L, meta, "annotations", APPLIED_HASH_ANNOTATION, desired_hash);
+    lua_pop(L, 1); /* metadata */
+
+    lua_pushcfunction(L, json_lua_encode);
+    lua_insert(L, obj);
+    if (luahost_pcall(L, 1, 1, cfg->rules_budget_ms, err, errlen) < 0)
+        return NULL;
+    char *body = xstrdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return body;
+}
+
+/* Reads the actions array at the top of the stack into out (pops it). */
+static void read_actions(lua_State *L, const config *cfg, const plan_input *in, const row_index *ri,
+                         plan_result *out)
+{
+    int arr = lua_gettop(L);
+    if (!lua_istable(L, arr)) {
+        push_action(out, ACT_ERROR, NULL, NULL, "rules: plan() did not return a table of actions");
+        lua_pop(L, 1);
+        return;
+    }
+    lua_Integer n = (lua_Integer)lua_rawlen(L, arr);
+    for (lua_Integer i = 1; i <= n; i++) {
+        char kbuf[32], idbuf[1024], nbuf[256], rbuf[512], hbuf[128], err[512];
+        if (lua_rawgeti(L, arr, i) != LUA_TTABLE) {
+            lua_pop(L, 1);
+            push_action(out, ACT_ERROR, NULL, NULL, "rules: an action is not a table");
+            continue;
+        }
+        int t = lua_gettop(L);
+        const char *kind = field_string(L, t, "action", kbuf, sizeof kbuf);
+        const char *id = field_string(L, t, "account_id", idbuf, sizeof idbuf);
+        const char *name = field_string(L, t, "name", nbuf, sizeof nbuf);
+        const char *reason = field_string(L, t, "reason", rbuf, sizeof rbuf);
+        const char *hash = field_string(L, t, "desired_hash", hbuf, sizeof hbuf);
+        act_kind k;
+        if (kind == NULL) {
+            push_action(out, ACT_ERROR, id, name, "rules: an action has no 'action' field");
+            lua_pop(L, 1);
+            continue;
+        } else if (!strcmp(kind, "create")) {
+            k = ACT_CREATE;
+        } else if (!strcmp(kind, "update")) {
+            k = ACT_UPDATE;
+        } else if (!strcmp(kind, "delete")) {
+            k = ACT_DELETE;
+        } else if (!strcmp(kind, "error")) {
+            k = ACT_ERROR;
+        } else if (!strcmp(kind, "hold") || !strcmp(kind, "noop") || !strcmp(kind, "none")) {
+            k = ACT_HOLD;
+        } else {
+            snprintf(err, sizeof err, "rules: unknown action '%.40s'", kind);
+            push_action(out, ACT_ERROR, id, name, err);
+            lua_pop(L, 1);
+            continue;
+        }
+        if (k == ACT_HOLD && (!strcmp(kind, "noop") || !strcmp(kind, "none"))) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (k != ACT_ERROR && k != ACT_HOLD && (name == NULL || !valid_dns_label(name))) {
+            snprintf(err, sizeof err, "rules: invalid Deployment name \"%.80s\" (a DNS-1123 label of at most 63 characters)",
+                     name ? name : "");
+            push_action(out, ACT_ERROR, id, NULL, err);
+            lua_pop(L, 1);
+            continue;
+        }
+        obs_deploy *obs = name ? strmap_get(in->observed, name) : NULL;
+        if (obs && !obs->managed)
+            obs = NULL;
+        if (k == ACT_CREATE && obs)
+            k = ACT_UPDATE; /* it exists and is ours: apply instead */
+        if ((k == ACT_UPDATE || k == ACT_DELETE) && obs == NULL) {
+            snprintf(err, sizeof err, "refusing to %s %s: not a Deployment managed by this operator",
+                     k == ACT_UPDATE ? "update" : "delete", name);
+            push_action(out, ACT_ERROR, id, name, err);
+            lua_pop(L, 1);
+            continue;
+        }
+        if (k == ACT_DELETE) {
+            action *a = push_action(out, ACT_DELETE, id ? id : obs->account_id, name,
+                                    reason ? reason : "account not active");
+            a->uid = obs->uid ? xstrdup(obs->uid) : NULL;
+            lua_pop(L, 1);
+            continue;
+        }
+        if (k == ACT_ERROR || k == ACT_HOLD) {
+            push_action(out, k, id, name, reason ? reason : "rules reported an error");
+            lua_pop(L, 1);
+            continue;
+        }
+        /* create / update: render the object */
+        if (lua_getfield(L, t, "object") != LUA_TTABLE) {
+            lua_pop(L, 2);
+            push_action(out, ACT_ERROR, id, name, "rules: a create/update action has no object table");
+            continue;
+        }
+        char computed[65];
+        if (hash == NULL) {
+            /* No desired_hash from the rules: hash the object as rendered. */
+            lua_pushcfunction(L, json_lua_encode);
+            lua_pushvalue(L, -2);
+            if (luahost_pcall(L, 1, 1, cfg->rules_budget_ms, err, sizeof err) < 0) {
+                lua_pop(L, 2);
+                push_action(out, ACT_ERROR, id, name, err);
+                continue;
+            }
+            util_sha256_hex(lua_tostring(L, -1), lua_rawlen(L, -1), computed);
+            lua_pop(L, 1);
+            hash = computed;
+        }
+        char *body = render_object(L, cfg, name, hash, err, sizeof err);
+        if (body == NULL) {
+            lua_pop(L, 1);
+            push_action(out, ACT_ERROR, id, name, err);
+            continue;
+        }
+        intptr_t row = id ? (intptr_t)strmap_get(&ri->by_id, id) : 0;
+        if (body_leaks(ri, row, body)) {
+            free(body);
+            lua_pop(L, 1);
+            push_action(out, ACT_ERROR, id, name,
+                        "refusing to apply: the rendered Deployment contains a credential value of the account");
+            continue;
+        }
+        action *a = push_action(out, k, id, name, reason ? reason : (k == ACT_CREATE ? "account active" : "spec changed"));
+        a->body = body;
+        a->desired_hash = xstrdup(hash);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* Calls rules.plan(accounts, observed, ctx) with the given subset. row < 0:
+ * all rows and all observed; else only that row and its Deployments; row ==
+ * nrows: no rows, only the orphaned Deployments. Leaves the actions table on
+ * the stack and returns 0, or -1 with err (stack unchanged). */
+static int call_plan(rules *r, const config *cfg, const plan_input *in, const row_index *ri, int row,
+                     char *err, size_t errlen)
+{
+    luahost *h = rules_host(r);
+    lua_State *L = luahost_state(h);
+    int nrows = PQntuples(in->accounts);
+    luahost_push_entry_field(h, "plan");
+    if (row < 0) {
+        lua_createtable(L, nrows, 0);
+        for (int i = 0; i < nrows; i++) {
+            push_row(L, in->accounts, i);
+            lua_rawseti(L, -2, i + 1);
+        }
+        push_observed(L, in->observed, NULL, 0, ri);
+    } else if (row < nrows) {
+        lua_createtable(L, 1, 0);
+        push_row(L, in->accounts, row);
+        lua_rawseti(L, -2, 1);
+        const char *id = ri->col[0] >= 0 ? PQgetvalue(in->accounts, row, ri->col[0]) : "";
+        push_observed(L, in->observed, id, 0, ri);
+    } else {
+        lua_newtable(L);
+        push_observed(L, in->observed, NULL, 1, ri);
+    }
+    rules_push_ctx(r, L);
+    return luahost_pcall(L, 3, 1, cfg->rules_budget_ms, err, errlen);
+}
+
+static int is_active_row(const plan_input *in, const row_index *ri, int i)
+{
+    int a = ri->col[5], d = ri->col[8];
+    if (a < 0 || PQgetisnull(in->accounts, i, a))
+        return 0;
+    if (PQftype(in->accounts, a) != BOOLOID || PQgetvalue(in->accounts, i, a)[0] != 't')
+        return 0;
+    return d < 0 || PQgetisnull(in->accounts, i, d);
+}
+
+int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out, char *err,
+             size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    if (rules_host(r) == NULL) {
+        util_seterr(err, errlen, "no rules loaded");
+        return -1;
+    }
+    for (size_t c = 0; c < NCOLUMNS; c++) {
+        if (PQfnumber(in->accounts, account_columns[c]) < 0) {
+            util_seterr(err, errlen, "accounts query has no column %s", account_columns[c]);
+            return -1;
+        }
+    }
+    row_index ri;
+    index_rows(&ri, in);
+    lua_State *L = luahost_state(rules_host(r));
+    int nrows = PQntuples(in->accounts);
+    for (int i = 0; i < nrows; i++)
+        out->desired += is_active_row(in, &ri, i);
+    size_t it = 0;
+    void *v;
+    while (strmap_next(in->observed, &it, NULL, &v))
+        out->observed += ((obs_deploy *)v)->managed;
+
+    char perr[1024];
+    if (call_plan(r, cfg, in, &ri, -1, perr, sizeof perr) == 0) {
+        read_actions(L, cfg, in, &ri, out);
+    } else {
+        /* The plan as a whole failed: plan each account alone so the error
+         * stays with the account that causes it. */
+        log_warn("rules: plan failed; planning each account on its own", "error", perr, NULL);
+        for (int i = 0; i <= nrows; i++) {
+            char aerr[1024];
+            if (call_plan(r, cfg, in, &ri, i, aerr, sizeof aerr) == 0) {
+                read_actions(L, cfg, in, &ri, out);
+            } else {
+                const char *id = i < nrows ? PQgetvalue(in->accounts, i, ri.col[0]) : NULL;
+                push_action(out, ACT_ERROR, id, NULL, aerr);
+            }
+        }
+    }
+
+    /* Safety: the empty-set hold and the delete budget (DESIGN.md §5.2). */
+    long active = in->full ? out->desired : in->active_total;
+    int ndeletes = 0;
+    for (size_t i = 0; i < out->n; i++)
+        ndeletes += out->actions[i].kind == ACT_DELETE;
+    if (ndeletes > 0) {
+        int empty_hold = !cfg->allow_empty && out->observed > 0 && active <= 0;
+        int allowed = empty_hold ? 0 : in->delete_allowance;
+        for (size_t i = 0; i < out->n; i++) {
+            action *a = &out->actions[i];
+            if (a->kind != ACT_DELETE)
+                continue;
+            if (allowed > 0) {
+                allowed--;
+                continue;
+            }
+            a->kind = ACT_HOLD;
+            free(a->reason);
+            a->reason = xstrdup(empty_hold ? (active < 0 ? "delete held: the number of active accounts is unknown"
+                                                          : "delete held: no account is active (set ALLOW_EMPTY_DESIRED=true to allow)")
+                                           : "delete held: delete budget exhausted (DELETE_BUDGET)");
+            out->held_deletes++;
+            if (out->hold_reason == NULL)
+                out->hold_reason = xstrdup(a->reason);
+        }
+    }
+    for (size_t i = 0; i < out->n; i++)
+        scrub(&ri, &out->actions[i].reason);
+    strmap_free(&ri.by_id);
+    return 0;
+}

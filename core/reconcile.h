@@ -1,0 +1,67 @@
+/* reconcile: one planning step, shared by `run` and `plan`. Turns the account
+ * rows and the observed Deployments into actions by calling the rules'
+ * plan(accounts, observed, ctx), then enforces in C what no rule may change
+ * (DESIGN.md §5):
+ *   - update and delete only Deployments in the managed cache (label
+ *     app.kubernetes.io/managed-by=sync-airbnb-operator, our namespace);
+ *   - the rendered object's name, namespace and managed-by label are ours;
+ *   - no credential value of the account appears in the rendered object;
+ *   - deletes are held when the set of active accounts is empty (unless
+ *     ALLOW_EMPTY_DESIRED) and beyond the delete budget.
+ * If plan() itself fails, each account is planned on its own so that a rule
+ * error affects only the account that triggers it. */
+#ifndef RECONCILE_H
+#define RECONCILE_H
+
+#include <libpq-fe.h>
+
+#include "config.h"
+#include "rules.h"
+#include "strmap.h"
+
+typedef enum { ACT_CREATE, ACT_UPDATE, ACT_DELETE, ACT_HOLD, ACT_ERROR } act_kind;
+
+typedef struct action {
+    act_kind kind;
+    char *account_id;   /* may be NULL (e.g. a Deployment without the annotation) */
+    char *name;         /* Deployment name; may be NULL for an error without one */
+    char *reason;       /* short, never a credential value */
+    char *body;         /* create/update: the Deployment JSON to apply */
+    char *desired_hash; /* create/update */
+    char *uid;          /* delete: precondition */
+} action;
+
+typedef struct plan_result {
+    action *actions;
+    size_t n;
+    int desired;       /* active accounts in the input */
+    int observed;      /* managed Deployments in the input */
+    int held_deletes;  /* deletes turned into holds */
+    char *hold_reason; /* why, when held_deletes > 0 */
+} plan_result;
+
+typedef struct plan_input {
+    PGresult *accounts;   /* rows of ACCOUNTS_SELECT (borrowed) */
+    strmap *observed;     /* name → obs_deploy (borrowed) */
+    int full;             /* 1: accounts is the whole table */
+    long active_total;    /* partial passes: active accounts in the whole table; -1 unknown */
+    int delete_allowance; /* deletes allowed in this pass (budget left) */
+} plan_input;
+
+/* The columns the rules get, in this order; the table name is appended by
+ * rec_accounts_sql (validated, quoted identifiers). */
+char *rec_accounts_sql(const config *cfg, int partial);
+char *rec_active_count_sql(const config *cfg);
+
+/* Plans. Returns 0 and fills out (free with rec_plan_free), or -1 when no
+ * plan could be made at all (no rules, or the input could not be passed),
+ * with err. Per-account failures are ACT_ERROR actions, not -1. */
+int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out, char *err,
+             size_t errlen);
+void rec_plan_free(plan_result *p);
+
+const char *rec_action_name(act_kind k);
+/* Builds a PostgreSQL text[] literal of the ids (for = ANY($1)). Caller frees. */
+char *rec_text_array(const char *const *ids, size_t n);
+
+#endif
