@@ -932,6 +932,9 @@ int run_main(const config *cfg, int argc, char **argv)
             fprintf(stderr, "run: %s\n", err);
             goto out;
         }
+        char port[16];
+        snprintf(port, sizeof port, "%d", health_port(c->health));
+        log_info("health endpoints listening", "addr", cfg->health_addr, "port", port, NULL);
     }
     c->kc = kube_client_new(&c->kcfg, err, sizeof err);
     if (c->kc == NULL) {

@@ -76,3 +76,34 @@ def database_url(pg, request) -> str:
     url = pg.create_database(name)
     yield url
     pg.drop_database(name)
+
+
+# ---- the operator ----------------------------------------------------------------
+
+from operator_harness import Operator, run_cli  # noqa: E402
+
+
+@pytest.fixture
+def migrated_db(database_url) -> str:
+    """A fresh database with the operator's migrations applied (and the accounts table)."""
+    run_cli("migrate", "up", env={"DATABASE_URL": database_url}, check=True)
+    return database_url
+
+
+@pytest.fixture
+def operator_factory(kubeconfig, namespace, migrated_db):
+    """start(**env) runs `sync-airbnb-operator run` on this test's namespace and
+    database; every operator started is stopped (SIGTERM) after the test, and a
+    non-zero exit fails the test."""
+    started: list[Operator] = []
+
+    def start(env: dict | None = None, database_url: str | None = None, namespace_: str | None = None):
+        op = Operator.start(database_url=database_url or migrated_db, kubeconfig=kubeconfig,
+                            namespace=namespace_ or namespace, env=env)
+        started.append(op)
+        return op
+
+    yield start
+    codes = [op.stop() for op in started]
+    for op, code in zip(started, codes):
+        assert code == 0, f"operator exited {code}:\n{op.raw_log()[-4000:]}"
