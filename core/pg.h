@@ -56,7 +56,10 @@ int pg_listen(pg_conn *c, const char *channel, char *err, size_t errlen);
 int pg_socket(pg_conn *c);
 /* Reads what the socket has without blocking and calls cb once per
  * notification (channel and payload are valid during the call only).
- * Returns the number delivered, or -1 when the connection is gone. */
+ * Returns the number delivered, or -1 when the connection is gone.
+ * Call it also after every pg_exec() on a LISTENing connection: libpq queues
+ * notifications that arrive during a query, and the socket does not become
+ * readable again for them. */
 int pg_consume_notifies(pg_conn *c, void (*cb)(const char *channel, const char *payload, void *ud),
                         void *ud);
 /* 1 if the connection is usable, 0 if it is broken. */

@@ -233,6 +233,17 @@ static void test_listen_notify_and_reconnect(void)
         CHECK(wait_notifies(l, &got, 3000) == 1);
         CHECK_STR(got.data, "sync_airbnb_accounts=310316675;");
 
+        /* A notification that arrives while the listener runs a query is
+         * queued by libpq: the socket stays quiet, consume still finds it. */
+        buf_reset(&got);
+        CHECK(pg_command(s, "SELECT pg_notify('sync_airbnb_accounts', $1)", 1, params, err,
+                         sizeof err) == 0);
+        CHECK(pg_command(l, "SELECT pg_sleep(0.2)", 0, NULL, err, sizeof err) == 0);
+        struct pollfd quiet = {.fd = pg_socket(l), .events = POLLIN};
+        CHECK(poll(&quiet, 1, 200) == 0);
+        CHECK(pg_consume_notifies(l, on_notify, &got) == 1);
+        CHECK_STR(got.data, "sync_airbnb_accounts=310316675;");
+
         /* Kill the listener's backend: consume reports the loss, reconnect
          * restores the session and its LISTEN. */
         char pid[16];
