@@ -52,11 +52,14 @@ local function digest(tag, account, fields)
     add(account.account_id)
     for _, field in ipairs(fields) do
         local value = account[field]
-        if type(value) ~= "string" then
-            error(string_format("credential field %s must be a string, got %s", field, type(value)), 0)
-        end
         add(field)
-        add(value)
+        if value == nil then
+            pieces[#pieces + 1] = "-" -- SQL NULL; no string piece looks like this
+        elseif type(value) == "string" then
+            add(value)
+        else
+            error(string_format("fingerprint field %s must be a string or NULL, got %s", field, type(value)), 0)
+        end
     end
     return hash.sha256(table_concat(pieces))
 end

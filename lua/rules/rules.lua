@@ -16,8 +16,10 @@
 --       observed: managed Deployments keyed by name: {name, account_id
 --         (annotation sync-airbnb.io/account-id), applied_hash (annotation
 --         sync-airbnb.io/applied-hash), fingerprint (pod template annotation
---         sync-airbnb.io/credentials-fingerprint), annotations (all of
---         metadata.annotations), generation, drifted, replicas, ready_replicas}
+--         sync-airbnb.io/credentials-fingerprint), annotations (the
+--         Deployment's metadata.annotations, at least those under
+--         sync-airbnb.io/: fingerprint.lua reads credentials-seen and
+--         last-sync-at), generation, drifted, replicas, ready_replicas}
 --       ctx: {namespace, worker_image, now}
 --       actions, sorted by name:
 --         {action="create"|"update", account_id, name, reason, object, desired_hash}

@@ -62,6 +62,19 @@ describe("credentials_fingerprint", function()
         assert.are_not.equal(rules.credentials_fingerprint(a), rules.credentials_fingerprint(b))
     end)
 
+    it("hashes a NULL field apart from the empty string, for nullable fields added to fingerprint.fields", function()
+        local saved = fingerprint.fields
+        finally(function() fingerprint.fields = saved end)
+        fingerprint.fields = { "x_client_version", "user_agent", "airbnb_cookie", "customer_id" }
+        local without = helpers.copy(account)
+        without.customer_id = nil
+        local null = rules.credentials_fingerprint(without)
+        local empty = rules.credentials_fingerprint(changed(account, { customer_id = "" }))
+        assert.are_not.equal(null, empty)
+        assert.has_error(function() rules.credentials_fingerprint(changed(account, { customer_id = 1 })) end,
+            "fingerprint field customer_id must be a string or NULL, got number")
+    end)
+
     it("differs between accounts with the same credentials", function()
         assert.are_not.equal(rules.credentials_fingerprint(account),
             rules.credentials_fingerprint(accounts.row("310316676")))
