@@ -63,6 +63,7 @@ typedef struct ctl {
 
     health *health;
     uv_timer_t resync_timer, pass_timer, tick_timer, drain_timer;
+    uv_prepare_t notify_drain;
     uv_signal_t sigterm, sigint;
 
     strmap pending;  /* account ids to plan in the next partial pass */
@@ -546,6 +547,16 @@ static void on_db_readable(uv_poll_t *p, int status, int events)
 
 static void check_schema(ctl *c);
 
+/* A NOTIFY that arrives while a query runs is parsed by libpq and queued;
+ * the socket will not signal it again. Drain the queue before the loop
+ * blocks, each iteration. */
+static void on_notify_drain(uv_prepare_t *h)
+{
+    ctl *c = h->data;
+    if (c->db_up && pg_consume_notifies(c->db, on_notify, c) < 0)
+        db_lost(c, "connection lost");
+}
+
 static void close_free(uv_handle_t *h)
 {
     free(h);
@@ -958,6 +969,9 @@ int run_main(const config *cfg, int argc, char **argv)
     c->sigterm.data = c->sigint.data = c;
     uv_signal_start(&c->sigterm, on_signal, SIGTERM);
     uv_signal_start(&c->sigint, on_signal, SIGINT);
+    uv_prepare_init(&c->loop, &c->notify_drain);
+    c->notify_drain.data = c;
+    uv_prepare_start(&c->notify_drain, on_notify_drain);
     uv_async_init(&c->loop, &c->leader_async, on_leader_async);
     c->leader_async.data = c;
     uv_fs_event_init(&c->loop, &c->rules_watch);
