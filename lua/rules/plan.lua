@@ -97,19 +97,19 @@ end
 local function reconcile_account(account, observed, ctx)
     local state = fingerprint.decide(account, observed)
     local object = deployment.render(account, ctx, state)
+    local desired_hash = hash.sha256(json.encode(object))
+    local changed = observed == nil or observed.applied_hash ~= desired_hash
+    if not changed and not observed.drifted then
+        return nil -- this very object was validated when it was applied
+    end
     local ok, err = validate.deployment(object)
     if not ok then
         return { action = "error", code = "invalid_deployment", retryable = false,
             reason = "rendered Deployment is invalid: " .. err }
     end
-    local desired_hash = hash.sha256(json.encode(object))
     if observed == nil then
         return { action = "create", reason = "active account has no worker",
             object = object, desired_hash = desired_hash }
-    end
-    local changed = observed.applied_hash ~= desired_hash
-    if not changed and not observed.drifted then
-        return nil
     end
     local reasons = {}
     if state.change == "credentials" and state.fingerprint ~= observed.fingerprint then
