@@ -65,6 +65,7 @@ function M.render(account, ctx, credentials)
     ctx = ctx or {}
     local id = account.account_id
     local name = assert(naming.worker_name(id))
+    -- Two tables, not one shared: the core adds to metadata.labels before applying.
     local labels = assert(naming.labels(id))
     local pod_labels = assert(naming.labels(id))
     return {
