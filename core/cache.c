@@ -25,6 +25,12 @@ void obs_deploy_free(obs_deploy *d)
     free(d->account_id);
     free(d->applied_hash);
     free(d->fingerprint);
+    for (int i = 0; i < d->nann; i++) {
+        free(d->ann_keys[i]);
+        free(d->ann_values[i]);
+    }
+    free(d->ann_keys);
+    free(d->ann_values);
     free(d);
 }
 
@@ -52,6 +58,16 @@ obs_deploy *cache_parse_deployment(const json_value *obj)
     const json_value *ann = json_get(meta, "annotations");
     d->account_id = dup_or_null(json_string(json_get(ann, ACCOUNT_ANNOTATION)));
     d->applied_hash = dup_or_null(json_string(json_get(ann, APPLIED_HASH_ANNOTATION)));
+    for (size_t i = 0; i < json_len(ann); i++) {
+        const char *k = json_key_at(ann, i), *v = json_string(json_at(ann, i));
+        if (v == NULL || strncmp(k, "sync-airbnb.io/", 15) != 0)
+            continue;
+        d->ann_keys = xrealloc(d->ann_keys, (size_t)(d->nann + 1) * sizeof *d->ann_keys);
+        d->ann_values = xrealloc(d->ann_values, (size_t)(d->nann + 1) * sizeof *d->ann_values);
+        d->ann_keys[d->nann] = xstrdup(k);
+        d->ann_values[d->nann] = xstrdup(v);
+        d->nann++;
+    }
     const char *mb = json_string(json_path(meta, "labels", MANAGED_BY_LABEL, NULL));
     d->managed = mb && strcmp(mb, MANAGED_BY_VALUE) == 0;
     d->generation = (long)json_number(json_get(meta, "generation"), 0);

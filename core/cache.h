@@ -22,6 +22,10 @@ typedef struct obs_deploy {
     char *account_id;   /* annotation; NULL if missing */
     char *applied_hash; /* annotation; NULL if missing */
     char *fingerprint;  /* pod template annotation; NULL if missing */
+    /* every metadata annotation under sync-airbnb.io/ (the rules keep their
+     * bookkeeping there), as parallel arrays */
+    char **ann_keys, **ann_values;
+    int nann;
     long generation, observed_generation;
     long applied_generation; /* generation our last apply produced; 0 unknown */
     int managed;             /* carries the managed-by label */

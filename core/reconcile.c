@@ -195,6 +195,12 @@ static void push_observed_one(lua_State *L, const obs_deploy *d)
         lua_pushstring(L, d->fingerprint);
         lua_setfield(L, -2, "fingerprint");
     }
+    lua_createtable(L, 0, d->nann);
+    for (int i = 0; i < d->nann; i++) {
+        lua_pushstring(L, d->ann_values[i]);
+        lua_setfield(L, -2, d->ann_keys[i]);
+    }
+    lua_setfield(L, -2, "annotations");
     lua_pushinteger(L, d->generation);
     lua_setfield(L, -2, "generation");
     lua_pushboolean(L, d->applied_generation > 0 && d->generation > d->applied_generation);
