@@ -72,6 +72,7 @@ typedef struct ctl {
     strmap requeue;  /* account ids to plan again when their write finished */
     strmap backoff;  /* account id → struct backoff after a failed write */
     strmap reported; /* "name\naction" → last reason, so holds/errors are audited once */
+    strmap settled;  /* see plan_input.settled */
 
     double delete_tokens;
     uint64_t delete_refill_ms;
@@ -461,7 +462,7 @@ static void pass(ctl *c)
             PQclear(cres);
         }
     }
-    plan_input in = {res, observed, full, active_total, (int)c->delete_tokens};
+    plan_input in = {res, observed, full, active_total, (int)c->delete_tokens, &c->settled};
     if (rec_plan(c->rules, cfg, &in, &plan, err, sizeof err) < 0) {
         set_pass_error(c, err);
         goto out;
@@ -486,8 +487,8 @@ static void pass(ctl *c)
         c->hold_reason = plan.hold_reason ? xstrdup(plan.hold_reason) : NULL;
     }
     metrics_set("sync_airbnb_operator_deletes_held", NULL, c->held_deletes);
-    snprintf(c->last_result, sizeof c->last_result, "%s: %d writes, %d held", full ? "full" : "partial",
-             writes, plan.held_deletes);
+    snprintf(c->last_result, sizeof c->last_result, "%s: %d planned, %d writes, %d held",
+             full ? "full" : "partial", plan.planned, writes, plan.held_deletes);
     log_debug("reconcile pass", "kind", full ? "full" : "partial", "result", c->last_result, NULL);
 out:
     if (res)
@@ -1041,6 +1042,7 @@ out:
     while (strmap_next(&c->reported, &it, NULL, &v))
         free(v);
     strmap_free(&c->reported);
+    rec_settled_free(&c->settled);
     free(c->db_error);
     free(c->schema_error);
     free(c->hold_reason);

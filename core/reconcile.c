@@ -104,7 +104,9 @@ static action *push_action(plan_result *p, act_kind kind, const char *account_id
 typedef struct row_index {
     const plan_input *in;
     int col[NCOLUMNS];
-    strmap by_id; /* account_id → row + 1 (as a pointer-sized int) */
+    strmap by_id;        /* account_id → row + 1 (as a pointer-sized int) */
+    unsigned char *skip; /* per row: settled, not handed to the rules */
+    char **keys;         /* per row: settle key (NULL without in->settled) */
 } row_index;
 
 static void index_rows(row_index *ri, const plan_input *in)
@@ -226,6 +228,11 @@ static void push_observed(lua_State *L, strmap *observed, const char *only_accou
             continue;
         if (orphans_only && d->account_id && strmap_get(&ri->by_id, d->account_id))
             continue;
+        if (ri->skip && d->account_id) {
+            intptr_t row = (intptr_t)strmap_get(&ri->by_id, d->account_id);
+            if (row > 0 && ri->skip[row - 1])
+                continue;
+        }
         push_observed_one(L, d);
         lua_setfield(L, -2, d->name);
     }
@@ -444,9 +451,12 @@ static int call_plan(rules *r, const config *cfg, const plan_input *in, const ro
     luahost_push_entry_field(h, "plan");
     if (row < 0) {
         lua_createtable(L, nrows, 0);
+        int n = 0;
         for (int i = 0; i < nrows; i++) {
+            if (ri->skip && ri->skip[i])
+                continue;
             push_row(L, in->accounts, i);
-            lua_rawseti(L, -2, i + 1);
+            lua_rawseti(L, -2, ++n);
         }
         push_observed(L, in->observed, NULL, 0, ri);
     } else if (row < nrows) {
@@ -460,7 +470,9 @@ static int call_plan(rules *r, const config *cfg, const plan_input *in, const ro
         push_observed(L, in->observed, NULL, 1, ri);
     }
     rules_push_ctx(r, L);
-    return luahost_pcall(L, 3, 1, cfg->rules_budget_ms, err, errlen);
+    /* The budget stops runaway rules; it grows with the work handed over. */
+    int budget = cfg->rules_budget_ms + (row < 0 ? nrows : 1);
+    return luahost_pcall(L, 3, 1, budget, err, errlen);
 }
 
 static int is_active_row(const plan_input *in, const row_index *ri, int i)
@@ -471,6 +483,120 @@ static int is_active_row(const plan_input *in, const row_index *ri, int i)
     if (PQftype(in->accounts, a) != BOOLOID || PQgetvalue(in->accounts, i, a)[0] != 't')
         return 0;
     return d < 0 || PQgetisnull(in->accounts, i, d);
+}
+
+void rec_settled_free(strmap *settled)
+{
+    size_t it = 0;
+    void *v;
+    while (strmap_next(settled, &it, NULL, &v))
+        free(v);
+    strmap_free(settled);
+}
+
+/* The settle key of row i: everything the rules see of this account. */
+static char *settle_key(rules *r, const config *cfg, const plan_input *in, int i, strmap *deploy_by_account)
+{
+    buf b = {0};
+    buf_puts(&b, rules_version(r));
+    buf_putc(&b, '\0');
+    buf_puts(&b, cfg->worker_image);
+    buf_putc(&b, '\0');
+    buf_puts(&b, cfg->namespace);
+    buf_putc(&b, '\0');
+    int nf = PQnfields(in->accounts);
+    for (int c = 0; c < nf; c++) {
+        if (PQgetisnull(in->accounts, i, c))
+            buf_puts(&b, "\x01NULL");
+        else
+            buf_puts(&b, PQgetvalue(in->accounts, i, c));
+        buf_putc(&b, '\0');
+    }
+    const char *id = PQgetvalue(in->accounts, i, 0);
+    const obs_deploy *d = strmap_get(deploy_by_account, id);
+    if (d == (const obs_deploy *)deploy_by_account) { /* several Deployments: never settled */
+        buf_free(&b);
+        return NULL;
+    }
+    if (d) {
+        buf_printf(&b, "%s\x02%s\x02%s\x02%ld\x02%ld", d->name, d->applied_hash ? d->applied_hash : "",
+                   d->fingerprint ? d->fingerprint : "", d->generation, d->applied_generation);
+        for (int k = 0; k < d->nann; k++)
+            buf_printf(&b, "\x02%s=%s", d->ann_keys[k], d->ann_values[k]);
+    }
+    char hex[65];
+    util_sha256_hex(b.data, b.len, hex);
+    buf_free(&b);
+    return xstrdup(hex);
+}
+
+static void settle_prepare(rules *r, const config *cfg, const plan_input *in, row_index *ri)
+{
+    int nrows = PQntuples(in->accounts);
+    ri->skip = xcalloc((size_t)nrows + 1, 1);
+    ri->keys = xcalloc((size_t)nrows + 1, sizeof *ri->keys);
+    strmap by_account = STRMAP_INIT;
+    size_t it = 0;
+    void *v;
+    while (strmap_next(in->observed, &it, NULL, &v)) {
+        obs_deploy *d = v;
+        if (!d->managed || d->account_id == NULL)
+            continue;
+        if (strmap_get(&by_account, d->account_id))
+            strmap_put(&by_account, d->account_id, &by_account); /* marker: several */
+        else
+            strmap_put(&by_account, d->account_id, d);
+    }
+    for (int i = 0; i < nrows; i++) {
+        if (ri->col[0] < 0 || PQgetisnull(in->accounts, i, ri->col[0]))
+            continue;
+        ri->keys[i] = settle_key(r, cfg, in, i, &by_account);
+        const char *old = strmap_get(in->settled, PQgetvalue(in->accounts, i, ri->col[0]));
+        ri->skip[i] = ri->keys[i] && old && strcmp(old, ri->keys[i]) == 0;
+    }
+    strmap_free(&by_account);
+}
+
+/* After a plan: accounts that got no action are settled at their key. */
+static void settle_commit(const plan_input *in, row_index *ri, const plan_result *out)
+{
+    strmap acted = STRMAP_INIT;
+    for (size_t i = 0; i < out->n; i++)
+        if (out->actions[i].account_id)
+            strmap_put(&acted, out->actions[i].account_id, (void *)1);
+    int nrows = PQntuples(in->accounts);
+    strmap present = STRMAP_INIT;
+    for (int i = 0; i < nrows; i++) {
+        if (ri->col[0] < 0 || PQgetisnull(in->accounts, i, ri->col[0]))
+            continue;
+        const char *id = PQgetvalue(in->accounts, i, ri->col[0]);
+        strmap_put(&present, id, (void *)1);
+        if (ri->skip[i])
+            continue;
+        if (ri->keys[i] && !strmap_get(&acted, id)) {
+            free(strmap_put(in->settled, id, ri->keys[i]));
+            ri->keys[i] = NULL; /* now owned by the map */
+        } else {
+            free(strmap_del(in->settled, id));
+        }
+    }
+    if (in->full) { /* forget accounts that are gone */
+        char **gone = NULL;
+        size_t ngone = 0, it = 0;
+        const char *k;
+        while (strmap_next(in->settled, &it, &k, NULL))
+            if (!strmap_get(&present, k)) {
+                gone = xrealloc(gone, (ngone + 1) * sizeof *gone);
+                gone[ngone++] = xstrdup(k);
+            }
+        for (size_t i = 0; i < ngone; i++) {
+            free(strmap_del(in->settled, gone[i]));
+            free(gone[i]);
+        }
+        free(gone);
+    }
+    strmap_free(&present);
+    strmap_free(&acted);
 }
 
 int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out, char *err,
@@ -498,6 +624,12 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     while (strmap_next(in->observed, &it, NULL, &v))
         out->observed += ((obs_deploy *)v)->managed;
 
+    if (in->settled)
+        settle_prepare(r, cfg, in, &ri);
+    out->planned = nrows;
+    for (int i = 0; ri.skip && i < nrows; i++)
+        out->planned -= ri.skip[i];
+
     char perr[1024];
     if (call_plan(r, cfg, in, &ri, -1, perr, sizeof perr) == 0) {
         read_actions(L, cfg, in, &ri, out);
@@ -507,6 +639,8 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
         log_warn("rules: plan failed; planning each account on its own", "error", perr, NULL);
         for (int i = 0; i <= nrows; i++) {
             char aerr[1024];
+            if (i < nrows && ri.skip && ri.skip[i])
+                continue;
             if (call_plan(r, cfg, in, &ri, i, aerr, sizeof aerr) == 0) {
                 read_actions(L, cfg, in, &ri, out);
             } else {
@@ -544,6 +678,13 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     }
     for (size_t i = 0; i < out->n; i++)
         scrub(&ri, &out->actions[i].reason);
+    if (in->settled) {
+        settle_commit(in, &ri, out);
+        for (int i = 0; i < nrows; i++)
+            free(ri.keys[i]);
+        free(ri.keys);
+        free(ri.skip);
+    }
     strmap_free(&ri.by_id);
     return 0;
 }

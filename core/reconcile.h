@@ -38,6 +38,7 @@ typedef struct plan_result {
     int observed;      /* managed Deployments in the input */
     int held_deletes;  /* deletes turned into holds */
     char *hold_reason; /* why, when held_deletes > 0 */
+    int planned;       /* accounts handed to the rules (the rest were settled) */
 } plan_result;
 
 typedef struct plan_input {
@@ -46,6 +47,13 @@ typedef struct plan_input {
     int full;             /* 1: accounts is the whole table */
     long active_total;    /* partial passes: active accounts in the whole table; -1 unknown */
     int delete_allowance; /* deletes allowed in this pass (budget left) */
+    /* Optional (NULL: plan every account). account_id → malloc'd key of the
+     * inputs (row, its Deployment, rules version) for which the last plan
+     * returned no action. Accounts whose key is unchanged are not handed to
+     * the rules again: a resync with nothing to do costs no Lua work. This
+     * relies on plan() deciding each account from its own row and
+     * Deployment (docs/rules.md). rec_plan updates the map. */
+    strmap *settled;
 } plan_input;
 
 /* The columns the rules get, in this order; the table name is appended by
@@ -59,6 +67,8 @@ char *rec_active_count_sql(const config *cfg);
 int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out, char *err,
              size_t errlen);
 void rec_plan_free(plan_result *p);
+/* Frees the keys of a settled map and the map. */
+void rec_settled_free(strmap *settled);
 
 const char *rec_action_name(act_kind k);
 /* Builds a PostgreSQL text[] literal of the ids (for = ANY($1)). Caller frees. */
