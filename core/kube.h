@@ -19,8 +19,6 @@
 #include <stddef.h>
 #include <uv.h>
 
-#include "util.h"
-
 /* ---- configuration (kubeconfig.c) ---------------------------------------- */
 
 typedef struct kube_config {
@@ -135,7 +133,7 @@ typedef struct {
     int max_retries;        /* retries after the first attempt; 0 → 5; < 0 → none */
     int backoff_base_ms;    /* first retry delay before jitter; 0 → 200 */
     int backoff_max_ms;     /* cap of the exponential backoff; 0 → 10000 */
-    int watch_idle_timeout_s; /* a watch with no bytes for this long ends; 0 → 330 */
+    int watch_idle_timeout_ms; /* a watch with no bytes for this long ends; 0 → 330000 */
 } kube_limits;
 
 /* Uses c (borrowed: c must outlive the kube_async) and loop. lim NULL → all
@@ -176,8 +174,9 @@ typedef void (*kube_watch_end_cb)(long http_status, const char *err, void *ud);
 
 /* Streams a watch; path must include watch=1 (and should carry
  * resourceVersion, allowWatchBookmarks=true, timeoutSeconds). The start is
- * rate-limited like a request; there is no total timeout, a stream idle for
- * watch_idle_timeout_s ends, TCP keepalive finds dead peers. No automatic
+ * rate-limited like a request; there is no total timeout: a stream that
+ * sends no byte for watch_idle_timeout_ms ends (keep it above the server's
+ * timeoutSeconds and bookmark interval), TCP keepalive finds dead peers. No automatic
  * re-watch: on_end is where the caller relists/rewatches. Never NULL unless a
  * is closing. */
 kube_watch *kube_watch_start(kube_async *a, const char *path, kube_watch_event_cb on_event,
@@ -225,6 +224,8 @@ int luaopen_kube(struct lua_State *L);
 
 #ifdef KUBE_INTERNAL
 #include <curl/curl.h>
+
+#include "util.h"
 
 /* Reads a small file, strips trailing white space; malloc'd, NULL + errno. */
 char *kube_read_trimmed(const char *path);
