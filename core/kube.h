@@ -44,6 +44,10 @@ typedef struct kube_config {
  * are refused with a clear message. Returns 0, or -1 with a one-line error
  * naming the file, e.g. `kubeconfig /x: context "foo" not found`. */
 int kube_config_load_kubeconfig(const char *path, kube_config *out, char *err, size_t errlen);
+/* The same from text in memory (for fuzzing): name is used in messages,
+ * relative file paths resolve against dir (NULL → kept as given). */
+int kube_config_parse_kubeconfig(const char *data, size_t len, const char *name, const char *dir,
+                                 kube_config *out, char *err, size_t errlen);
 
 /* In-cluster service account: KUBERNETES_SERVICE_HOST/PORT (IPv6 bracketed),
  * token, ca.crt and namespace under /var/run/secrets/kubernetes.io/serviceaccount

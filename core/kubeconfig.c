@@ -266,13 +266,40 @@ static int load_context(yaml_document_t *d, const char *path, const char *dir, k
     return 0;
 }
 
-int kube_config_load_kubeconfig(const char *path, kube_config *out, char *err, size_t errlen)
+int kube_config_parse_kubeconfig(const char *data, size_t len, const char *name, const char *dir,
+                                 kube_config *out, char *err, size_t errlen)
 {
-    int rc = -1, have_doc = 0;
-    char *first = NULL, *data = NULL, *dir = NULL;
-    size_t len = 0;
     yaml_parser_t parser;
     yaml_document_t doc;
+    int rc;
+
+    memset(out, 0, sizeof *out);
+    if (!yaml_parser_initialize(&parser)) {
+        util_seterr(err, errlen, "kubeconfig %s: cannot start the YAML parser", name);
+        return -1;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        util_seterr(err, errlen, "kubeconfig %s: line %zu column %zu: %s%s%s", name,
+                    parser.problem_mark.line + 1, parser.problem_mark.column + 1,
+                    parser.problem ? parser.problem : "invalid YAML", parser.context ? " " : "",
+                    parser.context ? parser.context : "");
+        yaml_parser_delete(&parser);
+        return -1;
+    }
+    yaml_parser_delete(&parser);
+    rc = load_context(&doc, name, dir, out, err, errlen);
+    yaml_document_delete(&doc);
+    if (rc < 0)
+        kube_config_free(out);
+    return rc;
+}
+
+int kube_config_load_kubeconfig(const char *path, kube_config *out, char *err, size_t errlen)
+{
+    int rc = -1;
+    char *first = NULL, *data = NULL, *dir = NULL;
+    size_t len = 0;
 
     memset(out, 0, sizeof *out);
     if (path == NULL) {
@@ -281,13 +308,12 @@ int kube_config_load_kubeconfig(const char *path, kube_config *out, char *err, s
             util_seterr(err, errlen, "no kubeconfig: no path given and $KUBECONFIG is not set");
             return -1;
         }
-        /* $KUBECONFIG is a ':'-separated list; like the spec asks we take the
-         * first entry rather than merging. */
+        /* $KUBECONFIG is a ':'-separated list; we take the first entry
+         * rather than merging like kubectl. */
         first = xstrndup(env, strcspn(env, ":"));
         if (*first == '\0') {
             util_seterr(err, errlen, "no kubeconfig: $KUBECONFIG starts with an empty entry");
-            free(first);
-            return -1;
+            goto out;
         }
         path = first;
     }
@@ -296,28 +322,9 @@ int kube_config_load_kubeconfig(const char *path, kube_config *out, char *err, s
         util_seterr(err, errlen, "kubeconfig %s: %s", path, strerror(errno));
         goto out;
     }
-    if (!yaml_parser_initialize(&parser)) {
-        util_seterr(err, errlen, "kubeconfig %s: cannot start the YAML parser", path);
-        goto out;
-    }
-    yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
-    if (!yaml_parser_load(&parser, &doc)) {
-        util_seterr(err, errlen, "kubeconfig %s: line %zu column %zu: %s%s%s", path,
-                    parser.problem_mark.line + 1, parser.problem_mark.column + 1,
-                    parser.problem ? parser.problem : "invalid YAML",
-                    parser.context ? " " : "", parser.context ? parser.context : "");
-        yaml_parser_delete(&parser);
-        goto out;
-    }
-    have_doc = 1;
-    yaml_parser_delete(&parser);
     dir = dirname_of(path);
-    rc = load_context(&doc, path, dir, out, err, errlen);
+    rc = kube_config_parse_kubeconfig(data, len, path, dir, out, err, errlen);
 out:
-    if (have_doc)
-        yaml_document_delete(&doc);
-    if (rc < 0)
-        kube_config_free(out);
     free(dir);
     free(data);
     free(first);

@@ -266,6 +266,34 @@ static void test_in_cluster(void)
     free(dir);
 }
 
+/* The in-memory entry (the fuzzing target) survives arbitrary bytes: cut
+ * every prefix of a valid kubeconfig and flip bytes one at a time. */
+static void test_parse_survives_garbage(void)
+{
+    const char *good = "current-context: c\n"
+                       "contexts: [{name: c, context: {cluster: c, user: u, namespace: n}}]\n"
+                       "clusters: [{name: c, cluster: {server: 'https://k', certificate-authority-data: QUJD}}]\n"
+                       "users: [{name: u, user: {token: t, client-certificate-data: QUJD, client-key: k}}]\n";
+    size_t n = strlen(good);
+    kube_config c;
+    char err[256];
+    CHECK(kube_config_parse_kubeconfig(good, n, "mem", NULL, &c, err, sizeof err) == 0);
+    CHECK_STR(c.ca_pem, "ABC");
+    CHECK_STR(c.client_key_file, "k");
+    kube_config_free(&c);
+    char *copy = xmalloc(n);
+    for (size_t i = 0; i <= n; i++) {
+        if (kube_config_parse_kubeconfig(good, i, "mem", "/d", &c, err, sizeof err) == 0)
+            kube_config_free(&c);
+        memcpy(copy, good, n);
+        if (i < n)
+            copy[i] = (char)(copy[i] ^ 0x5a);
+        if (kube_config_parse_kubeconfig(copy, n, "mem", "/d", &c, err, sizeof err) == 0)
+            kube_config_free(&c);
+    }
+    free(copy);
+}
+
 static void test_client_rejects_bad_config(void)
 {
     kube_config c = {0};
@@ -300,6 +328,7 @@ int main(void)
     RUN(test_missing_file);
     RUN(test_kubeconfig_env_first_entry);
     RUN(test_in_cluster);
+    RUN(test_parse_survives_garbage);
     RUN(test_client_rejects_bad_config);
     nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return check_summary();
