@@ -32,6 +32,7 @@
 #define NOTIFY_CHANNEL "sync_airbnb_accounts"
 #define PASS_DEBOUNCE_MS 5
 #define MAX_PARTIAL 1000
+#define PLAN_CHUNK 256 /* accounts handed to the rules per pass; the rest follow as writes drain */
 #define SHUTDOWN_BOUND_MS 10000
 #define RULES_CONFIGMAP "sync-airbnb-operator-rules"
 
@@ -299,6 +300,8 @@ static void on_write_done(const kube_response *resp, const char *terr, void *ud)
     }
     if (w->account_id && strmap_del(&c->requeue, w->account_id))
         enqueue(c, w->account_id);
+    if (c->full_pending && c->inflight.len < PLAN_CHUNK / 2)
+        kick(c);
     free(w->account_id);
     free(w->name);
     free(w->reason);
@@ -462,7 +465,7 @@ static void pass(ctl *c)
             PQclear(cres);
         }
     }
-    plan_input in = {res, observed, full, active_total, (int)c->delete_tokens, &c->settled};
+    plan_input in = {res, observed, full, active_total, (int)c->delete_tokens, &c->settled, PLAN_CHUNK};
     if (rec_plan(c->rules, cfg, &in, &plan, err, sizeof err) < 0) {
         set_pass_error(c, err);
         goto out;
@@ -476,6 +479,12 @@ static void pass(ctl *c)
             writes++;
         execute(c, &plan.actions[i]);
     }
+    if (plan.deferred > 0) {
+        /* More accounts wait: plan them when the pipeline has room. */
+        c->full_pending = 1;
+        if (c->inflight.len < PLAN_CHUNK / 2)
+            kick(c);
+    }
     if (full) {
         c->held_deletes = plan.held_deletes;
         free(c->hold_reason);
@@ -487,8 +496,8 @@ static void pass(ctl *c)
         c->hold_reason = plan.hold_reason ? xstrdup(plan.hold_reason) : NULL;
     }
     metrics_set("sync_airbnb_operator_deletes_held", NULL, c->held_deletes);
-    snprintf(c->last_result, sizeof c->last_result, "%s: %d planned, %d writes, %d held",
-             full ? "full" : "partial", plan.planned, writes, plan.held_deletes);
+    snprintf(c->last_result, sizeof c->last_result, "%s: %d planned, %d deferred, %d writes, %d held",
+             full ? "full" : "partial", plan.planned, plan.deferred, writes, plan.held_deletes);
     log_debug("reconcile pass", "kind", full ? "full" : "partial", "result", c->last_result, NULL);
 out:
     if (res)

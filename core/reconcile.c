@@ -107,6 +107,7 @@ typedef struct row_index {
     strmap by_id;        /* account_id → row + 1 (as a pointer-sized int) */
     unsigned char *skip; /* per row: settled, not handed to the rules */
     char **keys;         /* per row: settle key (NULL without in->settled) */
+    unsigned char *deferred; /* per row: left for a later pass (skip is set too) */
 } row_index;
 
 static void index_rows(row_index *ri, const plan_input *in)
@@ -375,6 +376,13 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
         obs_deploy *obs = name ? strmap_get(in->observed, name) : NULL;
         if (obs && !obs->managed)
             obs = NULL;
+        if (obs && k != ACT_DELETE && id && obs->account_id && strcmp(obs->account_id, id) != 0) {
+            snprintf(err, sizeof err, "refusing to %s %s: it belongs to another account (name collision)",
+                     k == ACT_CREATE ? "create" : "update", name);
+            push_action(out, ACT_ERROR, id, name, err);
+            lua_pop(L, 1);
+            continue;
+        }
         if (k == ACT_CREATE && obs)
             k = ACT_UPDATE; /* it exists and is ours: apply instead */
         if ((k == ACT_UPDATE || k == ACT_DELETE) && obs == NULL) {
@@ -573,7 +581,7 @@ static void settle_commit(const plan_input *in, row_index *ri, const plan_result
         strmap_put(&present, id, (void *)1);
         if (ri->skip[i])
             continue;
-        if (ri->keys[i] && !strmap_get(&acted, id)) {
+        if (ri->keys && ri->keys[i] && !strmap_get(&acted, id)) {
             free(strmap_put(in->settled, id, ri->keys[i]));
             ri->keys[i] = NULL; /* now owned by the map */
         } else {
@@ -629,6 +637,28 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     out->planned = nrows;
     for (int i = 0; ri.skip && i < nrows; i++)
         out->planned -= ri.skip[i];
+    if (in->max_rows > 0 && out->planned > in->max_rows) {
+        /* Defer the rest: treated like settled rows for this call (their
+         * Deployments are not shown to the rules, so they are not orphans),
+         * but not settled afterwards. */
+        unsigned char *deferred = xcalloc((size_t)nrows + 1, 1);
+        if (ri.skip == NULL)
+            ri.skip = xcalloc((size_t)nrows + 1, 1);
+        int taken = 0;
+        for (int i = 0; i < nrows; i++) {
+            if (ri.skip[i])
+                continue;
+            if (taken < in->max_rows) {
+                taken++;
+            } else {
+                ri.skip[i] = 1;
+                deferred[i] = 1;
+                out->deferred++;
+            }
+        }
+        out->planned = taken;
+        ri.deferred = deferred;
+    }
 
     char perr[1024];
     if (call_plan(r, cfg, in, &ri, -1, perr, sizeof perr) == 0) {
@@ -678,13 +708,17 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     }
     for (size_t i = 0; i < out->n; i++)
         scrub(&ri, &out->actions[i].reason);
-    if (in->settled) {
+    if (in->settled)
         settle_commit(in, &ri, out);
-        for (int i = 0; i < nrows; i++)
-            free(ri.keys[i]);
-        free(ri.keys);
-        free(ri.skip);
-    }
+    /* Give the rendered objects back now: the next pass may be a while away
+     * and a steady RSS is a goal (docs/benchmarks.md). */
+    if (out->planned > 0)
+        lua_gc(L, LUA_GCCOLLECT);
+    for (int i = 0; ri.keys && i < nrows; i++)
+        free(ri.keys[i]);
+    free(ri.keys);
+    free(ri.skip);
+    free(ri.deferred);
     strmap_free(&ri.by_id);
     return 0;
 }

@@ -39,6 +39,7 @@ typedef struct plan_result {
     int held_deletes;  /* deletes turned into holds */
     char *hold_reason; /* why, when held_deletes > 0 */
     int planned;       /* accounts handed to the rules (the rest were settled) */
+    int deferred;      /* accounts left for a later pass (max_rows) */
 } plan_result;
 
 typedef struct plan_input {
@@ -54,6 +55,11 @@ typedef struct plan_input {
      * relies on plan() deciding each account from its own row and
      * Deployment (docs/rules.md). rec_plan updates the map. */
     strmap *settled;
+    /* At most this many accounts (beyond the settled ones) are handed to the
+     * rules in one call (0: all). The rest are deferred to a later pass, so
+     * a pass over 10,000 new accounts never holds 10,000 rendered
+     * Deployments in memory at once. */
+    int max_rows;
 } plan_input;
 
 /* The columns the rules get, in this order; the table name is appended by
