@@ -400,6 +400,58 @@ def test_in_cluster_config_with_exactly_deploy_rbac(cluster, rendered, deploy_ns
     assert r.returncode != 0 and "Forbidden" in r.stderr
 
 
+OPERATOR_ROLE_GRANTS = """
+GRANT CONNECT ON DATABASE {db} TO {role};
+GRANT USAGE ON SCHEMA airbnb, sync_airbnb_operator TO {role};
+GRANT SELECT ON airbnb.accounts, sync_airbnb_operator.schema_migrations TO {role};
+GRANT INSERT ON sync_airbnb_operator.audit_log TO {role};
+GRANT USAGE ON SEQUENCE sync_airbnb_operator.audit_log_id_seq TO {role};
+"""
+
+
+@pytest.fixture
+def operator_role(pg, migrated_db):
+    """A login role with exactly OPERATOR_ROLE_GRANTS on the test database; its URL.
+    Set up before operator_factory, so it is dropped after the operator stopped."""
+    db = migrated_db.rsplit("/", 1)[1]
+    role = "op_" + db[-12:]
+    pg.psql(f"CREATE ROLE {role} LOGIN", url=pg.admin_url)
+    pg.psql(OPERATOR_ROLE_GRANTS.format(db=db, role=role), url=migrated_db)
+    yield re.sub(r"//[^@/]*@", f"//{role}@", migrated_db)
+    pg.psql(f"DROP OWNED BY {role}", url=migrated_db, check=False)
+    pg.psql(f"DROP ROLE IF EXISTS {role}", url=pg.admin_url, check=False)
+
+
+def test_operator_runs_with_the_documented_least_privilege_role(pg, cluster, namespace, migrated_db,
+                                                               operator_role, operator_factory):
+    """docs/operations.md: the operator's Secret may use a role with only these grants
+    (the migration Job keeps the owner's)."""
+    doc = (REPO / "docs" / "operations.md").read_text()
+    for line in OPERATOR_ROLE_GRANTS.strip().splitlines():
+        assert line.format(db="DBNAME", role="sync_airbnb_operator_rw") in doc, line
+    pg.psql("insert into airbnb.accounts(account_id, airbnb_cookie, x_client_version, user_agent, is_active)"
+            " values ('3001', 'c', 'v1', 'ua', true), ('3002', 'c', 'v1', 'ua', true)", url=migrated_db)
+    op = operator_factory(database_url=operator_role)
+    op.wait_ready()
+
+    def names():
+        return sorted(d["metadata"]["name"] for d in
+                      cluster.kubectl_json("get", "deployments", namespace=namespace)["items"])
+    wait_for(lambda: names() == ["sync-airbnb-worker-3001", "sync-airbnb-worker-3002"], 20, names)
+    pg.psql("update airbnb.accounts set is_active = false where account_id = '3002'", url=migrated_db)
+    wait_for(lambda: names() == ["sync-airbnb-worker-3001"], 20, names)
+    rows = pg.psql("select action from sync_airbnb_operator.audit_log order by id", url=migrated_db).stdout
+    assert rows.split() == ["create", "create", "delete"]
+    assert not [r for r in op.logs() if r.get("level") in ("warn", "error")]
+    env = {"DATABASE_URL": operator_role, "KUBECONFIG": cluster.kubeconfig, "OPERATOR_NAMESPACE": namespace}
+    assert run_cli("status", env=env).returncode == 0
+    assert run_cli("plan", env=env).returncode == 0
+    assert run_cli("migrate", "check", env=env).returncode == 0
+    # and it cannot change what it only reads
+    r = pg.psql("update airbnb.accounts set is_active = true", url=operator_role, check=False)
+    assert r.returncode != 0 and "permission denied" in r.stderr
+
+
 # ---- what the Dockerfile expects after `cmake --install` --------------------------------
 
 def _build_dir() -> Path:
