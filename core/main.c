@@ -47,8 +47,11 @@ static const command commands[] = {
      "  check   exit 0 at head, 3 when migrations are pending, 1 on error\n",
      &migrate_ref, NULL},
     {"plan", "plan [flags]", "show what `run` would do now (exit 0: nothing, 2: changes pending, 1: error)",
-     "Reads the accounts and the managed Deployments, runs the rules, and prints the\n"
-     "actions without executing them (-o json for JSON).\n",
+     "Reads the accounts and the managed Deployments as a full pass of `run` does, runs\n"
+     "the rules with the same safety checks (empty-set hold, a full DELETE_BUDGET), and\n"
+     "prints the actions without executing them (-o json for JSON). Writes nothing.\n"
+     "Exit 2 when a create, update or delete would be sent; holds and per-account\n"
+     "errors are listed but are not pending changes, as `run` cannot execute them.\n",
      &plan_ref, NULL},
     {"status", "status [flags]", "accounts vs worker Deployments vs pods, one row per account",
      "Columns: account, active, deployment, ready pods, restarts, fingerprint in sync,\n"
@@ -154,7 +157,7 @@ int main(int argc, char **argv)
     if (config_load(&cfg, argc - 2, argv + 2, &rest, &nrest, err, sizeof err) < 0) {
         fprintf(stderr, "sync-airbnb-operator %s: %s\n", cmd->name, err);
         config_free(&cfg);
-        return 2;
+        return strcmp(cmd->name, "plan") == 0 ? 1 : 2; /* plan's 2 means "changes pending" */
     }
     log_init(cfg.log_level, cfg.log_format);
 
