@@ -4,14 +4,18 @@
  *   cli.c        plan_main, status_main and the cli_view they and the REPL
  *                read through: the database, the cluster and the rules,
  *                exactly as `run` reads them (never writing anything)
+ *   cli_check.c  cli_check_rules_main: lint, load, render sample accounts
+ *                and validate their Deployments in C, self-check
  *
- * plan_main and status_main are the weak entry points declared in main.c. */
+ * plan_main and status_main are the weak entry points declared in main.c;
+ * main.c points `check-rules` at cli_check_rules_main. */
 #ifndef CLI_H
 #define CLI_H
 
 #include <stddef.h>
 
 #include "config.h"
+#include "json.h"
 #include "rules.h"
 #include "strmap.h"
 #include "util.h"
@@ -64,5 +68,27 @@ int cli_status_json(cli_view *v, buf *out, char *err, size_t errlen);
 /* One-shot commands raise the log level to warn (unless it is debug) so
  * that stdout/stderr carry results, not the core's progress lines. */
 void cli_quiet_logs(const config *cfg);
+
+/* ---- check-rules (cli_check.c) -------------------------------------------- */
+
+int cli_check_rules_main(const config *cfg, int argc, char **argv);
+
+/* Checks one rendered Deployment (decoded JSON): name a DNS-1123 label of at
+ * most 63 characters, apiVersion apps/v1 and kind Deployment, valid label
+ * keys and values (object and pod template), a non-empty
+ * spec.selector.matchLabels that is a subset of the pod template's labels,
+ * at least one container, each with a name and an image. Returns 0, or -1
+ * with the first problem in err. */
+int cli_validate_deployment(const json_value *obj, char *err, size_t errlen);
+
+/* Static check of one Lua chunk (Lua 5.4 bytecode): appends one line
+ * "chunk:line: message\n" to problems per read of a global that is not in
+ * globals, per assignment to any global, and per require("literal") of a
+ * module that is not in modules (both maps: key → non-NULL). Returns the
+ * number of problems, or -1 with a "chunk:line: message" syntax error (or an
+ * unreadable bytecode format) appended. chunk is the name shown, e.g.
+ * "deployment.lua". */
+int cli_lint_chunk(const char *chunk, const char *src, size_t len, const strmap *globals,
+                   const strmap *modules, buf *problems);
 
 #endif
