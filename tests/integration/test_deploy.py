@@ -521,6 +521,8 @@ def test_dockerfile_paths_and_runtime_libraries(tmp_path):
     ldconfig = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True).stdout
     missing = []
     for lib in needed:
+        if re.match(r"lib(a|ub|t|l)san\.", lib):
+            continue  # the sanitizer build's runtime; the image is built without SANITIZE
         m = re.search(rf"^\s*{re.escape(lib)} .*=> (\S+)$", ldconfig, re.M)
         assert m, f"{lib} not found by ldconfig"
         owner = subprocess.run(["dpkg", "-S", os.path.realpath(m.group(1))], capture_output=True, text=True)
