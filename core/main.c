@@ -65,8 +65,14 @@ static const command commands[] = {
      "credential values); self_check passes. Exits 1 with file:line on any failure.\n",
      NULL, cli_check_rules_main},
     {"repl", "repl [flags]", "a Lua prompt with the operator's bindings, for debugging",
-     "Line editing and history; reads piped input too. Modules: db, kube, json, hash,\n"
-     "log, clock, rules; helpers plan(), status(), reload().\n",
+     "A full (unsandboxed, unbudgeted) Lua 5.4 state for an admin: libedit line editing\n"
+     "and history (~/.sync_airbnb_operator_history); a chunk may span lines. Globals:\n"
+     "db (a connection to DATABASE_URL), kube (an API client from KUBECONFIG or\n"
+     "in-cluster), rules (the rules table), json, hash, log, clock; plan() and status()\n"
+     "return what `plan -o json` and `status -o json` print, computed exactly as they\n"
+     "are; reload() reloads RULES_DIR as hot reload does; ctx(); show(v).\n"
+     "Piped stdin: no banner or prompts, stops at the first error with exit 1:\n"
+     "  echo 'print(#plan())' | sync-airbnb-operator repl\n",
      &repl_ref, NULL},
     {"version", "version", "print the version", "", NULL, version_main},
 };
