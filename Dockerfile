@@ -35,9 +35,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /
 # Explicit, so the image never depends on the compiled-in defaults. The
-# Deployment overrides RULES_DIR with the mounted rules ConfigMap.
+# Deployment overrides RULES_DIR with the mounted rules ConfigMap. HOME: the
+# only writable place under a read-only root file system (an emptyDir in the
+# manifests), for the history of `kubectl exec ... -- sync-airbnb-operator repl`.
 ENV RULES_DIR=/usr/local/share/sync-airbnb-operator/lua/rules \
-    MIGRATIONS_DIR=/usr/local/share/sync-airbnb-operator/lua/migrations
+    MIGRATIONS_DIR=/usr/local/share/sync-airbnb-operator/lua/migrations \
+    HOME=/tmp
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/sync-airbnb-operator"]

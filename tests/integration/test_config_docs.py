@@ -9,9 +9,7 @@ page states are the ones the binary enforces. Needs only the binary.
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
