@@ -572,13 +572,18 @@ static void close_free(uv_handle_t *h)
     free(h);
 }
 
-static void db_watch_socket(ctl *c)
+static void db_unwatch(ctl *c)
 {
     if (c->db_poll) {
         uv_poll_stop(c->db_poll);
         uv_close((uv_handle_t *)c->db_poll, close_free);
         c->db_poll = NULL;
     }
+}
+
+static void db_watch_socket(ctl *c)
+{
+    db_unwatch(c);
     int fd = pg_socket(c->db);
     if (fd < 0)
         return;
@@ -626,11 +631,7 @@ static void db_lost(ctl *c, const char *why)
     c->db_up = 0;
     free(c->db_error);
     c->db_error = xstrdup(why);
-    if (c->db_poll) {
-        uv_poll_stop(c->db_poll);
-        uv_close((uv_handle_t *)c->db_poll, close_free);
-        c->db_poll = NULL;
-    }
+    db_unwatch(c);
     c->db_backoff_ms = c->db_backoff_ms ? c->db_backoff_ms * 2 : 500;
     if (c->db_backoff_ms > 30000)
         c->db_backoff_ms = 30000;
@@ -1033,6 +1034,7 @@ out:
     }
     if (c->ka)
         kube_async_free(c->ka);
+    db_unwatch(c); /* own allocation: close_walk would close it without freeing it */
     uv_walk(&c->loop, close_walk, NULL);
     uv_run(&c->loop, UV_RUN_DEFAULT);
     uv_loop_close(&c->loop);
