@@ -29,8 +29,23 @@ log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 build_one() {
   local comp="$1" dir; dir="$(cache_dir "$comp")"
-  if [ -f "$dir/.complete" ]; then
+  local outputs="" f ok=1
+  case "$comp" in
+    k8s) outputs="kube-apiserver kube-controller-manager kube-scheduler kubectl" ;;
+    etcd) outputs="etcd" ;;
+    kwok) outputs="kwok stages.yaml" ;;
+  esac
+  mkdir -p "$CLUSTER_CACHE"
+  # One build per cache entry at a time (parallel test runs, two clusters starting).
+  exec 8>"$dir.lock"
+  if command -v flock >/dev/null && ! flock -n 8; then
+    log "$comp: another build of $dir is running; waiting for it"
+    flock 8
+  fi
+  for f in $outputs; do [ -s "$dir/bin/$f" ] || ok=0; done
+  if [ -f "$dir/.complete" ] && [ "$ok" = 1 ]; then
     log "$comp: cached in $dir"
+    exec 8>&-
     return 0
   fi
   command -v go >/dev/null || { log "ERROR: go is not installed (need Go >= 1.26)"; exit 1; }
@@ -105,6 +120,7 @@ build_one() {
   fi
   rm -rf "$dir/bin"; mv "$out" "$dir/bin"
   printf '%s %s built in %ss with %s\n' "$comp" "$version" "$((SECONDS - start))" "$(go version)" >"$dir/.complete"
+  exec 8>&-
   log "$comp $version: done in $(( (SECONDS - start) / 60 ))m$(( (SECONDS - start) % 60 ))s: $(ls "$dir/bin" | tr '\n' ' ')"
 }
 

@@ -64,7 +64,8 @@ spawn() {
   local name="$1" logf="$2" pf="$3"; shift 3
   rm -f "$pf"
   : >>"$logf"
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pf" "$@" </dev/null >>"$logf" 2>&1 &
+  # fds 8/9 are the tools' lock files: the daemon must not keep them locked.
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pf" "$@" </dev/null >>"$logf" 2>&1 8>&- 9>&- &
   local i
   for i in $(seq 1 50); do [ -s "$pf" ] && return 0; sleep 0.1; done
   die "$name: could not start (no pid file $pf)"
