@@ -37,9 +37,9 @@ static const option_spec options[] = {
     {"OPERATOR_NAMESPACE", "namespace", OPT_STRING, OFF(namespace), NULL, 0, 0,
      "namespace of the workers (default: the pod's namespace, else sync-airbnb)"},
     {"RULES_DIR", "rules-dir", OPT_STRING, OFF(rules_dir), NULL, 0, 0,
-     "directory of the Lua rules (default: lua/rules of the checkout or the installed copy)"},
+     "directory of the Lua rules (default: lua/rules of the installed copy or the checkout)"},
     {"MIGRATIONS_DIR", "migrations-dir", OPT_STRING, OFF(migrations_dir), NULL, 0, 0,
-     "directory of the Lua migrations (default: lua/migrations beside the rules)"},
+     "directory of the Lua migrations (default: lua/migrations of the installed copy or the checkout)"},
     {"WORKER_IMAGE", "worker-image", OPT_STRING, OFF(worker_image), "sync-airbnb:latest", 0, 0,
      "image of the worker Deployments"},
     {"RESYNC_INTERVAL_SECONDS", "resync-interval", OPT_INT, OFF(resync_interval_s), "30", 1,
@@ -171,6 +171,31 @@ static int is_dir(const char *p)
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* Where lua/<sub> is when not configured: next to the binary when it was
+ * installed (<prefix>/bin → <prefix>/share/sync-airbnb-operator/lua), else
+ * the source checkout it was built from, else the configured install prefix. */
+static char *default_lua_dir(const char *sub)
+{
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            char *p = xasprintf("%s/../share/sync-airbnb-operator/lua/%s", exe, sub);
+            if (is_dir(p))
+                return p;
+            free(p);
+        }
+    }
+    char *src = xasprintf("%s/lua/%s", SAO_SOURCE_DIR, sub);
+    if (is_dir(src))
+        return src;
+    free(src);
+    return xasprintf("%s/lua/%s", SAO_DATA_DIR, sub);
+}
+
 static int valid_ident(const char *s, size_t n)
 {
     if (n == 0 || n > 63)
@@ -215,18 +240,10 @@ static int finish(config *c, char *err, size_t errlen)
         if (c->namespace == NULL)
             c->namespace = xstrdup("sync-airbnb");
     }
-    if (c->rules_dir == NULL) {
-        if (is_dir(SAO_SOURCE_DIR "/lua/rules"))
-            c->rules_dir = xstrdup(SAO_SOURCE_DIR "/lua/rules");
-        else
-            c->rules_dir = xstrdup(SAO_DATA_DIR "/lua/rules");
-    }
-    if (c->migrations_dir == NULL) {
-        if (is_dir(SAO_SOURCE_DIR "/lua/migrations"))
-            c->migrations_dir = xstrdup(SAO_SOURCE_DIR "/lua/migrations");
-        else
-            c->migrations_dir = xstrdup(SAO_DATA_DIR "/lua/migrations");
-    }
+    if (c->rules_dir == NULL)
+        c->rules_dir = default_lua_dir("rules");
+    if (c->migrations_dir == NULL)
+        c->migrations_dir = default_lua_dir("migrations");
     if (c->identity == NULL) {
         char host[256] = "operator";
         gethostname(host, sizeof host - 1);

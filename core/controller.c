@@ -34,7 +34,6 @@
 #define MAX_PARTIAL 1000
 #define PLAN_CHUNK 256 /* accounts handed to the rules per pass; the rest follow as writes drain */
 #define SHUTDOWN_BOUND_MS 10000
-#define RULES_CONFIGMAP "sync-airbnb-operator-rules"
 
 typedef struct ctl {
     const config *cfg;
@@ -132,8 +131,17 @@ static void on_event_posted(const kube_response *resp, const char *terr, void *u
     }
 }
 
+static void post_event_on(ctl *c, const char *api_version, const char *kind, const char *name,
+                          const char *uid, const char *reason, const char *message, int warning);
+
 static void post_event(ctl *c, const char *name, const char *uid, const char *reason,
                        const char *message, int warning)
+{
+    post_event_on(c, "apps/v1", "Deployment", name, uid, reason, message, warning);
+}
+
+static void post_event_on(ctl *c, const char *api_version, const char *kind, const char *name,
+                          const char *uid, const char *reason, const char *message, int warning)
 {
     if (name == NULL)
         return;
@@ -149,7 +157,7 @@ static void post_event(ctl *c, const char *name, const char *uid, const char *re
     free(gen);
     buf_puts(&b, ",\"namespace\":");
     buf_json_string(&b, c->cfg->namespace, strlen(c->cfg->namespace));
-    buf_puts(&b, "},\"involvedObject\":{\"apiVersion\":\"apps/v1\",\"kind\":\"Deployment\",\"name\":");
+    buf_printf(&b, "},\"involvedObject\":{\"apiVersion\":\"%s\",\"kind\":\"%s\",\"name\":", api_version, kind);
     buf_json_string(&b, name, strlen(name));
     buf_puts(&b, ",\"namespace\":");
     buf_json_string(&b, c->cfg->namespace, strlen(c->cfg->namespace));
@@ -708,6 +716,24 @@ static void on_cache_change(enum cache_kind kind, const char *name, const void *
 
 /* ---- rules hot reload ------------------------------------------------------ */
 
+/* Candidate rules must plan over the live accounts before they take effect. */
+static int check_candidate(rules *r, luahost *candidate, void *ud, char *err, size_t errlen)
+{
+    ctl *c = ud;
+    if (!c->db_up || c->cache == NULL || !cache_synced(c->cache))
+        return 0; /* nothing live to plan over yet: the self-check is the gate */
+    char *sql = rec_accounts_sql(c->cfg, 0);
+    char qerr[512];
+    PGresult *res = pg_exec(c->db, sql, 0, NULL, qerr, sizeof qerr);
+    free(sql);
+    if (res == NULL)
+        return 0; /* the database's problem, not the rules' */
+    plan_input in = {res, cache_deployments(c->cache), 1, -1, 0, NULL, PLAN_CHUNK};
+    int rc = rec_check_plan(r, candidate, c->cfg, &in, err, errlen);
+    PQclear(res);
+    return rc;
+}
+
 static void reload_rules(ctl *c)
 {
     char version[65], err[1024];
@@ -720,13 +746,15 @@ static void reload_rules(ctl *c)
         char ms[24];
         snprintf(ms, sizeof ms, "%llu", (unsigned long long)(util_now_ms() - t0));
         log_info("rules in effect", "version", rules_version(c->rules), "reload_ms", ms, NULL);
-        post_event(c, RULES_CONFIGMAP, NULL, "RulesReloaded", "new rules loaded and self-checked", 0);
+        /* Rules events hang on the leader Lease: it lives in this namespace. */
+        post_event_on(c, "coordination.k8s.io/v1", "Lease", c->cfg->lease_name, NULL, "RulesReloaded",
+                      "new rules loaded, self-checked and planned over the live accounts", 0);
         kick_full(c);
     } else {
         metrics_add("sync_airbnb_operator_rules_reloads_total", "result=\"failure\"", 1);
         char msg[1200];
         snprintf(msg, sizeof msg, "rules rejected, previous rules kept: %s", err);
-        post_event(c, RULES_CONFIGMAP, NULL, "RulesRejected", msg, 1);
+        post_event_on(c, "coordination.k8s.io/v1", "Lease", c->cfg->lease_name, NULL, "RulesRejected", msg, 1);
     }
     publish(c);
 }
@@ -944,6 +972,7 @@ int run_main(const config *cfg, int argc, char **argv)
         goto out;
     }
     c->rules = rules_new(cfg);
+    rules_set_check(c->rules, check_candidate, c);
     if (rules_reload(c->rules, NULL, err, sizeof err) < 0) {
         fprintf(stderr, "run: rules in %s: %s\n", cfg->rules_dir, err);
         goto out;

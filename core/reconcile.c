@@ -253,6 +253,16 @@ static const char *field_string(lua_State *L, int idx, const char *key, char *tm
     return s;
 }
 
+/* A string field of any length (account ids are arbitrary strings), copied:
+ * the caller frees it. NULL when the field is not a string. */
+static char *field_dup(lua_State *L, int idx, const char *key)
+{
+    lua_getfield(L, idx, key);
+    char *s = lua_type(L, -1) == LUA_TSTRING ? xstrdup(lua_tostring(L, -1)) : NULL;
+    lua_pop(L, 1);
+    return s;
+}
+
 static int valid_dns_label(const char *s)
 {
     size_t n = strlen(s);
@@ -328,8 +338,11 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
         return;
     }
     lua_Integer n = (lua_Integer)lua_rawlen(L, arr);
+    char *id = NULL; /* this action's account id, freed at the next one and after the loop */
     for (lua_Integer i = 1; i <= n; i++) {
-        char kbuf[32], idbuf[1024], nbuf[256], rbuf[512], hbuf[128], err[512];
+        char kbuf[32], nbuf[256], rbuf[512], hbuf[128], err[512];
+        free(id);
+        id = NULL;
         if (lua_rawgeti(L, arr, i) != LUA_TTABLE) {
             lua_pop(L, 1);
             push_action(out, ACT_ERROR, NULL, NULL, "rules: an action is not a table");
@@ -337,7 +350,7 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
         }
         int t = lua_gettop(L);
         const char *kind = field_string(L, t, "action", kbuf, sizeof kbuf);
-        const char *id = field_string(L, t, "account_id", idbuf, sizeof idbuf);
+        id = field_dup(L, t, "account_id");
         const char *name = field_string(L, t, "name", nbuf, sizeof nbuf);
         const char *reason = field_string(L, t, "reason", rbuf, sizeof rbuf);
         const char *hash = field_string(L, t, "desired_hash", hbuf, sizeof hbuf);
@@ -443,6 +456,7 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
         a->desired_hash = xstrdup(hash);
         lua_pop(L, 1);
     }
+    free(id);
     lua_pop(L, 1);
 }
 
@@ -450,10 +464,9 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
  * all rows and all observed; else only that row and its Deployments; row ==
  * nrows: no rows, only the orphaned Deployments. Leaves the actions table on
  * the stack and returns 0, or -1 with err (stack unchanged). */
-static int call_plan(rules *r, const config *cfg, const plan_input *in, const row_index *ri, int row,
-                     char *err, size_t errlen)
+static int call_plan(rules *r, luahost *h, const config *cfg, const plan_input *in, const row_index *ri,
+                     int row, char *err, size_t errlen)
 {
-    luahost *h = rules_host(r);
     lua_State *L = luahost_state(h);
     int nrows = PQntuples(in->accounts);
     luahost_push_entry_field(h, "plan");
@@ -661,7 +674,7 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     }
 
     char perr[1024];
-    if (call_plan(r, cfg, in, &ri, -1, perr, sizeof perr) == 0) {
+    if (call_plan(r, rules_host(r), cfg, in, &ri, -1, perr, sizeof perr) == 0) {
         read_actions(L, cfg, in, &ri, out);
     } else {
         /* The plan as a whole failed: plan each account alone so the error
@@ -671,7 +684,7 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
             char aerr[1024];
             if (i < nrows && ri.skip && ri.skip[i])
                 continue;
-            if (call_plan(r, cfg, in, &ri, i, aerr, sizeof aerr) == 0) {
+            if (call_plan(r, rules_host(r), cfg, in, &ri, i, aerr, sizeof aerr) == 0) {
                 read_actions(L, cfg, in, &ri, out);
             } else {
                 const char *id = i < nrows ? PQgetvalue(in->accounts, i, ri.col[0]) : NULL;
@@ -721,4 +734,31 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     free(ri.deferred);
     strmap_free(&ri.by_id);
     return 0;
+}
+
+int rec_check_plan(rules *r, luahost *candidate, const config *cfg, const plan_input *in, char *err,
+                   size_t errlen)
+{
+    row_index ri;
+    index_rows(&ri, in);
+    int nrows = PQntuples(in->accounts);
+    if (in->max_rows > 0 && nrows > in->max_rows) { /* a sample is enough to prove it runs */
+        ri.skip = xcalloc((size_t)nrows + 1, 1);
+        for (int i = in->max_rows; i < nrows; i++)
+            ri.skip[i] = 1;
+    }
+    lua_State *L = luahost_state(candidate);
+    char perr[1024];
+    int rc = call_plan(r, candidate, cfg, in, &ri, -1, perr, sizeof perr);
+    if (rc < 0) {
+        util_seterr(err, errlen, "plan over the current accounts failed: %s", perr);
+    } else {
+        plan_result scratch = {0};
+        read_actions(L, cfg, in, &ri, &scratch); /* renders every object: proves they encode */
+        rec_plan_free(&scratch);
+        lua_gc(L, LUA_GCCOLLECT);
+    }
+    free(ri.skip);
+    strmap_free(&ri.by_id);
+    return rc;
 }

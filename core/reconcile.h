@@ -76,6 +76,12 @@ void rec_plan_free(plan_result *p);
 /* Frees the keys of a settled map and the map. */
 void rec_settled_free(strmap *settled);
 
+/* Runs candidate rules' plan() over the input (at most max_rows accounts)
+ * without keeping the result: a reload is refused unless this succeeds.
+ * Returns 0, or -1 with err. */
+int rec_check_plan(rules *r, luahost *candidate, const config *cfg, const plan_input *in, char *err,
+                   size_t errlen);
+
 const char *rec_action_name(act_kind k);
 /* Builds a PostgreSQL text[] literal of the ids (for = ANY($1)). Caller frees. */
 char *rec_text_array(const char *const *ids, size_t n);

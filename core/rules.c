@@ -14,7 +14,15 @@ struct rules {
     char version[65];
     char *last_error;
     unsigned long reloads_ok, reloads_failed;
+    rules_check_fn check;
+    void *check_ud;
 };
+
+void rules_set_check(rules *r, rules_check_fn fn, void *ud)
+{
+    r->check = fn;
+    r->check_ud = ud;
+}
 
 rules *rules_new(const config *cfg)
 {
@@ -110,6 +118,10 @@ int rules_reload(rules *r, const char *dir, char *err, size_t errlen)
     luahost *h = NULL;
     if (luahost_dir_version(dir, version, lerr, sizeof lerr) == 0)
         h = rules_load_checked(r->cfg, dir, lerr, sizeof lerr);
+    if (h && r->check && r->check(r, h, r->check_ud, lerr, sizeof lerr) < 0) {
+        luahost_free(h);
+        h = NULL;
+    }
     if (h == NULL) {
         r->reloads_failed++;
         free(r->last_error);

@@ -20,6 +20,12 @@ void rules_free(rules *r);
  * effect, -1 (err filled, previous rules kept) otherwise. */
 int rules_reload(rules *r, const char *dir, char *err, size_t errlen);
 
+/* An extra check run on candidate rules after their self-check and before
+ * they are swapped in (the controller plans over the live accounts with
+ * them). Returns 0 to accept, -1 with err to refuse. */
+typedef int (*rules_check_fn)(rules *r, luahost *candidate, void *ud, char *err, size_t errlen);
+void rules_set_check(rules *r, rules_check_fn fn, void *ud);
+
 /* The current rules' host, or NULL before the first successful load. */
 luahost *rules_host(rules *r);
 /* sha256 of the current rules' files ("" before the first load). */
