@@ -346,8 +346,11 @@ int luahost_pcall(lua_State *L, int nargs, int nresults, int budget_ms, char *er
     const char *nl = strchr(msg, '\n');
     size_t first = nl ? (size_t)(nl - msg) : strlen(msg);
     util_seterr(err, errlen, "%.*s", (int)first, msg);
+    /* Only the stack: the message may quote data the script was given (a
+     * rule's error can hold a credential); it goes to err, whose owner knows
+     * what to scrub. */
     if (nl && log_enabled(LOG_DEBUG))
-        log_debug("lua traceback", "traceback", msg, NULL);
+        log_debug("lua traceback", "traceback", nl + 1, NULL);
     lua_pop(L, 1);
     return -1;
 }

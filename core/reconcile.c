@@ -147,19 +147,32 @@ static void scrub(const row_index *ri, char **s)
     }
 }
 
-/* 1 if body holds a credential value of account row (1-based; 0 = none). */
-static int body_leaks(const row_index *ri, intptr_t row, const char *body)
+/* 1 if a credential value of account row (1-based; 0 = none) is in body. */
+static int row_leaks(const row_index *ri, int row, const char *body)
 {
-    if (row <= 0)
-        return 0;
     for (size_t k = 0; k < 3; k++) {
         int col = PQfnumber(ri->in->accounts, credential_columns[k]);
-        if (col < 0 || PQgetisnull(ri->in->accounts, (int)row - 1, col))
+        if (col < 0 || PQgetisnull(ri->in->accounts, row - 1, col))
             continue;
-        const char *secret = PQgetvalue(ri->in->accounts, (int)row - 1, col);
+        const char *secret = PQgetvalue(ri->in->accounts, row - 1, col);
         if (strlen(secret) >= MIN_SECRET_LEN && strstr(body, secret))
             return 1;
     }
+    return 0;
+}
+
+/* 1 if body holds a credential value of any account in the input: a rule
+ * sees every account of the pass, so it could copy another account's
+ * cookie as easily as its own (DESIGN.md §5.4). Own row first (the likely
+ * leak); the rest costs a strstr per credential, like scrub(). */
+static int body_leaks(const row_index *ri, intptr_t row, const char *body)
+{
+    if (row > 0 && row_leaks(ri, (int)row, body))
+        return 1;
+    int n = PQntuples(ri->in->accounts);
+    for (int i = 1; i <= n; i++)
+        if (i != row && row_leaks(ri, i, body))
+            return 1;
     return 0;
 }
 
@@ -448,7 +461,7 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
             free(body);
             lua_pop(L, 1);
             push_action(out, ACT_ERROR, id, name,
-                        "refusing to apply: the rendered Deployment contains a credential value of the account");
+                        "refusing to apply: the rendered Deployment contains a credential value");
             continue;
         }
         action *a = push_action(out, k, id, name, reason ? reason : (k == ACT_CREATE ? "account active" : "spec changed"));
@@ -679,7 +692,10 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     } else {
         /* The plan as a whole failed: plan each account alone so the error
          * stays with the account that causes it. */
-        log_warn("rules: plan failed; planning each account on its own", "error", perr, NULL);
+        char *why = xstrdup(perr); /* a rule's error can quote what it was given */
+        scrub(&ri, &why);
+        log_warn("rules: plan failed; planning each account on its own", "error", why, NULL);
+        free(why);
         for (int i = 0; i <= nrows; i++) {
             char aerr[1024];
             if (i < nrows && ri.skip && ri.skip[i])
