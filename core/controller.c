@@ -787,10 +787,11 @@ static void on_leader_async(uv_async_t *a)
     if (now != c->was_leader) {
         log_info(now ? "became leader; reconciling" : "not the leader; standing by", NULL);
         c->was_leader = now;
-        metrics_set("sync_airbnb_operator_leader", NULL, now);
         if (now)
             kick_full(c);
     }
+    /* Set every time, so a standby exports 0 instead of no series at all. */
+    metrics_set("sync_airbnb_operator_leader", NULL, now);
     publish(c);
 }
 
