@@ -20,6 +20,7 @@
 #include "reconcile.h"
 
 #define BOOLOID 16
+#define CLI_CHECK_ROWS 256 /* accounts a reload check plans over, as run's PLAN_CHUNK */
 
 struct cli_view {
     const config *cfg;
@@ -53,31 +54,61 @@ void cli_view_free(cli_view *v)
     free(v);
 }
 
+static int read_live(cli_view *v, strmap *observed, PGresult **accounts, char *err, size_t errlen);
+
+/* Like run's reload check: candidate rules must plan over the live
+ * accounts (a sample as large as run's) before they take effect. With no
+ * database or cluster to read, the self-check is the gate, as in run. */
+static int check_live(cli_view *v, luahost *candidate, char *err, size_t errlen)
+{
+    strmap observed = STRMAP_INIT;
+    PGresult *accounts = NULL;
+    char lerr[512];
+    if (read_live(v, &observed, &accounts, lerr, sizeof lerr) < 0)
+        return 0;
+    plan_input in = {.accounts = accounts, .observed = &observed, .full = 1, .active_total = -1,
+                     .delete_allowance = 0, .settled = NULL, .max_rows = CLI_CHECK_ROWS};
+    int rc = rec_check_plan(v->rules, candidate, v->cfg, &in, err, errlen);
+    PQclear(accounts);
+    cache_free_deployments(&observed);
+    return rc;
+}
+
+/* Loads cfg->rules_dir into v->rules (with check_live when live). The
+ * candidate is checked first, so that a rejected directory is reported by
+ * the caller, once, rather than also logged by rules_reload (which keeps
+ * the old rules either way). */
+static int load_rules(cli_view *v, int live, char *err, size_t errlen)
+{
+    char lerr[1024];
+    luahost *trial = rules_load_checked(v->cfg, v->cfg->rules_dir, lerr, sizeof lerr);
+    if (trial != NULL && live && check_live(v, trial, lerr, sizeof lerr) < 0) {
+        luahost_free(trial);
+        trial = NULL;
+    }
+    if (trial != NULL) {
+        luahost_free(trial);
+        if (rules_reload(v->rules, NULL, lerr, sizeof lerr) == 0)
+            return 0;
+    }
+    util_seterr(err, errlen, "rules in %s: %s", v->cfg->rules_dir, lerr);
+    return -1;
+}
+
 rules *cli_view_rules(cli_view *v, char *err, size_t errlen)
 {
     if (v->rules == NULL)
         v->rules = rules_new(v->cfg);
-    if (rules_host(v->rules) != NULL)
-        return v->rules;
-    char lerr[1024];
-    if (rules_reload(v->rules, NULL, lerr, sizeof lerr) < 0) {
-        util_seterr(err, errlen, "rules in %s: %s", v->cfg->rules_dir, lerr);
+    if (rules_host(v->rules) == NULL && load_rules(v, 0, err, errlen) < 0)
         return NULL;
-    }
     return v->rules;
 }
 
 int cli_view_reload(cli_view *v, char *err, size_t errlen)
 {
-    if (v->rules == NULL || rules_host(v->rules) == NULL)
-        return cli_view_rules(v, err, errlen) ? 0 : -1;
-    /* Check first, so that a rejected edit is reported here, once, rather
-     * than also logged by rules_reload (which keeps the old rules either way). */
-    luahost *trial = rules_load_checked(v->cfg, v->cfg->rules_dir, err, errlen);
-    if (trial == NULL)
-        return -1;
-    luahost_free(trial);
-    return rules_reload(v->rules, NULL, err, errlen);
+    if (v->rules == NULL)
+        v->rules = rules_new(v->cfg);
+    return load_rules(v, 1, err, errlen);
 }
 
 static int view_db(cli_view *v, char *err, size_t errlen)
@@ -142,6 +173,19 @@ static int list_managed(cli_view *v, enum cache_kind kind, strmap *out, char *er
     util_seterr(err, errlen, "listing the managed %s in namespace %s: %s",
                 kind == CACHE_DEPLOYMENT ? "Deployments" : "Pods", v->cfg->namespace, lerr);
     return -1;
+}
+
+/* The input of a full pass: the managed Deployments and every account. */
+static int read_live(cli_view *v, strmap *observed, PGresult **accounts, char *err, size_t errlen)
+{
+    if (view_db(v, err, errlen) < 0 || view_kube(v, err, errlen) < 0 ||
+        list_managed(v, CACHE_DEPLOYMENT, observed, err, errlen) < 0)
+        return -1;
+    if ((*accounts = read_accounts(v, 0, err, errlen)) == NULL) {
+        cache_free_deployments(observed);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- output helpers --------------------------------------------------------- */
@@ -228,7 +272,7 @@ static int make_plan(cli_view *v, plan_result *out, char *err, size_t errlen)
     const config *cfg = v->cfg;
     memset(out, 0, sizeof *out);
     rules *r = cli_view_rules(v, err, errlen);
-    if (r == NULL || view_db(v, err, errlen) < 0 || view_kube(v, err, errlen) < 0)
+    if (r == NULL || view_db(v, err, errlen) < 0)
         return -1;
     /* `run` plans nothing until the schema is at head: neither do we. */
     char lerr[512] = "";
@@ -242,21 +286,15 @@ static int make_plan(cli_view *v, plan_result *out, char *err, size_t errlen)
     }
     strmap observed = STRMAP_INIT;
     PGresult *accounts = NULL;
-    int rc = -1;
-    if (list_managed(v, CACHE_DEPLOYMENT, &observed, err, errlen) < 0)
-        goto out;
-    if ((accounts = read_accounts(v, 0, err, errlen)) == NULL)
-        goto out;
-    /* A full pass with the whole delete budget: `run`'s bucket holds at most
-     * DELETE_BUDGET, so this is the most it could delete right now. */
+    if (read_live(v, &observed, &accounts, err, errlen) < 0)
+        return -1;
+    /* A full pass with the whole delete budget (run's bucket holds at most
+     * DELETE_BUDGET, so this is the most it could delete now) over every
+     * account: run hands them to the rules in chunks, over several passes. */
     plan_input in = {.accounts = accounts, .observed = &observed, .full = 1, .active_total = -1,
-                     .delete_allowance = cfg->delete_budget, .settled = NULL /* plan every account */};
-    if (rec_plan(r, cfg, &in, out, err, errlen) < 0)
-        goto out;
-    rc = 0;
-out:
-    if (accounts)
-        PQclear(accounts);
+                     .delete_allowance = cfg->delete_budget, .settled = NULL, .max_rows = 0};
+    int rc = rec_plan(r, cfg, &in, out, err, errlen);
+    PQclear(accounts);
     cache_free_deployments(&observed);
     return rc;
 }
