@@ -179,8 +179,27 @@ static buf *push_buf(lua_State *L)
     return b;
 }
 
+/* [may longjmp] Removes json.null values from the table at idx and the
+ * tables in it, so that a JSON null reads as nil, as Lua code expects. */
+static void drop_nulls(lua_State *L, int idx, int depth)
+{
+    idx = lua_absindex(L, idx);
+    luaL_checkstack(L, 4, "drop_nulls");
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_islightuserdata(L, -1) && lua_touserdata(L, -1) == NULL) {
+            lua_pushvalue(L, -2); /* clearing a field during next() is allowed */
+            lua_pushnil(L);
+            lua_rawset(L, idx);
+        } else if (lua_istable(L, -1) && depth < 64) {
+            drop_nulls(L, -1, depth + 1);
+        }
+        lua_pop(L, 1);
+    }
+}
+
 /* [may longjmp] Replaces the anchored buffer at the top with json.decode of
- * its text. */
+ * its text, nulls dropped. */
 static void decode_buf(lua_State *L)
 {
     buf *b = lua_touserdata(L, -1);
@@ -189,11 +208,14 @@ static void decode_buf(lua_State *L)
     lua_getfield(L, -1, "decode");
     lua_pushlstring(L, b->data ? b->data : "null", b->len);
     lua_call(L, 1, 1);
+    if (lua_istable(L, -1))
+        drop_nulls(L, -1, 0);
     lua_replace(L, -4);
     lua_pop(L, 2);
 }
 
-/* [may longjmp] plan() -> actions (the array of `plan -o json`), the whole document */
+/* [may longjmp] plan() -> actions (the array of `plan -o json`), the whole
+ * document; JSON nulls read as nil here */
 static int l_plan(lua_State *L)
 {
     repl *r = lua_touserdata(L, lua_upvalueindex(1));
