@@ -7,7 +7,8 @@ faults, with the real operator binary, a real control plane and real PostgreSQL.
   away is applied) and LISTENs again (a NOTIFY-driven change works).     §5.1
 - Two operators at once: only the Lease holder writes; `kill -9` of the leader →
   the standby takes over within the lease time; SIGTERM → the Lease is released
-  and the standby takes over within seconds. Takeover times are printed.  §5.7
+  and the standby takes over within seconds; SIGTERM during a burst of writes finishes
+  and audits them within the bound. Takeover times are printed.             §5.7
 - All accounts deactivated in one transaction: nothing is deleted and the hold is
   reported (/readyz, metric, audit_log); with a delete budget only that many
   deletes happen per interval.                                              §5.2
@@ -96,6 +97,15 @@ def is_leader(op: Operator) -> bool:
         return bool(op.readyz()["checks"]["leader"]["is_leader"])
     except OSError:
         return False
+
+
+def assert_new_account_created_by(pg, cluster, namespace: str, url: str, account: str, identity: str) -> None:
+    """Adds an active account; its worker appears, created (audited) by identity alone."""
+    add_accounts(pg, url, [account])
+    wait_for(lambda: worker(account) in deployments(cluster, namespace), 20,
+             lambda: sorted(deployments(cluster, namespace)))
+    creates = [r for r in audit(pg, url) if r[0] == "create" and r[1] == account]
+    assert [r[4] for r in creates] == [identity], audit(pg, url)
 
 
 def start_operator(kubeconfig, namespace, url, env) -> Operator:
@@ -253,11 +263,7 @@ def test_two_operators_only_leader_writes_and_takeovers(pg, cluster, kubeconfig,
         retry_s = int(LEASE_ENV["RETRY_PERIOD_SECONDS"])
         assert takeover_kill <= lease_s + 2 * retry_s + 1, takeover_kill
         wait_for(lambda: lease(cluster, namespace).get("holderIdentity") == "op-b", 5, lambda: lease(cluster, namespace))
-        add_accounts(pg, url, ["l4"])
-        wait_for(lambda: worker("l4") in deployments(cluster, namespace), 20,
-                 lambda: sorted(deployments(cluster, namespace)))
-        creates = [r for r in audit(pg, url) if r[0] == "create" and r[1] == "l4"]
-        assert [r[4] for r in creates] == ["op-b"], audit(pg, url)
+        assert_new_account_created_by(pg, cluster, namespace, url, "l4", "op-b")
 
         # SIGTERM of the leader: it releases the Lease, the standby takes over at its
         # next retry instead of waiting out the lease.
@@ -273,11 +279,7 @@ def test_two_operators_only_leader_writes_and_takeovers(pg, cluster, kubeconfig,
         assert takeover_term < lease_s, takeover_term  # not waiting for the lease to expire
         assert any(r.get("msg", "").startswith("stopping: releasing the lease") for r in b.logs())
         wait_for(lambda: lease(cluster, namespace).get("holderIdentity") == "op-c", 5, lambda: lease(cluster, namespace))
-        add_accounts(pg, url, ["l5"])
-        wait_for(lambda: worker("l5") in deployments(cluster, namespace), 20,
-                 lambda: sorted(deployments(cluster, namespace)))
-        creates = [r for r in audit(pg, url) if r[0] == "create" and r[1] == "l5"]
-        assert [r[4] for r in creates] == ["op-c"], audit(pg, url)
+        assert_new_account_created_by(pg, cluster, namespace, url, "l5", "op-c")
         print(f"\n[leader] LEASE_DURATION=4s RENEW_DEADLINE=3s RETRY_PERIOD=1s: takeover after "
               f"kill -9 in {takeover_kill:.2f}s; after SIGTERM the leader exited in {exited:.2f}s "
               f"and the standby led {takeover_term:.2f}s after the signal")
@@ -285,6 +287,39 @@ def test_two_operators_only_leader_writes_and_takeovers(pg, cluster, kubeconfig,
         if a.proc.poll() is None:
             a.proc.kill()
             a.proc.wait()
+
+
+def test_sigterm_finishes_inflight_writes_then_releases_the_lease(pg, cluster, kubeconfig, namespace,
+                                                                 migrated_db):
+    """SIGTERM while a burst of creates is being sent (client-side QPS keeps most of
+    them queued): the operator stops planning, finishes what it has started within its
+    bound (10 s), audits every write it made, releases the Lease and exits 0."""
+    url = migrated_db
+    ids = [f"t{i:02d}" for i in range(30)]
+    add_accounts(pg, url, ids)
+    op = start_operator(kubeconfig, namespace, url, {**LEASE_ENV, "KUBE_QPS": "10", "KUBE_BURST": "1"})
+    try:
+        wait_for(lambda: deployments(cluster, namespace), 30, "a first worker")
+        op.proc.send_signal(signal.SIGTERM)
+        t_term = time.monotonic()
+        at_signal = len(deployments(cluster, namespace))
+        code = op.proc.wait(timeout=20)
+        took = time.monotonic() - t_term
+    finally:
+        if op.proc.poll() is None:
+            op.proc.kill()
+            op.proc.wait()
+    assert code == 0, op.raw_log()[-3000:]
+    assert took < 10 + 3, took
+    names = set(deployments(cluster, namespace))
+    creates = {r[2] for r in audit(pg, url) if r[0] == "create"}
+    assert names == creates, (sorted(names - creates), sorted(creates - names))  # none unaudited
+    assert len(names) > at_signal, "writes it had started (sent or queued) at SIGTERM were finished"
+    assert not lease(cluster, namespace).get("holderIdentity"), lease(cluster, namespace)
+    msgs = [r.get("msg") for r in op.logs()]
+    assert "signal received; finishing in-flight work" in msgs and "stopped" in msgs
+    print(f"\n[sigterm] {at_signal} workers at the signal, {len(names)} created and audited when it "
+          f"exited {took:.2f}s later (bound 10s); Lease released")
 
 
 # ---- §5.2: the empty-set hold and the delete budget ----------------------------------------
