@@ -575,7 +575,8 @@ static void sum_pods(status_view *s)
 
 /* Matches every account with its Deployment (by the account-id annotation,
  * else by the rules' worker_name for a Deployment without one) and lists
- * the managed Deployments no account claims. */
+ * the managed Deployments no account claims. r may be NULL (rules that do
+ * not load): annotations only, fingerprints unknown. */
 static void match_rows(status_view *s, rules *r, const config *cfg)
 {
     strmap by_account = STRMAP_INIT, claimed = STRMAP_INIT;
@@ -595,7 +596,7 @@ static void match_rows(status_view *s, rules *r, const config *cfg)
         const char *id = col(s, i, "account_id");
         const obs_deploy *d = id ? strmap_get(&by_account, id) : NULL;
         char name[256];
-        if (d == NULL && id && worker_name(r, cfg, id, name, sizeof name) == 0) {
+        if (d == NULL && id && r && worker_name(r, cfg, id, name, sizeof name) == 0) {
             d = strmap_get(&s->deployments, name);
             if (d && (!d->managed || d->account_id))
                 d = NULL;
@@ -604,7 +605,8 @@ static void match_rows(status_view *s, rules *r, const config *cfg)
             continue;
         a->d = d;
         strmap_put(&claimed, d->name, (void *)1);
-        fingerprint_state(r, cfg, s->accounts, i, a);
+        if (r)
+            fingerprint_state(r, cfg, s->accounts, i, a);
     }
     s->naccounts = s->nrows;
     it = 0;
@@ -639,9 +641,14 @@ static void status_free(status_view *s)
 static int make_status(cli_view *v, status_view *s, char *err, size_t errlen)
 {
     memset(s, 0, sizeof *s);
-    rules *r = cli_view_rules(v, err, errlen);
-    if (r == NULL || view_db(v, err, errlen) < 0 || view_kube(v, err, errlen) < 0)
+    if (view_db(v, err, errlen) < 0 || view_kube(v, err, errlen) < 0)
         return -1;
+    /* Rules that do not load (run keeps serving its last good ones) cost
+     * only the fingerprint column: status is what one looks at then. */
+    char rerr[1024];
+    rules *r = cli_view_rules(v, rerr, sizeof rerr);
+    if (r == NULL)
+        fprintf(stderr, "status: %s; fingerprints unknown\n", rerr);
     if (list_managed(v, CACHE_DEPLOYMENT, &s->deployments, err, errlen) < 0 ||
         list_managed(v, CACHE_POD, &s->pods, err, errlen) < 0 ||
         (s->accounts = read_accounts(v, 1, err, errlen)) == NULL) {
@@ -650,7 +657,7 @@ static int make_status(cli_view *v, status_view *s, char *err, size_t errlen)
     }
     sum_pods(s);
     match_rows(s, r, v->cfg);
-    s->rules_version = rules_version(r);
+    s->rules_version = r ? rules_version(r) : NULL;
     return 0;
 }
 
@@ -789,7 +796,8 @@ static void status_print_table(const status_view *s)
     }
     printf("\n%zu accounts (%d active), %d with a worker (%d ready), %zu managed Deployments without an "
            "account; rules %.12s\n",
-           s->naccounts, active, workers, ready, s->nrows - s->naccounts, s->rules_version);
+           s->naccounts, active, workers, ready, s->nrows - s->naccounts,
+           s->rules_version ? s->rules_version : "(not loaded)");
 }
 
 int status_main(const config *cfg, int argc, char **argv)

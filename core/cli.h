@@ -62,7 +62,8 @@ int cli_plan_json(cli_view *v, buf *out, int *pending, char *err, size_t errlen)
  *                  "fingerprint","account_fingerprint","last_sync_at"}],
  *    "deployments_without_account": [{"deployment","account_id","ready_pods",
  *                  "replicas","restarts","waiting_reason"}]}
- * Returns 0 or -1 with err. */
+ * When the rules do not load, rules_version and every fingerprint field are
+ * null (the reason goes to stderr). Returns 0 or -1 with err. */
 int cli_status_json(cli_view *v, buf *out, char *err, size_t errlen);
 
 /* One-shot commands raise the log level to warn (unless it is debug) so
