@@ -17,21 +17,7 @@ static char *dup_or_null(const char *s)
 
 void obs_deploy_free(obs_deploy *d)
 {
-    if (d == NULL)
-        return;
-    free(d->name);
-    free(d->uid);
-    free(d->resource_version);
-    free(d->account_id);
-    free(d->applied_hash);
-    free(d->fingerprint);
-    for (int i = 0; i < d->nann; i++) {
-        free(d->ann_keys[i]);
-        free(d->ann_values[i]);
-    }
-    free(d->ann_keys);
-    free(d->ann_values);
-    free(d);
+    xlong_free(d); /* one block: see cache_parse_deployment */
 }
 
 void obs_pod_free(obs_pod *p)
@@ -45,34 +31,75 @@ void obs_pod_free(obs_pod *p)
     free(p);
 }
 
+/* One allocation per Deployment: the struct, the annotation arrays and every
+ * string (10,000 workers fit in a few MiB; see docs/benchmarks.md). */
+/* The annotation keys the rules use, shared instead of copied per entry. */
+static const char *const known_keys[] = {ACCOUNT_ANNOTATION, APPLIED_HASH_ANNOTATION,
+                                         "sync-airbnb.io/credentials-seen", "sync-airbnb.io/last-sync-at"};
+
+static const char *known_key(const char *k)
+{
+    for (size_t i = 0; i < sizeof known_keys / sizeof known_keys[0]; i++)
+        if (strcmp(k, known_keys[i]) == 0)
+            return known_keys[i];
+    return NULL;
+}
+
 obs_deploy *cache_parse_deployment(const json_value *obj)
 {
     const json_value *meta = json_get(obj, "metadata");
     const char *name = json_string(json_get(meta, "name"));
     if (name == NULL)
         return NULL;
-    obs_deploy *d = xcalloc(1, sizeof *d);
-    d->name = xstrdup(name);
-    d->uid = dup_or_null(json_string(json_get(meta, "uid")));
-    d->resource_version = dup_or_null(json_string(json_get(meta, "resourceVersion")));
     const json_value *ann = json_get(meta, "annotations");
-    d->account_id = dup_or_null(json_string(json_get(ann, ACCOUNT_ANNOTATION)));
-    d->applied_hash = dup_or_null(json_string(json_get(ann, APPLIED_HASH_ANNOTATION)));
+    const char *uid = json_string(json_get(meta, "uid"));
+    const char *fp = json_string(
+        json_path(obj, "spec", "template", "metadata", "annotations", FINGERPRINT_ANNOTATION, NULL));
+    size_t nann = 0, bytes = strlen(name) + 1 + (uid ? strlen(uid) + 1 : 0) + (fp ? strlen(fp) + 1 : 0);
+    for (size_t i = 0; i < json_len(ann); i++) {
+        const char *k = json_key_at(ann, i), *v = json_string(json_at(ann, i));
+        if (v && strncmp(k, "sync-airbnb.io/", 15) == 0) {
+            nann++;
+            bytes += (known_key(k) ? 0 : strlen(k) + 1) + strlen(v) + 1;
+        }
+    }
+    obs_deploy *d = xlong_alloc(sizeof *d + 2 * nann * sizeof(char *) + bytes);
+    char **arrays = (char **)(d + 1);
+    char *p = (char *)(arrays + 2 * nann);
+#define PACK(dst, src)                      \
+    do {                                    \
+        size_t n_ = strlen(src) + 1;        \
+        memcpy(p, (src), n_);               \
+        (dst) = p;                          \
+        p += n_;                            \
+    } while (0)
+    PACK(d->name, name);
+    if (uid)
+        PACK(d->uid, uid);
+    if (fp)
+        PACK(d->fingerprint, fp);
+    d->ann_keys = arrays;
+    d->ann_values = arrays + nann;
     for (size_t i = 0; i < json_len(ann); i++) {
         const char *k = json_key_at(ann, i), *v = json_string(json_at(ann, i));
         if (v == NULL || strncmp(k, "sync-airbnb.io/", 15) != 0)
             continue;
-        d->ann_keys = xrealloc(d->ann_keys, (size_t)(d->nann + 1) * sizeof *d->ann_keys);
-        d->ann_values = xrealloc(d->ann_values, (size_t)(d->nann + 1) * sizeof *d->ann_values);
-        d->ann_keys[d->nann] = xstrdup(k);
-        d->ann_values[d->nann] = xstrdup(v);
+        const char *shared = known_key(k);
+        if (shared)
+            d->ann_keys[d->nann] = (char *)shared;
+        else
+            PACK(d->ann_keys[d->nann], k);
+        PACK(d->ann_values[d->nann], v);
+        if (strcmp(k, ACCOUNT_ANNOTATION) == 0)
+            d->account_id = d->ann_values[d->nann];
+        else if (strcmp(k, APPLIED_HASH_ANNOTATION) == 0)
+            d->applied_hash = d->ann_values[d->nann];
         d->nann++;
     }
+#undef PACK
     const char *mb = json_string(json_path(meta, "labels", MANAGED_BY_LABEL, NULL));
     d->managed = mb && strcmp(mb, MANAGED_BY_VALUE) == 0;
     d->generation = (long)json_number(json_get(meta, "generation"), 0);
-    d->fingerprint = dup_or_null(json_string(
-        json_path(obj, "spec", "template", "metadata", "annotations", FINGERPRINT_ANNOTATION, NULL)));
     const json_value *st = json_get(obj, "status");
     d->observed_generation = (long)json_number(json_get(st, "observedGeneration"), 0);
     d->replicas = (int)json_number(json_get(st, "replicas"), 0);

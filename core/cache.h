@@ -17,13 +17,15 @@
 #define APPLIED_HASH_ANNOTATION "sync-airbnb.io/applied-hash"
 #define FINGERPRINT_ANNOTATION "sync-airbnb.io/credentials-fingerprint"
 
+/* One allocation (cache_parse_deployment): the strings point inside it and
+ * must not be freed or replaced one by one. */
 typedef struct obs_deploy {
-    char *name, *uid, *resource_version;
-    char *account_id;   /* annotation; NULL if missing */
-    char *applied_hash; /* annotation; NULL if missing */
+    char *name, *uid;
+    char *account_id;   /* annotation (points into ann_values); NULL if missing */
+    char *applied_hash; /* annotation (points into ann_values); NULL if missing */
     char *fingerprint;  /* pod template annotation; NULL if missing */
     /* every metadata annotation under sync-airbnb.io/ (the rules keep their
-     * bookkeeping there), as parallel arrays */
+     * bookkeeping there), as parallel arrays; known keys are shared constants */
     char **ann_keys, **ann_values;
     int nann;
     long generation, observed_generation;

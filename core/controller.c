@@ -8,6 +8,7 @@
 #include "controller.h"
 
 #include <lauxlib.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@
 #define NOTIFY_CHANNEL "sync_airbnb_accounts"
 #define PASS_DEBOUNCE_MS 5
 #define MAX_PARTIAL 1000
+#define FOLLOWUP_MS 50 /* delay of the pass that continues a deferred backlog */
 #define PLAN_CHUNK 256 /* accounts handed to the rules per pass; the rest follow as writes drain */
 #define SHUTDOWN_BOUND_MS 10000
 
@@ -79,7 +81,7 @@ typedef struct ctl {
     int held_deletes;
     char *hold_reason;
 
-    uint64_t passes;
+    uint64_t passes, trimmed_at_passes;
     uint64_t last_pass_wall_ms;
     double last_pass_seconds;
     char last_result[64];
@@ -94,6 +96,7 @@ typedef struct backoff {
 } backoff;
 
 static void kick(ctl *c);
+static void kick_after(ctl *c, uint64_t ms);
 static void publish(ctl *c);
 
 static int is_leader(const ctl *c)
@@ -309,7 +312,7 @@ static void on_write_done(const kube_response *resp, const char *terr, void *ud)
     if (w->account_id && strmap_del(&c->requeue, w->account_id))
         enqueue(c, w->account_id);
     if (c->full_pending && c->inflight.len < PLAN_CHUNK / 2)
-        kick(c);
+        kick_after(c, FOLLOWUP_MS);
     free(w->account_id);
     free(w->name);
     free(w->reason);
@@ -437,6 +440,7 @@ static void pass(ctl *c)
     free(arr);
     long active_total = -1;
     strmap subset = STRMAP_INIT;
+    strmap busy = STRMAP_INIT;
     plan_result plan = {0};
     if (res == NULL) {
         metrics_add("sync_airbnb_operator_db_errors_total", NULL, 1);
@@ -473,7 +477,14 @@ static void pass(ctl *c)
             PQclear(cres);
         }
     }
-    plan_input in = {res, observed, full, active_total, (int)c->delete_tokens, &c->settled, PLAN_CHUNK};
+    {
+        size_t it = 0;
+        void *v;
+        while (strmap_next(&c->inflight, &it, NULL, &v))
+            if (((write_req *)v)->account_id)
+                strmap_put(&busy, ((write_req *)v)->account_id, (void *)1);
+    }
+    plan_input in = {res, observed, full, active_total, (int)c->delete_tokens, &c->settled, PLAN_CHUNK, &busy};
     if (rec_plan(c->rules, cfg, &in, &plan, err, sizeof err) < 0) {
         set_pass_error(c, err);
         goto out;
@@ -488,10 +499,11 @@ static void pass(ctl *c)
         execute(c, &plan.actions[i]);
     }
     if (plan.deferred > 0) {
-        /* More accounts wait: plan them when the pipeline has room. */
+        /* More accounts wait: a write finishing kicks the next pass; with
+         * nothing in flight, nothing would, so kick now. */
         c->full_pending = 1;
-        if (c->inflight.len < PLAN_CHUNK / 2)
-            kick(c);
+        if (c->inflight.len == 0)
+            kick_after(c, FOLLOWUP_MS);
     }
     if (full) {
         c->held_deletes = plan.held_deletes;
@@ -512,6 +524,7 @@ out:
         PQclear(res);
     rec_plan_free(&plan);
     strmap_free(&subset);
+    strmap_free(&busy);
     for (size_t i = 0; i < nids; i++)
         free(ids[i]);
     free(ids);
@@ -529,11 +542,16 @@ static void on_pass_timer(uv_timer_t *t)
     pass(t->data);
 }
 
-static void kick(ctl *c)
+static void kick_after(ctl *c, uint64_t ms)
 {
     if (c->stopping || uv_is_active((uv_handle_t *)&c->pass_timer))
         return;
-    uv_timer_start(&c->pass_timer, on_pass_timer, PASS_DEBOUNCE_MS, 0);
+    uv_timer_start(&c->pass_timer, on_pass_timer, ms, 0);
+}
+
+static void kick(ctl *c)
+{
+    kick_after(c, PASS_DEBOUNCE_MS);
 }
 
 static void kick_full(ctl *c)
@@ -728,7 +746,7 @@ static int check_candidate(rules *r, luahost *candidate, void *ud, char *err, si
     free(sql);
     if (res == NULL)
         return 0; /* the database's problem, not the rules' */
-    plan_input in = {res, cache_deployments(c->cache), 1, -1, 0, NULL, PLAN_CHUNK};
+    plan_input in = {res, cache_deployments(c->cache), 1, -1, 0, NULL, PLAN_CHUNK, NULL};
     int rc = rec_check_plan(r, candidate, c->cfg, &in, err, errlen);
     PQclear(res);
     return rc;
@@ -830,6 +848,12 @@ static void on_tick(uv_timer_t *t)
     if (c->leader && c->was_leader != is_leader(c))
         on_leader_async(&c->leader_async);
     kube_stats_foreach(kube_stat, NULL);
+    /* Hand freed heap back after busy seconds (parsed watch events and
+     * rendered Deployments are many small, short-lived allocations). */
+    if (c->passes != c->trimmed_at_passes) {
+        c->trimmed_at_passes = c->passes;
+        malloc_trim(0);
+    }
     publish(c);
 }
 
@@ -963,6 +987,9 @@ int run_main(const config *cfg, int argc, char **argv)
     c->cfg = cfg;
     int rc = 1;
     signal(SIGPIPE, SIG_IGN);
+    /* Large blocks (query results, map tables) are mmapped and returned at
+     * once; a fixed threshold stops glibc from raising it after each free. */
+    mallopt(M_MMAP_THRESHOLD, 64 * 1024);
     declare_metrics();
     uv_loop_init(&c->loop);
 

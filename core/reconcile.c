@@ -108,6 +108,7 @@ typedef struct row_index {
     unsigned char *skip; /* per row: settled, not handed to the rules */
     char **keys;         /* per row: settle key (NULL without in->settled) */
     unsigned char *deferred; /* per row: left for a later pass (skip is set too) */
+    struct secret_set *secrets; /* credential values of the rows handed to the rules */
 } row_index;
 
 static void index_rows(row_index *ri, const plan_input *in)
@@ -122,58 +123,121 @@ static void index_rows(row_index *ri, const plan_input *in)
             strmap_put(&ri->by_id, PQgetvalue(in->accounts, i, ri->col[0]), (void *)(intptr_t)(i + 1));
 }
 
-/* Replaces every credential value of any input account found in *s. */
-static void scrub(const row_index *ri, char **s)
+/* The credential values of the accounts handed to the rules in this call.
+ * Rendered objects and reasons are searched for every one of them (a rule
+ * may copy any account's value anywhere): a rolling hash per distinct value
+ * length keeps that linear in the text, whatever the number of accounts. */
+struct secret_set {
+    strmap values;         /* value → (void *)1 */
+    size_t *lens;          /* distinct lengths */
+    size_t nlens;
+    uint64_t *hashes;      /* sorted hashes of the values */
+    size_t nhashes;
+};
+typedef struct secret_set secret_set;
+
+#define SECRET_BASE 1099511628211ull
+
+static uint64_t poly_hash(const char *p, size_t n)
 {
-    if (*s == NULL)
-        return;
-    int n = PQntuples(ri->in->accounts);
-    for (int i = 0; i < n; i++) {
-        for (size_t k = 0; k < 3; k++) {
-            int col = PQfnumber(ri->in->accounts, credential_columns[k]);
-            if (col < 0 || PQgetisnull(ri->in->accounts, i, col))
+    uint64_t h = 0;
+    for (size_t i = 0; i < n; i++)
+        h = h * SECRET_BASE + (unsigned char)p[i];
+    return h;
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void secrets_build(secret_set *ss, const row_index *ri)
+{
+    memset(ss, 0, sizeof *ss);
+    PGresult *res = ri->in->accounts;
+    int n = PQntuples(res);
+    for (size_t k = 0; k < 3; k++) {
+        int col = PQfnumber(res, credential_columns[k]);
+        for (int i = 0; col >= 0 && i < n; i++) {
+            if ((ri->skip && ri->skip[i]) || PQgetisnull(res, i, col))
                 continue;
-            const char *secret = PQgetvalue(ri->in->accounts, i, col);
-            size_t slen = strlen(secret);
-            if (slen < MIN_SECRET_LEN)
+            const char *v = PQgetvalue(res, i, col);
+            size_t len = strlen(v);
+            if (len < MIN_SECRET_LEN || strmap_get(&ss->values, v))
                 continue;
-            char *hit;
-            while ((hit = strstr(*s, secret)) != NULL) {
-                char *fixed = xasprintf("%.*s[REDACTED]%s", (int)(hit - *s), *s, hit + slen);
-                free(*s);
-                *s = fixed;
+            strmap_put(&ss->values, v, (void *)1);
+            ss->hashes = xrealloc(ss->hashes, (ss->nhashes + 1) * sizeof *ss->hashes);
+            ss->hashes[ss->nhashes++] = poly_hash(v, len);
+            size_t j = 0;
+            while (j < ss->nlens && ss->lens[j] != len)
+                j++;
+            if (j == ss->nlens) {
+                ss->lens = xrealloc(ss->lens, (ss->nlens + 1) * sizeof *ss->lens);
+                ss->lens[ss->nlens++] = len;
             }
         }
     }
+    if (ss->nhashes)
+        qsort(ss->hashes, ss->nhashes, sizeof *ss->hashes, u64_cmp);
 }
 
-/* 1 if a credential value of account row (1-based; 0 = none) is in body. */
-static int row_leaks(const row_index *ri, int row, const char *body)
+static void secrets_free(secret_set *ss)
 {
-    for (size_t k = 0; k < 3; k++) {
-        int col = PQfnumber(ri->in->accounts, credential_columns[k]);
-        if (col < 0 || PQgetisnull(ri->in->accounts, row - 1, col))
+    strmap_free(&ss->values);
+    free(ss->lens);
+    free(ss->hashes);
+}
+
+/* First credential value in text: its offset in *pos and length in *mlen. */
+static int secrets_find(const secret_set *ss, const char *text, size_t *pos, size_t *mlen)
+{
+    size_t n = strlen(text);
+    int found = 0;
+    for (size_t j = 0; j < ss->nlens; j++) {
+        size_t len = ss->lens[j];
+        if (len > n)
             continue;
-        const char *secret = PQgetvalue(ri->in->accounts, row - 1, col);
-        if (strlen(secret) >= MIN_SECRET_LEN && strstr(body, secret))
-            return 1;
+        uint64_t top = 1; /* SECRET_BASE^(len-1) */
+        for (size_t k = 1; k < len; k++)
+            top *= SECRET_BASE;
+        uint64_t h = poly_hash(text, len);
+        for (size_t i = 0; i + len <= n; i++) {
+            if (i > 0)
+                h = (h - (unsigned char)text[i - 1] * top) * SECRET_BASE + (unsigned char)text[i + len - 1];
+            if (found && i >= *pos)
+                break;
+            if (!bsearch(&h, ss->hashes, ss->nhashes, sizeof h, u64_cmp))
+                continue;
+            char *window = xstrndup(text + i, len);
+            int hit = strmap_get(&ss->values, window) != NULL;
+            free(window);
+            if (hit) {
+                *pos = i;
+                *mlen = len;
+                found = 1;
+                break;
+            }
+        }
     }
-    return 0;
+    return found;
 }
 
-/* 1 if body holds a credential value of any account in the input: a rule
- * sees every account of the pass, so it could copy another account's
- * cookie as easily as its own (DESIGN.md §5.4). Own row first (the likely
- * leak); the rest costs a strstr per credential, like scrub(). */
-static int body_leaks(const row_index *ri, intptr_t row, const char *body)
+/* Replaces every credential value found in *s. */
+static void scrub(const secret_set *ss, char **s)
 {
-    if (row > 0 && row_leaks(ri, (int)row, body))
-        return 1;
-    int n = PQntuples(ri->in->accounts);
-    for (int i = 1; i <= n; i++)
-        if (i != row && row_leaks(ri, i, body))
-            return 1;
-    return 0;
+    size_t pos, len;
+    while (*s && secrets_find(ss, *s, &pos, &len)) {
+        char *fixed = xasprintf("%.*s[REDACTED]%s", (int)pos, *s, *s + pos + len);
+        free(*s);
+        *s = fixed;
+    }
+}
+
+static int body_leaks(const secret_set *ss, const char *body)
+{
+    size_t pos, len;
+    return secrets_find(ss, body, &pos, &len);
 }
 
 /* ---- Lua inputs ---------------------------------------------------------- */
@@ -456,8 +520,7 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
             push_action(out, ACT_ERROR, id, name, err);
             continue;
         }
-        intptr_t row = id ? (intptr_t)strmap_get(&ri->by_id, id) : 0;
-        if (body_leaks(ri, row, body)) {
+        if (body_leaks(ri->secrets, body)) {
             free(body);
             lua_pop(L, 1);
             push_action(out, ACT_ERROR, id, name,
@@ -524,7 +587,7 @@ void rec_settled_free(strmap *settled)
     size_t it = 0;
     void *v;
     while (strmap_next(settled, &it, NULL, &v))
-        free(v);
+        xlong_free(v);
     strmap_free(settled);
 }
 
@@ -561,7 +624,7 @@ static char *settle_key(rules *r, const config *cfg, const plan_input *in, int i
     char hex[65];
     util_sha256_hex(b.data, b.len, hex);
     buf_free(&b);
-    return xstrdup(hex);
+    return xlong_strdup(hex);
 }
 
 static void settle_prepare(rules *r, const config *cfg, const plan_input *in, row_index *ri)
@@ -608,10 +671,10 @@ static void settle_commit(const plan_input *in, row_index *ri, const plan_result
         if (ri->skip[i])
             continue;
         if (ri->keys && ri->keys[i] && !strmap_get(&acted, id)) {
-            free(strmap_put(in->settled, id, ri->keys[i]));
+            xlong_free(strmap_put(in->settled, id, ri->keys[i]));
             ri->keys[i] = NULL; /* now owned by the map */
         } else {
-            free(strmap_del(in->settled, id));
+            xlong_free(strmap_del(in->settled, id));
         }
     }
     if (in->full) { /* forget accounts that are gone */
@@ -624,7 +687,7 @@ static void settle_commit(const plan_input *in, row_index *ri, const plan_result
                 gone[ngone++] = xstrdup(k);
             }
         for (size_t i = 0; i < ngone; i++) {
-            free(strmap_del(in->settled, gone[i]));
+            xlong_free(strmap_del(in->settled, gone[i]));
             free(gone[i]);
         }
         free(gone);
@@ -663,11 +726,26 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     out->planned = nrows;
     for (int i = 0; ri.skip && i < nrows; i++)
         out->planned -= ri.skip[i];
+    if (in->busy && in->busy->len > 0) {
+        /* Accounts with a write in flight are planned when it has finished. */
+        if (ri.skip == NULL)
+            ri.skip = xcalloc((size_t)nrows + 1, 1);
+        ri.deferred = xcalloc((size_t)nrows + 1, 1);
+        for (int i = 0; i < nrows; i++) {
+            if (ri.skip[i] || ri.col[0] < 0 || PQgetisnull(in->accounts, i, ri.col[0]))
+                continue;
+            if (strmap_get(in->busy, PQgetvalue(in->accounts, i, ri.col[0]))) {
+                ri.skip[i] = ri.deferred[i] = 1;
+                out->deferred++;
+                out->planned--;
+            }
+        }
+    }
     if (in->max_rows > 0 && out->planned > in->max_rows) {
         /* Defer the rest: treated like settled rows for this call (their
          * Deployments are not shown to the rules, so they are not orphans),
          * but not settled afterwards. */
-        unsigned char *deferred = xcalloc((size_t)nrows + 1, 1);
+        unsigned char *deferred = ri.deferred ? ri.deferred : xcalloc((size_t)nrows + 1, 1);
         if (ri.skip == NULL)
             ri.skip = xcalloc((size_t)nrows + 1, 1);
         int taken = 0;
@@ -686,6 +764,10 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
         ri.deferred = deferred;
     }
 
+    secret_set secrets;
+    secrets_build(&secrets, &ri);
+    ri.secrets = &secrets;
+
     char perr[1024];
     if (call_plan(r, rules_host(r), cfg, in, &ri, -1, perr, sizeof perr) == 0) {
         read_actions(L, cfg, in, &ri, out);
@@ -693,7 +775,7 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
         /* The plan as a whole failed: plan each account alone so the error
          * stays with the account that causes it. */
         char *why = xstrdup(perr); /* a rule's error can quote what it was given */
-        scrub(&ri, &why);
+        scrub(&secrets, &why);
         log_warn("rules: plan failed; planning each account on its own", "error", why, NULL);
         free(why);
         for (int i = 0; i <= nrows; i++) {
@@ -736,7 +818,8 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
         }
     }
     for (size_t i = 0; i < out->n; i++)
-        scrub(&ri, &out->actions[i].reason);
+        scrub(&secrets, &out->actions[i].reason);
+    secrets_free(&secrets);
     if (in->settled)
         settle_commit(in, &ri, out);
     /* Give the rendered objects back now: the next pass may be a while away
@@ -744,7 +827,7 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     if (out->planned > 0)
         lua_gc(L, LUA_GCCOLLECT);
     for (int i = 0; ri.keys && i < nrows; i++)
-        free(ri.keys[i]);
+        xlong_free(ri.keys[i]);
     free(ri.keys);
     free(ri.skip);
     free(ri.deferred);
@@ -763,6 +846,9 @@ int rec_check_plan(rules *r, luahost *candidate, const config *cfg, const plan_i
         for (int i = in->max_rows; i < nrows; i++)
             ri.skip[i] = 1;
     }
+    secret_set secrets;
+    secrets_build(&secrets, &ri);
+    ri.secrets = &secrets;
     lua_State *L = luahost_state(candidate);
     char perr[1024];
     int rc = call_plan(r, candidate, cfg, in, &ri, -1, perr, sizeof perr);
@@ -774,6 +860,7 @@ int rec_check_plan(rules *r, luahost *candidate, const config *cfg, const plan_i
         rec_plan_free(&scratch);
         lua_gc(L, LUA_GCCOLLECT);
     }
+    secrets_free(&secrets);
     free(ri.skip);
     strmap_free(&ri.by_id);
     return rc;

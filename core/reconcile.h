@@ -60,6 +60,8 @@ typedef struct plan_input {
      * a pass over 10,000 new accounts never holds 10,000 rendered
      * Deployments in memory at once. */
     int max_rows;
+    /* Optional: account ids with a write in flight; deferred like max_rows. */
+    strmap *busy;
 } plan_input;
 
 /* The columns the rules get, in this order; the table name is appended by

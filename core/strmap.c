@@ -86,7 +86,7 @@ void *strmap_put(strmap *m, const char *key, void *value)
     }
     if (m->keys[s] == NULL)
         m->used++;
-    m->keys[s] = xstrdup(key);
+    m->keys[s] = xlong_strdup(key);
     m->values[s] = value;
     m->len++;
     return NULL;
@@ -101,7 +101,7 @@ void *strmap_del(strmap *m, const char *key)
     if (!found)
         return NULL;
     void *old = m->values[s];
-    free(m->keys[s]);
+    xlong_free(m->keys[s]);
     m->keys[s] = TOMBSTONE;
     m->values[s] = NULL;
     m->len--;
@@ -127,7 +127,7 @@ void strmap_free(strmap *m)
 {
     for (size_t i = 0; i < m->cap; i++)
         if (m->keys[i] != TOMBSTONE)
-            free(m->keys[i]);
+            xlong_free(m->keys[i]);
     free(m->keys);
     free(m->values);
     memset(m, 0, sizeof *m);

@@ -1,5 +1,5 @@
 /* strmap: a string-keyed hash map (open addressing, linear probing). Keys are
- * copied and owned by the map; values are borrowed pointers the caller owns. */
+ * copied (xlong_strdup) and owned by the map; values are borrowed pointers the caller owns. */
 #ifndef STRMAP_H
 #define STRMAP_H
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 static void oom(size_t n)
@@ -218,4 +219,92 @@ void util_sha256_hex(const void *data, size_t n, char out[65])
         out[2 * i + 1] = hex[md[i] & 15];
     }
     out[64] = '\0';
+}
+
+/* ---- long-lived allocations ------------------------------------------------
+ * Size classes of 64 bytes carved from their own 256 KiB pages, with free
+ * lists; blocks carry their class in a header word. Keeping what lives long
+ * (cache entries, map keys) apart from what lives for one pass lets
+ * malloc_trim return a busy pass's heap. Under AddressSanitizer plain malloc
+ * is used so that ASan sees every access. Not thread-safe: the main loop's. */
+#define LONG_CLASS 64
+#define LONG_CLASSES 32 /* up to 2 KiB; larger blocks use malloc */
+#define LONG_PAGE (256u * 1024u)
+
+#if defined(__SANITIZE_ADDRESS__)
+#define LONG_USE_MALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LONG_USE_MALLOC 1
+#endif
+#endif
+
+typedef struct long_free {
+    struct long_free *next;
+} long_free;
+
+static long_free *long_lists[LONG_CLASSES];
+static char *long_cur;
+static size_t long_left;
+
+void *xlong_alloc(size_t n)
+{
+#ifdef LONG_USE_MALLOC
+    return xcalloc(1, n);
+#else
+    size_t cls = (n + sizeof(size_t) + LONG_CLASS - 1) / LONG_CLASS;
+    size_t *p;
+    if (cls > LONG_CLASSES)
+        goto big;
+    if (long_lists[cls - 1]) {
+        p = (size_t *)long_lists[cls - 1];
+        long_lists[cls - 1] = long_lists[cls - 1]->next;
+    } else {
+        size_t bytes = cls * LONG_CLASS;
+        if (long_left < bytes) {
+            void *page = mmap(NULL, LONG_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (page == MAP_FAILED)
+                goto big;
+            long_cur = page;
+            long_left = LONG_PAGE;
+        }
+        p = (size_t *)long_cur;
+        long_cur += bytes;
+        long_left -= bytes;
+    }
+    memset(p, 0, cls * LONG_CLASS);
+    *p = cls;
+    return p + 1;
+big:
+    p = xcalloc(1, n + sizeof(size_t));
+    *p = 0;
+    return p + 1;
+#endif
+}
+
+void xlong_free(void *q)
+{
+    if (q == NULL)
+        return;
+#ifdef LONG_USE_MALLOC
+    free(q);
+#else
+    size_t *p = (size_t *)q - 1;
+    if (*p == 0) {
+        free(p);
+        return;
+    }
+    long_free *f = (long_free *)p;
+    size_t cls = *p;
+    f->next = long_lists[cls - 1];
+    long_lists[cls - 1] = f;
+#endif
+}
+
+char *xlong_strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = xlong_alloc(n);
+    memcpy(p, s, n);
+    return p;
 }

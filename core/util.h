@@ -15,6 +15,12 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Long-lived allocations (cache entries, map keys): zeroed, never NULL, kept
+ * apart from the transient heap; free only with xlong_free. */
+void *xlong_alloc(size_t n);
+void xlong_free(void *p);
+char *xlong_strdup(const char *s);
+
 /* Growable buffer. Always NUL-terminated when data != NULL.
  * Zero-initialise ({0}) to start; buf_free() releases the memory. */
 typedef struct buf {
