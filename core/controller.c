@@ -16,6 +16,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "audit.h"
 #include "cache.h"
 #include "health.h"
 #include "json.h"
@@ -104,84 +105,19 @@ static int is_leader(const ctl *c)
     return c->leader != NULL && leader_is_leader(c->leader);
 }
 
-/* ---- audit and events ---------------------------------------------------- */
-
-int audit_write(pg_conn *db, const char *actor, const char *what, const char *account_id,
-                const char *deployment, const char *reason)
-{
-    static const char sql[] =
-        "INSERT INTO sync_airbnb_operator.audit_log (action, account_id, deployment, reason, actor) "
-        "VALUES ($1, $2, $3, $4, $5)";
-    const char *params[] = {what, account_id, deployment, reason, actor};
-    char err[512];
-    if (db == NULL || pg_command(db, sql, 5, params, err, sizeof err) < 0) {
-        metrics_add("sync_airbnb_operator_audit_failures_total", NULL, 1);
-        log_warn("audit_log write failed", "action", what, "account_id", account_id ? account_id : "",
-                 "error", db ? err : "no database connection", NULL);
-        return -1;
-    }
-    return 0;
-}
-
-static void on_event_posted(const kube_response *resp, const char *terr, void *ud)
-{
-    (void)ud;
-    if (resp == NULL || resp->status >= 300) {
-        char err[256];
-        if (resp)
-            kube_response_error(resp, err, sizeof err);
-        log_debug("event not posted", "error", resp ? err : terr, NULL);
-    }
-}
+/* ---- audit and events (audit.c) ----------------------------------------- */
 
 static void post_event_on(ctl *c, const char *api_version, const char *kind, const char *name,
-                          const char *uid, const char *reason, const char *message, int warning);
+                          const char *uid, const char *reason, const char *message, int warning)
+{
+    event_post(c->ka, c->cfg->namespace, c->cfg->identity, c->cfg->kube_timeout_ms, api_version, kind,
+               name, uid, reason, message, warning);
+}
 
 static void post_event(ctl *c, const char *name, const char *uid, const char *reason,
                        const char *message, int warning)
 {
     post_event_on(c, "apps/v1", "Deployment", name, uid, reason, message, warning);
-}
-
-static void post_event_on(ctl *c, const char *api_version, const char *kind, const char *name,
-                          const char *uid, const char *reason, const char *message, int warning)
-{
-    if (name == NULL)
-        return;
-    char ts[32];
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    buf b = {0};
-    buf_puts(&b, "{\"apiVersion\":\"v1\",\"kind\":\"Event\",\"metadata\":{\"generateName\":");
-    char *gen = xasprintf("%s.", name);
-    buf_json_string(&b, gen, strlen(gen));
-    free(gen);
-    buf_puts(&b, ",\"namespace\":");
-    buf_json_string(&b, c->cfg->namespace, strlen(c->cfg->namespace));
-    buf_printf(&b, "},\"involvedObject\":{\"apiVersion\":\"%s\",\"kind\":\"%s\",\"name\":", api_version, kind);
-    buf_json_string(&b, name, strlen(name));
-    buf_puts(&b, ",\"namespace\":");
-    buf_json_string(&b, c->cfg->namespace, strlen(c->cfg->namespace));
-    if (uid) {
-        buf_puts(&b, ",\"uid\":");
-        buf_json_string(&b, uid, strlen(uid));
-    }
-    buf_puts(&b, "},\"reason\":");
-    buf_json_string(&b, reason, strlen(reason));
-    buf_puts(&b, ",\"message\":");
-    buf_json_string(&b, message, strlen(message));
-    buf_printf(&b, ",\"type\":\"%s\",\"source\":{\"component\":\"sync-airbnb-operator\"},"
-                   "\"reportingComponent\":\"sync-airbnb-operator\",\"reportingInstance\":",
-               warning ? "Warning" : "Normal");
-    buf_json_string(&b, c->cfg->identity, strlen(c->cfg->identity));
-    buf_printf(&b, ",\"firstTimestamp\":\"%s\",\"lastTimestamp\":\"%s\",\"count\":1}", ts, ts);
-    char *path = xasprintf("/api/v1/namespaces/%s/events", c->cfg->namespace);
-    kube_async_request(c->ka, "POST", path, NULL, b.data, b.len, c->cfg->kube_timeout_ms,
-                       on_event_posted, NULL);
-    free(path);
-    buf_free(&b);
 }
 
 /* Log line + audit row + Event for one action outcome (DESIGN.md §5.6). */

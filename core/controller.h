@@ -11,10 +11,4 @@
 /* The entry point of `sync-airbnb-operator run`; returns the exit code. */
 int run_main(const config *cfg, int argc, char **argv);
 
-/* Writes one row to sync_airbnb_operator.audit_log; used by the controller
- * (and `plan` never). Returns 0 or -1 (logged). */
-struct pg_conn;
-int audit_write(struct pg_conn *db, const char *actor, const char *action, const char *account_id,
-                const char *deployment, const char *reason);
-
 #endif
