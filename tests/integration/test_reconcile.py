@@ -193,9 +193,11 @@ def settled(cluster, api, ns, name, replicas=1):
     def done():
         d = api.deployment(ns, name)
         st = d and d.get("status", {})
+        conditions = {c["type"]: c for c in st.get("conditions", [])} if d else {}
         return d and st.get("observedGeneration") == d["metadata"]["generation"] and \
-            st.get("readyReplicas") == st.get("updatedReplicas") == st.get("replicas") == replicas and \
-            any(c["type"] == "Available" and c["status"] == "True" for c in st.get("conditions", []))
+            st.get("readyReplicas", 0) == st.get("updatedReplicas", 0) == st.get("replicas", 0) == replicas and \
+            conditions.get("Available", {}).get("status") == "True" and \
+            conditions.get("Progressing", {}).get("reason") == "NewReplicaSetAvailable"
     wait_for(done, 40, lambda: f"{name} never settled: {(api.deployment(ns, name) or {}).get('status')}")
 
 
@@ -438,7 +440,7 @@ metadata:
   name: sync-airbnb-worker-4001
   labels: {app: sync-airbnb-worker, account-id: "4001"}
 spec:
-  replicas: 2
+  replicas: 0
   selector:
     matchLabels: {app: sync-airbnb-worker, account-id: "4001"}
   template:
@@ -452,9 +454,9 @@ spec:
 
 
 def test_unmanaged_lookalike_is_untouched_and_the_account_gets_an_error(pg, cluster, api, namespace,
-                                                                        migrated_db, start):
+                                                                        migrated_db, start, capsys):
     cluster.kubectl("apply", "-f", "-", input=UNMANAGED, namespace=namespace)
-    settled(cluster, api, namespace, "sync-airbnb-worker-4001", replicas=2)
+    settled(cluster, api, namespace, "sync-airbnb-worker-4001", replicas=0)
     before = api.deployment(namespace, "sync-airbnb-worker-4001")
     insert(pg, migrated_db, "keep", "4001")
     op = start(RESYNC_INTERVAL_SECONDS=1)
@@ -472,13 +474,22 @@ def test_unmanaged_lookalike_is_untouched_and_the_account_gets_an_error(pg, clus
     sentinel(pg, migrated_db, api, namespace, "s1")
     after = api.deployment(namespace, "sync-airbnb-worker-4001")
     assert after is not None, "the operator deleted a Deployment it does not manage"
-    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], \
+        (before["metadata"].get("managedFields"), before["status"], after["metadata"].get("managedFields"), after["status"])
     assert MANAGED_BY not in after["metadata"].get("labels", {})
     assert not any(m.get("manager") == "sync-airbnb-operator" for m in after["metadata"].get("managedFields", []))
     assert len(audit_of(pg, migrated_db, "4001", "error")) == 1
     assert not [r for r in audit_of(pg, migrated_db, "4001") if r["action"] in ("create", "update", "delete")]
     alive(op)
     assert op.readyz()["ready"]
+
+    # Once the look-alike is gone (its owner removed it), the account gets a real worker.
+    cluster.kubectl("delete", "deployment", "sync-airbnb-worker-4001", namespace=namespace)
+    t0 = time.monotonic()
+    sql(pg, migrated_db, "update airbnb.accounts set is_active = true where account_id = '4001'")
+    d = wait_for(lambda: api.deployment(namespace, "sync-airbnb-worker-4001"), 30, "no worker after the conflict ended")
+    assert d["metadata"]["labels"][MANAGED_BY] == "sync-airbnb-operator"
+    show(capsys, f"worker created {time.monotonic() - t0:.2f} s after a name conflict ended")
 
 
 def test_hand_deleted_worker_comes_back(pg, api, cluster, namespace, migrated_db, start):
@@ -528,7 +539,7 @@ ODD_IDS = ["ABC", "abc!", "abc", "7" * 70, "ünïcødé-账户", "a/b", "", "o'b
 
 def test_odd_account_ids_get_valid_distinct_names(pg, cluster, api, namespace, migrated_db, start):
     insert(pg, migrated_db, "keep")
-    start(DELETE_BUDGET=100)
+    op = start(DELETE_BUDGET=100)
     insert(pg, migrated_db, *ODD_IDS)  # through NOTIFY: a partial pass of these ids
 
     def by_id():
@@ -554,8 +565,10 @@ def test_odd_account_ids_get_valid_distinct_names(pg, cluster, api, namespace, m
     assert got["a/b"]["metadata"]["name"] == "sync-airbnb-worker-a-b-c14cddc033"
     assert got["abc"]["metadata"]["name"] == "sync-airbnb-worker-abc"
     assert not [r for r in audit(pg, migrated_db) if r["action"] == "error"]
-    assert sorted(r["account_id"] for r in audit(pg, migrated_db) if r["action"] == "create") == \
-        sorted(ODD_IDS + ["keep"]), "audit rows must carry the whole id"
+    # (The audit row is written when the API's answer is in: a moment after the object exists.)
+    wait_for(lambda: sorted(r["account_id"] for r in audit(pg, migrated_db) if r["action"] == "create")
+             == sorted(ODD_IDS + ["keep"]), 10,
+             lambda: f"audit rows must carry the whole id: {audit(pg, migrated_db)}\n{op.raw_log()[-6000:]}")
 
     # An admin credential change reaches each of them (an update, not an error).
     sql(pg, migrated_db, "update airbnb.accounts set user_agent = 'SECRET-ua-2-zq' where account_id <> 'keep'")
@@ -567,7 +580,8 @@ def test_odd_account_ids_get_valid_distinct_names(pg, cluster, api, namespace, m
     sql(pg, migrated_db, "update airbnb.accounts set is_active = false where account_id <> 'keep'")
     wait_for(lambda: set(api.deployments(namespace)) == {name_of("keep")}, 15,
              lambda: sorted(api.deployments(namespace)))
-    assert sorted(r["account_id"] for r in audit(pg, migrated_db) if r["action"] == "delete") == sorted(ODD_IDS)
+    wait_for(lambda: sorted(r["account_id"] for r in audit(pg, migrated_db) if r["action"] == "delete")
+             == sorted(ODD_IDS), 10, lambda: f"{audit(pg, migrated_db)}\n{op.raw_log()[-6000:]}")
 
 
 # ---- scale and speed ---------------------------------------------------------------------
@@ -813,6 +827,10 @@ def test_empty_active_set_holds_deletes_until_allowed(pg, cluster, api, namespac
     assert op.readyz()["checks"]["holds"]["active"]
     assert not [x for x in audit(pg, migrated_db) if x["action"] == "delete"]
     assert len([x for x in audit(pg, migrated_db) if x["action"] == "hold"]) == 2, "hold audited every pass"
+    for aid in ("h1", "h2"):  # a hold is an action too: log line and Event
+        assert [ln for ln in action_logs(op, "hold", aid) if "no account is active" in ln["reason"]]
+    wait_for(lambda: {e["involvedObject"]["name"] for e in events(cluster, namespace) if e["reason"] == "DeleteHeld"}
+             == {name_of("h1"), name_of("h2")}, 10, "no DeleteHeld Events")
     assert op.stop() == 0
 
     start(ALLOW_EMPTY_DESIRED="true")
@@ -1008,4 +1026,53 @@ def test_id_spelling_anothers_hashed_name_does_not_take_its_worker(pg, api, name
     env = {e["name"]: e.get("value", "") for e in d1["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["ACCOUNT_ID"] == "ABC"
     assert not [x for x in audit(pg, migrated_db) if x["action"] in ("update", "delete")]
+    alive(op)
+
+
+def test_a_rule_that_fails_for_one_account_affects_only_it_and_quotes_no_credential(
+        pg, cluster, api, namespace, migrated_db, start, rules_dir, tmp_path):
+    """Rules edited badly: plan() raises for any account whose cookie contains EXPLODE,
+    quoting the cookie; the template raises for user agents containing KABOOM, quoting
+    it. Each failure is that account's error, its worker is kept, the others carry on,
+    and neither value shows up anywhere."""
+    bad = tmp_path / "rules"
+    shutil.copytree(rules_dir, bad)
+    plan = (bad / "plan.lua").read_text()
+    plan = plan.replace("    observed = observed or {}\n", """    observed = observed or {}
+    for _, a in ipairs(accounts) do
+        if type(a.airbnb_cookie) == "string" and string.find(a.airbnb_cookie, "EXPLODE", 1, true) then
+            error("cannot plan with cookie " .. a.airbnb_cookie)
+        end
+    end
+""", 1)
+    assert "EXPLODE" in plan
+    (bad / "plan.lua").write_text(plan)
+    dep = (bad / "deployment.lua").read_text()
+    dep = dep.replace("function M.env(account)\n", """function M.env(account)
+    if string.find(account.user_agent, "KABOOM", 1, true) then
+        error("bad user agent " .. account.user_agent)
+    end
+""", 1)
+    assert "KABOOM" in dep
+    (bad / "deployment.lua").write_text(dep)
+
+    insert(pg, migrated_db, "keep", "e1", "e2")
+    op = start(RULES_DIR=str(bad), RESYNC_INTERVAL_SECONDS=1)
+    wait_for(lambda: len(api.deployments(namespace)) == 3, 10, "workers not created")
+    sql(pg, migrated_db, "update airbnb.accounts set airbnb_cookie = 'SECRET-EXPLODE-cookie-zq' where account_id = 'e1'")
+    sql(pg, migrated_db, "update airbnb.accounts set user_agent = 'SECRET-KABOOM-ua-zq' where account_id = 'e2'")
+    for aid in ("e1", "e2"):
+        wait_for(lambda: audit_of(pg, migrated_db, aid, "error"), 10, lambda: audit(pg, migrated_db))
+    insert(pg, migrated_db, "e3")  # others keep reconciling, in partial and full passes
+    wait_for(lambda: api.deployment(namespace, name_of("e3")), 10, "e3 got no worker")
+    wait_full_passes(op, 2)
+    sentinel(pg, migrated_db, api, namespace, "s1")
+    assert {name_of(i) for i in ("keep", "e1", "e2", "e3", "s1")} == set(api.deployments(namespace))
+    assert not [x for x in audit(pg, migrated_db) if x["action"] in ("update", "delete")]
+    assert "rule error" in audit_of(pg, migrated_db, "e2", "error")[0]["reason"]
+
+    dump = "\n".join([op.raw_log(), json.dumps(audit(pg, migrated_db)),
+                      json.dumps(events(cluster, namespace)), op.get("/readyz")[1]])
+    assert "EXPLODE" not in dump and "KABOOM" not in dump, \
+        [ln for ln in dump.splitlines() if "EXPLODE" in ln or "KABOOM" in ln][:3]
     alive(op)
