@@ -45,6 +45,28 @@ static const char *known_key(const char *k)
     return NULL;
 }
 
+/* The fieldManager of the operator's writes (controller.c). */
+#define FIELD_MANAGER "sync-airbnb-operator"
+
+/* 1 if a field manager other than ours changed the spec (not the status): a
+ * hand edit (kubectl scale, set image, edit). Our own apply takes those fields
+ * back, so after a restore the entry is gone. This is how a restarted operator
+ * sees edits made while it was not running, which the generation cannot tell. */
+static int foreign_spec_edit(const json_value *meta)
+{
+    const json_value *mf = json_get(meta, "managedFields");
+    for (size_t i = 0; i < json_len(mf); i++) {
+        const json_value *e = json_at(mf, i);
+        const char *manager = json_string(json_get(e, "manager"));
+        const char *sub = json_string(json_get(e, "subresource"));
+        if ((manager && strcmp(manager, FIELD_MANAGER) == 0) || (sub && strcmp(sub, "status") == 0))
+            continue;
+        if (json_get(json_get(e, "fieldsV1"), "f:spec"))
+            return 1;
+    }
+    return 0;
+}
+
 obs_deploy *cache_parse_deployment(const json_value *obj)
 {
     const json_value *meta = json_get(obj, "metadata");
@@ -100,6 +122,9 @@ obs_deploy *cache_parse_deployment(const json_value *obj)
     const char *mb = json_string(json_path(meta, "labels", MANAGED_BY_LABEL, NULL));
     d->managed = mb && strcmp(mb, MANAGED_BY_VALUE) == 0;
     d->generation = (long)json_number(json_get(meta, "generation"), 0);
+    /* A hint for first sight (upsert): edited by hand, so not what we applied. */
+    if (d->generation > 1 && foreign_spec_edit(meta))
+        d->applied_generation = d->generation - 1;
     const json_value *st = json_get(obj, "status");
     d->observed_generation = (long)json_number(json_get(st, "observedGeneration"), 0);
     d->replicas = (int)json_number(json_get(st, "replicas"), 0);
@@ -217,8 +242,12 @@ static void upsert(informer *inf, void *item)
     if (inf->kind == CACHE_DEPLOYMENT) {
         obs_deploy *d = item, *o = old;
         d->seen = 1;
-        /* First sight (start-up): assume the live object is what we applied. */
-        d->applied_generation = o ? o->applied_generation : d->generation;
+        /* First sight (start-up): the live object is what we applied, unless
+         * it shows a hand edit (cache_parse_deployment's hint). */
+        if (o)
+            d->applied_generation = o->applied_generation;
+        else if (d->applied_generation == 0)
+            d->applied_generation = d->generation;
     } else {
         ((obs_pod *)item)->seen = 1;
     }

@@ -529,6 +529,32 @@ def test_hand_edited_worker_is_restored(pg, api, cluster, namespace, migrated_db
     assert not audit_of(pg, migrated_db, "keep", "update")
 
 
+def test_hand_edits_made_while_the_operator_was_down_are_restored_on_start(pg, api, cluster, namespace,
+                                                                          migrated_db, start):
+    insert(pg, migrated_db, "keep", "4301", "4302")
+    op = start()
+    for aid in ("keep", "4301", "4302"):
+        wait_for(lambda: api.deployment(namespace, name_of(aid)), 10, f"no worker for {aid}")
+        settled(cluster, api, namespace, name_of(aid))
+    untouched = api.deployment(namespace, name_of("keep"))
+    assert op.stop() == 0
+
+    cluster.kubectl("scale", "deployment", name_of("4301"), "--replicas=3", namespace=namespace)
+    cluster.kubectl("set", "image", f"deployment/{name_of('4302')}", "worker=example.invalid/evil:1",
+                    namespace=namespace)
+    op = start(RESYNC_INTERVAL_SECONDS=1)
+    wait_for(lambda: api.deployment(namespace, name_of("4301"))["spec"]["replicas"] == 1, 10,
+             "scale made while down not undone")
+    wait_for(lambda: api.deployment(namespace, name_of("4302"))["spec"]["template"]["spec"]["containers"][0]["image"]
+             == "sync-airbnb:latest", 10, "image change made while down not undone")
+    wait_full_passes(op, 2)
+    # The worker nobody edited was not written to; each edited one once.
+    assert api.deployment(namespace, name_of("keep"))["metadata"]["resourceVersion"] == \
+        untouched["metadata"]["resourceVersion"]
+    assert [r["account_id"] for r in audit(pg, migrated_db) if r["action"] == "update"] in (
+        ["4301", "4302"], ["4302", "4301"])
+
+
 # ---- names ------------------------------------------------------------------------------
 
 # Long ids: 2000 bytes (longer than any fixed buffer for an id should be) and 9000
