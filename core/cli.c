@@ -446,44 +446,6 @@ static int flag(const status_view *s, int row, const char *name)
     return v && v[0] == 't';
 }
 
-/* Pushes account row `row` as the rules see it (strings, is_active boolean,
- * SQL NULL absent). */
-static void push_account(lua_State *L, const PGresult *res, int row)
-{
-    int nf = PQnfields(res);
-    lua_createtable(L, 0, nf);
-    for (int c = 0; c < nf; c++) {
-        if (PQgetisnull(res, row, c))
-            continue;
-        if (PQftype(res, c) == BOOLOID)
-            lua_pushboolean(L, PQgetvalue(res, row, c)[0] == 't');
-        else
-            lua_pushstring(L, PQgetvalue(res, row, c));
-        lua_setfield(L, -2, PQfname(res, c));
-    }
-}
-
-/* Pushes what plan() gets for a Deployment in `observed` (the fields the
- * fingerprint rule reads). */
-static void push_observed(lua_State *L, const obs_deploy *d)
-{
-    lua_createtable(L, 0, 5);
-    lua_pushstring(L, d->name);
-    lua_setfield(L, -2, "name");
-    lua_pushstring(L, d->account_id); /* NULL pushes nil */
-    lua_setfield(L, -2, "account_id");
-    lua_pushstring(L, d->applied_hash);
-    lua_setfield(L, -2, "applied_hash");
-    lua_pushstring(L, d->fingerprint);
-    lua_setfield(L, -2, "fingerprint");
-    lua_createtable(L, 0, d->nann);
-    for (int i = 0; i < d->nann; i++) {
-        lua_pushstring(L, d->ann_values[i]);
-        lua_setfield(L, -2, d->ann_keys[i]);
-    }
-    lua_setfield(L, -2, "annotations");
-}
-
 /* Pushes rules[fn]; 0, or -1 (nothing pushed) when it is not a function. */
 static int push_rule(rules *r, const char *fn)
 {
@@ -531,7 +493,7 @@ static void fingerprint_state(rules *r, const config *cfg, const PGresult *res, 
 {
     lua_State *L = luahost_state(rules_host(r));
     if (push_rule(r, "credentials_fingerprint") == 0) {
-        push_account(L, res, row);
+        rec_push_account(L, res, row);
         if (call_rule(r, cfg, "credentials_fingerprint", 1) == 0) {
             if (lua_type(L, -1) == LUA_TSTRING)
                 snprintf(a->expected, sizeof a->expected, "%s", lua_tostring(L, -1));
@@ -541,8 +503,8 @@ static void fingerprint_state(rules *r, const config *cfg, const PGresult *res, 
     if (a->d->fingerprint == NULL)
         return;
     if (push_rule(r, "credentials_in_sync") == 0) {
-        push_account(L, res, row);
-        push_observed(L, a->d);
+        rec_push_account(L, res, row);
+        rec_push_observed(L, a->d);
         if (call_rule(r, cfg, "credentials_in_sync", 2) == 0) {
             if (lua_type(L, -1) == LUA_TBOOLEAN)
                 a->in_sync = lua_toboolean(L, -1);

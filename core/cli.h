@@ -74,6 +74,12 @@ void cli_quiet_logs(const config *cfg);
 
 int cli_check_rules_main(const config *cfg, int argc, char **argv);
 
+/* Lints every module file of dir (undeclared globals, global assignments,
+ * unknown requires). Returns the number of problems (one line each appended
+ * to problems) or -1 when dir cannot be read; *nfiles gets the file count.
+ * Hot reload runs it too (rules.c). */
+int cli_lint_dir(const char *dir, buf *problems, int *nfiles);
+
 /* Checks one rendered Deployment (decoded JSON): name a DNS-1123 label of at
  * most 63 characters, apiVersion apps/v1 and kind Deployment, valid label
  * keys and values (object and pod template), a non-empty

@@ -482,7 +482,7 @@ static int module_file(const struct dirent *d)
 
 /* Lints every module file of dir. Returns the number of problems (appended
  * to problems) or -1 when dir cannot be read; *nfiles gets the file count. */
-static int lint_dir(const char *dir, buf *problems, int *nfiles)
+int cli_lint_dir(const char *dir, buf *problems, int *nfiles)
 {
     struct dirent **names = NULL;
     int n = scandir(dir, &names, module_file, alphasort);
@@ -830,7 +830,7 @@ int cli_check_rules_main(const config *cfg, int argc, char **argv)
     luahost *checked = NULL;
     int nfiles = 0;
     const char *stage = "lint";
-    int linted = lint_dir(dir, &problems, &nfiles);
+    int linted = cli_lint_dir(dir, &problems, &nfiles);
     if (linted != 0) {
         c.nproblems = linted < 0 ? 1 : linted;
         goto out;

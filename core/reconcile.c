@@ -242,7 +242,7 @@ static int body_leaks(const secret_set *ss, const char *body)
 
 /* ---- Lua inputs ---------------------------------------------------------- */
 
-static void push_row(lua_State *L, PGresult *res, int row)
+void rec_push_account(lua_State *L, const PGresult *res, int row)
 {
     lua_createtable(L, 0, (int)NCOLUMNS);
     int nf = PQnfields(res);
@@ -258,7 +258,7 @@ static void push_row(lua_State *L, PGresult *res, int row)
     }
 }
 
-static void push_observed_one(lua_State *L, const obs_deploy *d)
+void rec_push_observed(lua_State *L, const obs_deploy *d)
 {
     lua_createtable(L, 0, 8);
     lua_pushstring(L, d->name);
@@ -311,7 +311,7 @@ static void push_observed(lua_State *L, strmap *observed, const char *only_accou
             if (row > 0 && ri->skip[row - 1])
                 continue;
         }
-        push_observed_one(L, d);
+        rec_push_observed(L, d);
         lua_setfield(L, -2, d->name);
     }
 }
@@ -552,13 +552,13 @@ static int call_plan(rules *r, luahost *h, const config *cfg, const plan_input *
         for (int i = 0; i < nrows; i++) {
             if (ri->skip && ri->skip[i])
                 continue;
-            push_row(L, in->accounts, i);
+            rec_push_account(L, in->accounts, i);
             lua_rawseti(L, -2, ++n);
         }
         push_observed(L, in->observed, NULL, 0, ri);
     } else if (row < nrows) {
         lua_createtable(L, 1, 0);
-        push_row(L, in->accounts, row);
+        rec_push_account(L, in->accounts, row);
         lua_rawseti(L, -2, 1);
         const char *id = ri->col[0] >= 0 ? PQgetvalue(in->accounts, row, ri->col[0]) : "";
         push_observed(L, in->observed, id, 0, ri);

@@ -14,6 +14,7 @@
 #define RECONCILE_H
 
 #include <libpq-fe.h>
+#include <lua.h>
 
 #include "config.h"
 #include "rules.h"
@@ -83,6 +84,12 @@ void rec_settled_free(strmap *settled);
  * Returns 0, or -1 with err. */
 int rec_check_plan(rules *r, luahost *candidate, const config *cfg, const plan_input *in, char *err,
                    size_t errlen);
+
+/* Push one account row / one observed Deployment exactly as plan() gets
+ * them (rows: strings, is_active boolean, SQL NULL absent). */
+struct obs_deploy;
+void rec_push_account(lua_State *L, const PGresult *res, int row);
+void rec_push_observed(lua_State *L, const struct obs_deploy *d);
 
 const char *rec_action_name(act_kind k);
 /* Builds a PostgreSQL text[] literal of the ids (for = ANY($1)). Caller frees. */

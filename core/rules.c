@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "log.h"
 #include "util.h"
 
@@ -116,8 +117,19 @@ int rules_reload(rules *r, const char *dir, char *err, size_t errlen)
         dir = r->cfg->rules_dir;
     char version[65], lerr[1024];
     luahost *h = NULL;
-    if (luahost_dir_version(dir, version, lerr, sizeof lerr) == 0)
-        h = rules_load_checked(r->cfg, dir, lerr, sizeof lerr);
+    if (luahost_dir_version(dir, version, lerr, sizeof lerr) == 0) {
+        /* The same static lint as check-rules: a forbidden global in a branch
+         * no example reaches is refused before it can ever run. */
+        buf problems = {0};
+        int nfiles = 0;
+        if (cli_lint_dir(dir, &problems, &nfiles) != 0) {
+            size_t first = problems.data ? strcspn(problems.data, "\n") : 0;
+            util_seterr(lerr, sizeof lerr, "%.*s", (int)first, problems.data ? problems.data : "lint failed");
+        } else {
+            h = rules_load_checked(r->cfg, dir, lerr, sizeof lerr);
+        }
+        buf_free(&problems);
+    }
     if (h && r->check && r->check(r, h, r->check_ud, lerr, sizeof lerr) < 0) {
         luahost_free(h);
         h = NULL;
