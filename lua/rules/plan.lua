@@ -177,7 +177,10 @@ function M.plan(accounts, observed, ctx)
         end
         local ok, err = validate.account(account)
         if not ok then
-            fail(account, nil, "invalid_account", string_format("account #%d: %s", index, err))
+            -- The row's position changes from pass to pass (a partial pass has
+            -- one row): name it only when there is no id to go by, so that the
+            -- reason stays the same and the core reports it once.
+            fail(account, nil, "invalid_account", key and err or string_format("account #%d: %s", index, err))
         else
             local name = naming.worker_name(key)
             by_name[name] = account

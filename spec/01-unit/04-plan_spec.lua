@@ -151,6 +151,21 @@ describe("plan", function()
             assert.equal("9", actions[1].account_id)
         end)
 
+        it("gives the same reason wherever the row stands (the core reports a reason once)", function()
+            local bad = row("9", { is_active = "t" })
+            local alone = rules.plan({ bad }, {}, CTX)
+            local third = rules.plan({ row("1"), row("2"), bad }, {}, CTX)
+            local function reason_of(actions)
+                for _, action in ipairs(actions) do
+                    if action.action == "error" then
+                        return action.reason
+                    end
+                end
+            end
+            assert.equal("is_active must be a boolean, got string", reason_of(alone))
+            assert.equal(reason_of(alone), reason_of(third))
+        end)
+
         it("reports a row that is not a table", function()
             local actions = rules.plan({ "310316675" }, {}, CTX)
             assert.same({ { action = "error", code = "invalid_account", retryable = false,

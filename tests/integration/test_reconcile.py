@@ -740,11 +740,14 @@ def test_null_or_empty_credentials_are_an_error_for_that_account_only(pg, api, n
     run_cli("migrate", "up", env={"DATABASE_URL": url, "ACCOUNTS_TABLE": "ops.accounts"}, check=True)
     insert(pg, url, "keep", "7002", {"id": "7001", "cookie": None}, {"id": "7003", "ua": ""},
            {"id": "7004", "xcv": None}, table="ops.accounts")
+    pg.psql("alter table ops.accounts alter column is_active drop not null", url=url)
+    insert(pg, url, {"id": "7005", "active": None}, table="ops.accounts")
     op = start(database_url=url, ACCOUNTS_TABLE="ops.accounts", RESYNC_INTERVAL_SECONDS=1)
 
     wait_for(lambda: set(api.deployments(namespace)) == {name_of("keep"), name_of("7002")}, 10,
              lambda: sorted(api.deployments(namespace)))
-    expect = {"7001": "airbnb_cookie is NULL", "7003": "user_agent is empty", "7004": "x_client_version is NULL"}
+    expect = {"7001": "airbnb_cookie is NULL", "7003": "user_agent is empty", "7004": "x_client_version is NULL",
+              "7005": "is_active must be a boolean"}
     for aid, why in expect.items():
         rows = wait_for(lambda: audit_of(pg, url, aid, "error"), 10, f"no error for {aid}")
         assert why in rows[0]["reason"], rows
@@ -789,6 +792,21 @@ def test_missing_accounts_table_is_a_clear_error_and_deletes_nothing(pg, api, na
     assert not [row for row in audit(pg, migrated_db) if row["action"] == "delete"]
 
 
+def test_missing_column_is_a_clear_error_and_deletes_nothing(pg, api, namespace, migrated_db, start):
+    insert(pg, migrated_db, "keep", "8101")
+    op = start(RESYNC_INTERVAL_SECONDS=1)
+    wait_for(lambda: len(api.deployments(namespace)) == 2, 10, "workers not created")
+    sql(pg, migrated_db, "alter table airbnb.accounts drop column deleted_at")
+    err = wait_for(lambda: op.readyz()["checks"]["last_reconcile"]["error"], 10, lambda: op.readyz())
+    assert "deleted_at" in err, err
+    assert [row for row in audit(pg, migrated_db) if row["action"] == "error" and "deleted_at" in row["reason"]]
+    sql(pg, migrated_db, "update airbnb.accounts set is_active = false where account_id = '8101'")
+    wait_full_passes(op, 3)
+    assert len(api.deployments(namespace)) == 2
+    assert not [row for row in audit(pg, migrated_db) if row["action"] == "delete"]
+    alive(op)
+
+
 TEXT_ACTIVE_TABLE = """
 create schema ops;
 create table ops.accounts (
@@ -813,6 +831,8 @@ def test_wrong_column_type_is_a_clear_error_and_fixing_it_resumes(pg, api, names
     insert(pg, url, "9002", table="ops.accounts")  # a partial pass too
     wait_for(lambda: audit_of(pg, url, "9002", "error"), 10, "no error for 9002")
     wait_full_passes(op, 2)
+    for aid in ("keep", "9001", "9002"):  # once each, full and partial passes alike
+        assert len(audit_of(pg, url, aid, "error")) == 1, audit_of(pg, url, aid)
     assert api.deployments(namespace) == {}
     alive(op)
     assert op.readyz()["ready"]
@@ -934,6 +954,46 @@ def test_restart_adopts_existing_workers_and_applies_what_changed_meanwhile(pg, 
     new_rows = audit(pg, migrated_db)[n_audit:]
     assert sorted((x["action"], x["account_id"]) for x in new_rows) == [
         ("create", "s-new"), ("delete", "s-gone"), ("update", "s-cred")]
+
+
+def test_new_worker_image_on_restart_updates_every_worker(pg, cluster, api, namespace, migrated_db, start):
+    insert(pg, migrated_db, "keep", "i1")
+    op = start()
+    wait_for(lambda: len(api.deployments(namespace)) == 2, 10, "workers not created")
+    assert op.stop() == 0
+    start(WORKER_IMAGE="sync-airbnb:2.0")
+
+    def images():
+        return {n: d["spec"]["template"]["spec"]["containers"][0]["image"] for n, d in api.deployments(namespace).items()}
+    wait_for(lambda: set(images().values()) == {"sync-airbnb:2.0"}, 10, images)
+    for aid in ("keep", "i1"):  # rolled out: a second ReplicaSet, done
+        wait_for(lambda: len(replicasets_of(cluster, namespace, name_of(aid))) == 2, 10, "no new ReplicaSet")
+        settled(cluster, api, namespace, name_of(aid))
+    assert sorted(r["account_id"] for r in audit(pg, migrated_db) if r["action"] == "update") == ["i1", "keep"]
+
+
+def test_managed_lookalikes_in_other_namespaces_are_never_touched(pg, cluster, api, namespace, migrated_db, start):
+    """Invariant 3: only Deployments in the operator's namespace. A Deployment in another
+    namespace with the managed-by label, named like a worker of an inactive account, stays."""
+    other = cluster.create_namespace(namespace[:40] + "-other")
+    try:
+        manifest = UNMANAGED.replace("sync-airbnb-worker-4001", name_of("x1")).replace(
+            "labels: {app: sync-airbnb-worker, account-id: \"4001\"}\nspec",
+            "labels: {app: sync-airbnb-worker, account-id: \"x1\", app.kubernetes.io/managed-by: sync-airbnb-operator}\n"
+            "  annotations: {sync-airbnb.io/account-id: x1}\nspec")
+        assert "managed-by" in manifest
+        cluster.kubectl("apply", "-f", "-", input=manifest, namespace=other)
+        before = api.deployment(other, name_of("x1"))
+        insert(pg, migrated_db, "keep", {"id": "x1", "active": False})
+        op = start(RESYNC_INTERVAL_SECONDS=1, ALLOW_EMPTY_DESIRED="true")
+        wait_for(lambda: api.deployment(namespace, name_of("keep")), 10, "no keep worker")
+        wait_full_passes(op, 2)
+        after = api.deployment(other, name_of("x1"))
+        assert after and after["metadata"]["uid"] == before["metadata"]["uid"]
+        assert not any(m.get("manager") == "sync-airbnb-operator" for m in after["metadata"].get("managedFields", []))
+        assert not [r for r in audit(pg, migrated_db) if r["action"] in ("delete", "update", "error")]
+    finally:
+        cluster.delete_namespace(other)
 
 
 class TcpProxy:
