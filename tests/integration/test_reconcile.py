@@ -6,7 +6,9 @@ credential rollout, the worker's own cookie rotation, no update for last_sync_at
 pods Ready, unmanaged look-alikes left alone, hand-deleted and hand-edited workers
 restored, odd account ids, 200 accounts in one transaction, NOTIFY latency, a no-op
 resync, log + audit + Event per action, no credential anywhere, bad input (NULL/empty
-credentials, missing table, wrong column type) and the empty-set hold.
+credentials, missing table or column, wrong column type, a rule failing for one
+account), the empty-set hold and the delete budget, restarts (adoption, edits made
+while down, a new WORKER_IMAGE) and a lost database connection.
 
 To know that the operator has *processed* a change that must have no visible effect,
 the tests commit a sentinel change after it (a new account whose worker appears):
@@ -24,10 +26,8 @@ import re
 import shutil
 import ssl
 import statistics
-import subprocess
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
