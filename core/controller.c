@@ -253,7 +253,8 @@ static void on_write_done(const kube_response *resp, const char *terr, void *ud)
     free(w->name);
     free(w->reason);
     free(w);
-    publish(c);
+    /* /readyz follows within a second (on_tick): publishing here would walk
+     * the whole cache once per write. */
 }
 
 static void execute(ctl *c, const action *a)
@@ -454,7 +455,11 @@ static void pass(ctl *c)
     metrics_set("sync_airbnb_operator_deletes_held", NULL, c->held_deletes);
     snprintf(c->last_result, sizeof c->last_result, "%s: %d planned, %d deferred, %d writes, %d held",
              full ? "full" : "partial", plan.planned, plan.deferred, writes, plan.held_deletes);
-    log_debug("reconcile pass", "kind", full ? "full" : "partial", "result", c->last_result, NULL);
+    if (log_enabled(LOG_DEBUG)) {
+        char ms[24];
+        snprintf(ms, sizeof ms, "%llu", (unsigned long long)(util_now_ms() - t0));
+        log_debug("reconcile pass", "kind", full ? "full" : "partial", "result", c->last_result, "ms", ms, NULL);
+    }
 out:
     if (res)
         PQclear(res);
@@ -820,7 +825,9 @@ static void publish(ctl *c)
         return;
     int synced = c->cache && cache_synced(c->cache);
     int rules_ok = rules_host(c->rules) != NULL;
-    int ready = c->db_up && c->schema_ok && synced && rules_ok && !c->stopping;
+    /* A pass that cannot read the accounts (table missing, wrong type) is
+     * not doing its job: not ready, with the reason under last_reconcile. */
+    int ready = c->db_up && c->schema_ok && synced && rules_ok && !c->stopping && c->pass_error == NULL;
     char holder[256] = "";
     if (c->leader)
         leader_holder(c->leader, holder, sizeof holder);

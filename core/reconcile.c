@@ -12,7 +12,9 @@
 #include "util.h"
 
 #define BOOLOID 16
-#define MIN_SECRET_LEN 4
+/* Shorter values (a version like "1.0") would match innocent text such as
+ * the container name; credentials that short are not worth hiding anyway. */
+#define MIN_SECRET_LEN 8
 
 static const char *const account_columns[] = {"account_id", "customer_id", "airbnb_cookie",
                                               "x_client_version", "user_agent", "is_active",

@@ -239,6 +239,7 @@ void util_sha256_hex(const void *data, size_t n, char out[65])
 #endif
 #endif
 
+#ifndef LONG_USE_MALLOC
 typedef struct long_free {
     struct long_free *next;
 } long_free;
@@ -246,6 +247,7 @@ typedef struct long_free {
 static long_free *long_lists[LONG_CLASSES];
 static char *long_cur;
 static size_t long_left;
+#endif
 
 void *xlong_alloc(size_t n)
 {
