@@ -34,7 +34,7 @@
 #define NOTIFY_CHANNEL "sync_airbnb_accounts"
 #define PASS_DEBOUNCE_MS 5
 #define MAX_PARTIAL 1000
-#define FOLLOWUP_MS 50 /* delay of the pass that continues a deferred backlog */
+#define FOLLOWUP_MS 20 /* delay of the pass that continues a deferred backlog */
 #define PLAN_CHUNK 256 /* accounts handed to the rules per pass; the rest follow as writes drain */
 #define SHUTDOWN_BOUND_MS 10000
 
@@ -77,6 +77,9 @@ typedef struct ctl {
     strmap reported; /* "name\naction" → last reason, so holds/errors are audited once */
     strmap settled;  /* see plan_input.settled */
 
+    struct held_event *events_head, *events_tail; /* see post_event_on */
+    int events_held;
+
     double delete_tokens;
     uint64_t delete_refill_ms;
     int held_deletes;
@@ -107,11 +110,60 @@ static int is_leader(const ctl *c)
 
 /* ---- audit and events (audit.c) ----------------------------------------- */
 
+/* While a backlog of writes is being worked off (thousands of new accounts),
+ * the Events wait until it is done: the Deployments exist sooner and every
+ * Event is still posted, in order, right after. Bounded: past
+ * MAX_HELD_EVENTS they go out at once. */
+#define MAX_HELD_EVENTS 20000
+
+typedef struct held_event {
+    struct held_event *next;
+    const char *api_version, *kind; /* constants */
+    char *name, *uid, *reason, *message;
+    int warning;
+} held_event;
+
+static void flush_events(ctl *c)
+{
+    while (c->events_head) {
+        held_event *e = c->events_head;
+        c->events_head = e->next;
+        event_post(c->ka, c->cfg->namespace, c->cfg->identity, c->cfg->kube_timeout_ms, e->api_version,
+                   e->kind, e->name, e->uid, e->reason, e->message, e->warning);
+        free(e->name);
+        free(e->uid);
+        free(e->reason);
+        free(e->message);
+        free(e);
+    }
+    c->events_tail = NULL;
+    c->events_held = 0;
+}
+
 static void post_event_on(ctl *c, const char *api_version, const char *kind, const char *name,
                           const char *uid, const char *reason, const char *message, int warning)
 {
-    event_post(c->ka, c->cfg->namespace, c->cfg->identity, c->cfg->kube_timeout_ms, api_version, kind,
-               name, uid, reason, message, warning);
+    int backlog = c->full_pending || c->inflight.len > 0;
+    if (!backlog || c->stopping || c->events_held >= MAX_HELD_EVENTS || name == NULL) {
+        flush_events(c);
+        event_post(c->ka, c->cfg->namespace, c->cfg->identity, c->cfg->kube_timeout_ms, api_version, kind,
+                   name, uid, reason, message, warning);
+        return;
+    }
+    held_event *e = xcalloc(1, sizeof *e);
+    e->api_version = api_version;
+    e->kind = kind;
+    e->name = xstrdup(name);
+    e->uid = uid ? xstrdup(uid) : NULL;
+    e->reason = xstrdup(reason);
+    e->message = xstrdup(message);
+    e->warning = warning;
+    if (c->events_tail)
+        c->events_tail->next = e;
+    else
+        c->events_head = e;
+    c->events_tail = e;
+    c->events_held++;
 }
 
 static void post_event(ctl *c, const char *name, const char *uid, const char *reason,
@@ -249,6 +301,8 @@ static void on_write_done(const kube_response *resp, const char *terr, void *ud)
         enqueue(c, w->account_id);
     if (c->full_pending && c->inflight.len < PLAN_CHUNK / 2)
         kick_after(c, FOLLOWUP_MS);
+    if (!c->full_pending && c->inflight.len == 0)
+        flush_events(c);
     free(w->account_id);
     free(w->name);
     free(w->reason);
@@ -788,6 +842,8 @@ static void on_tick(uv_timer_t *t)
         }
     if (c->leader && c->was_leader != is_leader(c))
         on_leader_async(&c->leader_async);
+    if (!c->full_pending && c->inflight.len == 0)
+        flush_events(c);
     kube_stats_foreach(kube_stat, NULL);
     /* Hand freed heap back after busy seconds (parsed watch events and
      * rendered Deployments are many small, short-lived allocations). */
@@ -889,6 +945,7 @@ static void on_signal(uv_signal_t *s, int signum)
     log_info("signal received; finishing in-flight work", "signal", signum == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
     c->stopping = 1;
     c->stop_deadline = util_now_ms() + SHUTDOWN_BOUND_MS;
+    flush_events(c);
     uv_timer_stop(&c->resync_timer);
     uv_timer_stop(&c->pass_timer);
     publish(c);
@@ -1031,6 +1088,15 @@ out:
         free(w->name);
         free(w->reason);
         free(w);
+    }
+    while (c->events_head) { /* never posted (no loop left): only when start-up failed */
+        held_event *e = c->events_head;
+        c->events_head = e->next;
+        free(e->name);
+        free(e->uid);
+        free(e->reason);
+        free(e->message);
+        free(e);
     }
     if (c->ka)
         kube_async_free(c->ka);

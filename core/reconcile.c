@@ -110,6 +110,8 @@ typedef struct row_index {
     unsigned char *skip; /* per row: settled, not handed to the rules */
     char **keys;         /* per row: settle key (NULL without in->settled) */
     unsigned char *deferred; /* per row: left for a later pass (skip is set too) */
+    unsigned char *in_sync;  /* per row: has a Deployment carrying an applied hash and not
+                              * drifted: planning it most likely only settles it */
     struct secret_set *secrets; /* credential values of the rows handed to the rules */
 } row_index;
 
@@ -634,6 +636,7 @@ static void settle_prepare(rules *r, const config *cfg, const plan_input *in, ro
     int nrows = PQntuples(in->accounts);
     ri->skip = xcalloc((size_t)nrows + 1, 1);
     ri->keys = xcalloc((size_t)nrows + 1, sizeof *ri->keys);
+    ri->in_sync = xcalloc((size_t)nrows + 1, 1);
     strmap by_account = STRMAP_INIT;
     size_t it = 0;
     void *v;
@@ -650,6 +653,9 @@ static void settle_prepare(rules *r, const config *cfg, const plan_input *in, ro
         if (ri->col[0] < 0 || PQgetisnull(in->accounts, i, ri->col[0]))
             continue;
         ri->keys[i] = settle_key(r, cfg, in, i, &by_account);
+        const obs_deploy *d = strmap_get(&by_account, PQgetvalue(in->accounts, i, ri->col[0]));
+        ri->in_sync[i] = d && d != (const obs_deploy *)&by_account && d->applied_hash &&
+                         !(d->applied_generation > 0 && d->generation > d->applied_generation);
         const char *old = strmap_get(in->settled, PQgetvalue(in->accounts, i, ri->col[0]));
         ri->skip[i] = ri->keys[i] && old && strcmp(old, ri->keys[i]) == 0;
     }
@@ -750,11 +756,16 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
         unsigned char *deferred = ri.deferred ? ri.deferred : xcalloc((size_t)nrows + 1, 1);
         if (ri.skip == NULL)
             ri.skip = xcalloc((size_t)nrows + 1, 1);
-        int taken = 0;
+        int taken = 0, planned_in_sync = 0;
         for (int i = 0; i < nrows; i++) {
             if (ri.skip[i])
                 continue;
-            if (taken < in->max_rows) {
+            if (ri.in_sync && ri.in_sync[i] && planned_in_sync < 8 * in->max_rows) {
+                /* Most likely only settles (no write): a wider allowance, so
+                 * that the writes of a pass are not crowded out by the
+                 * accounts the previous pass just created. */
+                planned_in_sync++;
+            } else if (taken < in->max_rows) {
                 taken++;
             } else {
                 ri.skip[i] = 1;
@@ -762,7 +773,7 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
                 out->deferred++;
             }
         }
-        out->planned = taken;
+        out->planned = taken + planned_in_sync;
         ri.deferred = deferred;
     }
 
@@ -833,6 +844,7 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     free(ri.keys);
     free(ri.skip);
     free(ri.deferred);
+    free(ri.in_sync);
     strmap_free(&ri.by_id);
     return 0;
 }
