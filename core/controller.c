@@ -842,7 +842,7 @@ static void on_tick(uv_timer_t *t)
         }
     if (c->leader && c->was_leader != is_leader(c))
         on_leader_async(&c->leader_async);
-    if (!c->full_pending && c->inflight.len == 0)
+    if (c->inflight.len == 0) /* nothing to make way for (e.g. the database is away) */
         flush_events(c);
     kube_stats_foreach(kube_stat, NULL);
     /* Hand freed heap back after busy seconds (parsed watch events and
