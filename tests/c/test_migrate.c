@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include "check.h"
+#define PGTEST_PREFIX "migrate"
+#include "pgtest.h"
 #include "config.h"
 #include "migrate.h"
 #include "pg.h"
@@ -23,61 +25,9 @@
 #define REAL_DIR SAO_SOURCE_DIR "/lua/migrations"
 #define NREAL 4 /* migrations in lua/migrations */
 
-static const char *server_url;
-static char test_db[64];
-static char *test_url;
 static char tmproot[] = "/tmp/sao-migrate-XXXXXX";
 
 /* ---- fixtures ------------------------------------------------------------ */
-
-static int admin_command(const char *fmt, const char *dbname)
-{
-    char err[512];
-    pg_conn *admin = pg_connect(server_url, 0, err, sizeof err);
-    if (admin == NULL) {
-        fprintf(stderr, "  cannot connect to the test server: %s\n", err);
-        return -1;
-    }
-    char *q = pg_quote_ident(dbname);
-    char *sql = xasprintf(fmt, q);
-    int rc = pg_command(admin, sql, 0, NULL, err, sizeof err);
-    if (rc != 0)
-        fprintf(stderr, "  %s: %s\n", sql, err);
-    free(sql);
-    free(q);
-    pg_close(admin);
-    return rc;
-}
-
-static int db_setup(void)
-{
-    static int seq;
-    char err[512];
-    snprintf(test_db, sizeof test_db, "sao_test_migrate_%d_%d", (int)getpid(), ++seq);
-    if (admin_command("CREATE DATABASE %s", test_db) != 0)
-        return -1;
-    test_url = pg_url_with(server_url, "dbname", test_db, err, sizeof err);
-    return test_url ? 0 : -1;
-}
-
-static void db_teardown(void)
-{
-    admin_command("DROP DATABASE IF EXISTS %s WITH (FORCE)", test_db);
-    free(test_url);
-    test_url = NULL;
-}
-
-#define WITH_DB(...)                                     \
-    do {                                                 \
-        if (db_setup() != 0) {                           \
-            CHECK(!"fresh test database could be made"); \
-            return;                                      \
-        }                                                \
-        do {                                             \
-            __VA_ARGS__;                                 \
-        } while (0); /* the body may `break` to here */  \
-        db_teardown();                                   \
-    } while (0)
 
 static config test_config(const char *dir)
 {
@@ -724,15 +674,8 @@ static void test_binary_migrate_up_and_check(void)
 
 int main(void)
 {
-    server_url = getenv("TEST_DATABASE_URL");
-    if (server_url == NULL || *server_url == '\0')
-        server_url = getenv("DATABASE_URL");
-    if (server_url == NULL || *server_url == '\0') {
-        fprintf(stderr, "test_migrate: FAIL: no database: set DATABASE_URL or TEST_DATABASE_URL "
-                        "(eval \"$(tools/pg up && tools/pg env)\")\n");
+    if (pgtest_init("test_migrate") < 0)
         return 1;
-    }
-    server_url = xstrdup(server_url); /* the binary test changes DATABASE_URL */
     if (mkdtemp(tmproot) == NULL) {
         perror("mkdtemp");
         return 1;

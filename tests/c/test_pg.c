@@ -11,66 +11,11 @@
 #include <unistd.h>
 
 #include "check.h"
+#define PGTEST_PREFIX "pg"
+#include "pgtest.h"
 #include "pg.h"
 #include "util.h"
 
-static const char *server_url;
-static char test_db[64];
-static char *test_url; /* conninfo of the fresh database */
-
-/* Creates the fresh database for one test. */
-static int db_setup(void)
-{
-    static int seq;
-    char err[512];
-    snprintf(test_db, sizeof test_db, "sao_test_pg_%d_%d", (int)getpid(), ++seq);
-    pg_conn *admin = pg_connect(server_url, 0, err, sizeof err);
-    if (admin == NULL) {
-        fprintf(stderr, "  cannot connect to the test server: %s\n", err);
-        return -1;
-    }
-    char *q = pg_quote_ident(test_db);
-    char *sql = xasprintf("CREATE DATABASE %s", q);
-    int rc = pg_command(admin, sql, 0, NULL, err, sizeof err);
-    if (rc != 0)
-        fprintf(stderr, "  %s: %s\n", sql, err);
-    free(sql);
-    free(q);
-    pg_close(admin);
-    test_url = rc == 0 ? pg_url_with(server_url, "dbname", test_db, err, sizeof err) : NULL;
-    return test_url ? 0 : -1;
-}
-
-static void db_teardown(void)
-{
-    char err[512];
-    pg_conn *admin = pg_connect(server_url, 0, err, sizeof err);
-    if (admin != NULL) {
-        char *q = pg_quote_ident(test_db);
-        char *sql = xasprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", q);
-        if (pg_command(admin, sql, 0, NULL, err, sizeof err) != 0)
-            fprintf(stderr, "  %s: %s\n", sql, err);
-        free(sql);
-        free(q);
-        pg_close(admin);
-    }
-    free(test_url);
-    test_url = NULL;
-}
-
-#define WITH_DB(...)                                     \
-    do {                                                 \
-        if (db_setup() != 0) {                           \
-            CHECK(!"fresh test database could be made"); \
-            free(test_url);                              \
-            test_url = NULL;                             \
-            return;                                      \
-        }                                                \
-        do {                                             \
-            __VA_ARGS__;                                 \
-        } while (0); /* body may `break` to here */      \
-        db_teardown();                                   \
-    } while (0)
 
 /* Two connections to the test database, or both NULL. */
 static int connect_two(pg_conn **a, pg_conn **b)
@@ -424,14 +369,8 @@ static void test_lua_listen_notifications(void)
 
 int main(void)
 {
-    server_url = getenv("TEST_DATABASE_URL");
-    if (server_url == NULL || *server_url == '\0')
-        server_url = getenv("DATABASE_URL");
-    if (server_url == NULL || *server_url == '\0') {
-        fprintf(stderr, "test_pg: FAIL: no database: set DATABASE_URL or TEST_DATABASE_URL "
-                        "(eval \"$(tools/pg up && tools/pg env)\")\n");
+    if (pgtest_init("test_pg") < 0)
         return 1;
-    }
     RUN(test_identifiers);
     RUN(test_connect_errors_are_clear_and_hide_the_password);
     RUN(test_params_are_never_spliced);
