@@ -29,7 +29,7 @@ int audit_write(pg_conn *db, const char *actor, const char *what, const char *ac
     return 0;
 }
 
-static void on_event_posted(const kube_response *resp, const char *terr, void *ud)
+void event_post_logged(const kube_response *resp, const char *terr, void *ud)
 {
     (void)ud;
     if (resp == NULL || resp->status >= 300) {
@@ -42,7 +42,7 @@ static void on_event_posted(const kube_response *resp, const char *terr, void *u
 
 void event_post(kube_async *ka, const char *ns, const char *identity, int timeout_ms,
                 const char *api_version, const char *kind, const char *name, const char *uid,
-                const char *reason, const char *message, int warning)
+                const char *reason, const char *message, int warning, kube_done_cb done, void *ud)
 {
     if (name == NULL)
         return;
@@ -76,7 +76,9 @@ void event_post(kube_async *ka, const char *ns, const char *identity, int timeou
     buf_json_string(&b, identity, strlen(identity));
     buf_printf(&b, ",\"firstTimestamp\":\"%s\",\"lastTimestamp\":\"%s\",\"count\":1}", ts, ts);
     char *path = xasprintf("/api/v1/namespaces/%s/events", ns);
-    kube_async_request(ka, "POST", path, NULL, b.data, b.len, timeout_ms, on_event_posted, NULL);
+    if (done == NULL)
+        done = event_post_logged;
+    kube_async_request(ka, "POST", path, NULL, b.data, b.len, timeout_ms, done, ud);
     free(path);
     buf_free(&b);
 }

@@ -11,10 +11,12 @@
 int audit_write(pg_conn *db, const char *actor, const char *what, const char *account_id,
                 const char *deployment, const char *reason);
 
-/* Posts a core/v1 Event about the object (api_version, kind, name, uid may
- * be NULL) in namespace ns, asynchronously; failures are logged at debug. */
+/* Posts a core/v1 Event about the object (uid may be NULL) in namespace ns,
+ * asynchronously; done (NULL: event_post_logged) gets the answer. */
 void event_post(kube_async *ka, const char *ns, const char *identity, int timeout_ms,
                 const char *api_version, const char *kind, const char *name, const char *uid,
-                const char *reason, const char *message, int warning);
+                const char *reason, const char *message, int warning, kube_done_cb done, void *ud);
+/* The default completion: logs a failure at debug level. */
+void event_post_logged(const kube_response *resp, const char *terr, void *ud);
 
 #endif

@@ -78,7 +78,7 @@ typedef struct ctl {
     strmap settled;  /* see plan_input.settled */
 
     struct held_event *events_head, *events_tail; /* see post_event_on */
-    int events_held;
+    int events_held, events_posting;
 
     double delete_tokens;
     uint64_t delete_refill_ms;
@@ -123,33 +123,51 @@ typedef struct held_event {
     int warning;
 } held_event;
 
+#define EVENTS_IN_FLIGHT 64 /* held Events are fed to the client this many at a time */
+
+static void flush_events(ctl *c);
+
+static void on_held_event_posted(const kube_response *resp, const char *terr, void *ud)
+{
+    ctl *c = ud;
+    event_post_logged(resp, terr, NULL);
+    c->events_posting--;
+    flush_events(c); /* keep feeding */
+}
+
+/* Feeds held Events to the client, a few at a time, so that a backlog of
+ * thousands never sits in the request queue (memory) all at once. */
 static void flush_events(ctl *c)
 {
-    while (c->events_head) {
+    while (c->events_head && c->events_posting < EVENTS_IN_FLIGHT) {
         held_event *e = c->events_head;
         c->events_head = e->next;
+        c->events_posting++;
         event_post(c->ka, c->cfg->namespace, c->cfg->identity, c->cfg->kube_timeout_ms, e->api_version,
-                   e->kind, e->name, e->uid, e->reason, e->message, e->warning);
+                   e->kind, e->name, e->uid, e->reason, e->message, e->warning, on_held_event_posted, c);
         free(e->name);
         free(e->uid);
         free(e->reason);
         free(e->message);
         free(e);
+        c->events_held--;
     }
-    c->events_tail = NULL;
-    c->events_held = 0;
+    if (c->events_head == NULL)
+        c->events_tail = NULL;
 }
 
 static void post_event_on(ctl *c, const char *api_version, const char *kind, const char *name,
                           const char *uid, const char *reason, const char *message, int warning)
 {
     int backlog = c->full_pending || c->inflight.len > 0;
-    if (!backlog || c->stopping || c->events_held >= MAX_HELD_EVENTS || name == NULL) {
-        flush_events(c);
+    if (name == NULL)
+        return;
+    if (c->events_head == NULL && (!backlog || c->stopping)) {
         event_post(c->ka, c->cfg->namespace, c->cfg->identity, c->cfg->kube_timeout_ms, api_version, kind,
-                   name, uid, reason, message, warning);
+                   name, uid, reason, message, warning, NULL, NULL);
         return;
     }
+    /* Queued behind the held ones, so Events keep their order. */
     held_event *e = xcalloc(1, sizeof *e);
     e->api_version = api_version;
     e->kind = kind;
@@ -164,6 +182,8 @@ static void post_event_on(ctl *c, const char *api_version, const char *kind, con
         c->events_head = e;
     c->events_tail = e;
     c->events_held++;
+    if (!backlog || c->stopping || c->events_held >= MAX_HELD_EVENTS)
+        flush_events(c);
 }
 
 static void post_event(ctl *c, const char *name, const char *uid, const char *reason,
@@ -931,7 +951,7 @@ static void on_drain(uv_timer_t *t)
     ctl *c = t->data;
     int queued = 0, inflight = 0, watches = 0;
     kube_async_counts(c->ka, &queued, &inflight, &watches);
-    if ((c->inflight.len > 0 || queued > 0 || inflight > 0) && util_now_ms() < c->stop_deadline)
+    if ((c->inflight.len > 0 || c->events_head || queued > 0 || inflight > 0) && util_now_ms() < c->stop_deadline)
         return; /* finish what was sent */
     uv_timer_stop(t);
     uv_stop(&c->loop);
