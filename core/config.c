@@ -133,29 +133,18 @@ static int set_option(config *c, const option_spec *o, const char *value, const 
         *(double *)((char *)c + o->offset) = v;
         return 0;
     }
-    case OPT_BOOL: {
-        int v = parse_bool(value);
-        if (v < 0) {
-            util_seterr(err, errlen, "%s: invalid value \"%s\" (true or false)", src, value);
-            return -1;
-        }
-        *int_field(c, o) = v;
-        return 0;
-    }
-    case OPT_LEVEL: {
-        int v = log_parse_level(value);
-        if (v < 0) {
-            util_seterr(err, errlen, "%s: invalid value \"%s\" (debug, info, warn or error)", src,
-                        value);
-            return -1;
-        }
-        *int_field(c, o) = v;
-        return 0;
-    }
+    case OPT_BOOL:
+    case OPT_LEVEL:
     case OPT_FORMAT: {
-        int v = log_parse_format(value);
+        /* Words mapped to an int field: one parser and one message each. */
+        int v = o->type == OPT_BOOL    ? parse_bool(value)
+                : o->type == OPT_LEVEL ? log_parse_level(value)
+                                       : log_parse_format(value);
+        const char *allowed = o->type == OPT_BOOL    ? "true or false"
+                              : o->type == OPT_LEVEL ? "debug, info, warn or error"
+                                                     : "json or text";
         if (v < 0) {
-            util_seterr(err, errlen, "%s: invalid value \"%s\" (json or text)", src, value);
+            util_seterr(err, errlen, "%s: invalid value \"%s\" (%s)", src, value, allowed);
             return -1;
         }
         *int_field(c, o) = v;

@@ -265,26 +265,24 @@ def latency_phase(env: Env, sysm: System, db: str, watcher: Watcher, n_changes: 
     res = {}
     ids = [f"lat{int(time.time())}{i:05d}" for i in range(n_changes)]
     with psycopg.connect(db, autocommit=True) as c:
-        # creates
-        commit = {}
-        for i in ids:
-            c.execute("INSERT INTO airbnb.accounts (account_id, airbnb_cookie, x_client_version, user_agent, is_active)"
-                      " VALUES (%s, %s, 'bench-1', 'BenchAgent/1', true)", (i, f"bench-cookie-{i}"))
-            commit[f"sync-airbnb-worker-{i}"] = time.time()
-            time.sleep(gap)
-        res["create"] = wait_latencies(watcher.added, commit, timeout)
-        if rollout:
+        def changes(sql: str, params) -> dict:
+            """Commits one change per account, gap apart; returns commit times by Deployment."""
             commit = {}
             for i in ids:
-                c.execute("UPDATE airbnb.accounts SET user_agent = 'BenchAgent/2' WHERE account_id = %s", (i,))
+                c.execute(sql, params(i))
                 commit[f"sync-airbnb-worker-{i}"] = time.time()
                 time.sleep(gap)
+            return commit
+
+        commit = changes("INSERT INTO airbnb.accounts (account_id, airbnb_cookie, x_client_version, user_agent,"
+                         " is_active) VALUES (%s, %s, 'bench-1', 'BenchAgent/1', true)",
+                         lambda i: (i, f"bench-cookie-{i}"))
+        res["create"] = wait_latencies(watcher.added, commit, timeout)
+        if rollout:
+            commit = changes("UPDATE airbnb.accounts SET user_agent = 'BenchAgent/2' WHERE account_id = %s",
+                             lambda i: (i,))
             res["rollout"] = wait_latencies(watcher.rolled, commit, timeout)
-        commit = {}
-        for i in ids:
-            c.execute("UPDATE airbnb.accounts SET is_active = false WHERE account_id = %s", (i,))
-            commit[f"sync-airbnb-worker-{i}"] = time.time()
-            time.sleep(gap)
+        commit = changes("UPDATE airbnb.accounts SET is_active = false WHERE account_id = %s", lambda i: (i,))
         res["delete"] = wait_latencies(watcher.deleted, commit, timeout)
     return res
 
