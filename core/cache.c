@@ -478,6 +478,7 @@ static void informer_init(cache *c, uv_loop_t *loop, informer *inf, enum cache_k
 {
     inf->owner = c;
     inf->kind = kind;
+    inf->items.borrowed_keys = 1; /* the key is the item's own name */
     inf->base = base_path(c->ns, kind);
     inf->resource_path = kind == CACHE_DEPLOYMENT ? "deployments" : "pods";
     inf->retry = xcalloc(1, sizeof *inf->retry);

@@ -82,11 +82,13 @@ void *strmap_put(strmap *m, const char *key, void *value)
     if (found) {
         void *old = m->values[s];
         m->values[s] = value;
+        if (m->borrowed_keys)
+            m->keys[s] = (char *)key;
         return old;
     }
     if (m->keys[s] == NULL)
         m->used++;
-    m->keys[s] = xlong_strdup(key);
+    m->keys[s] = m->borrowed_keys ? (char *)key : xlong_strdup(key);
     m->values[s] = value;
     m->len++;
     return NULL;
@@ -101,7 +103,8 @@ void *strmap_del(strmap *m, const char *key)
     if (!found)
         return NULL;
     void *old = m->values[s];
-    xlong_free(m->keys[s]);
+    if (!m->borrowed_keys)
+        xlong_free(m->keys[s]);
     m->keys[s] = TOMBSTONE;
     m->values[s] = NULL;
     m->len--;
@@ -125,10 +128,12 @@ int strmap_next(const strmap *m, size_t *it, const char **key, void **value)
 
 void strmap_free(strmap *m)
 {
-    for (size_t i = 0; i < m->cap; i++)
+    int borrowed = m->borrowed_keys;
+    for (size_t i = 0; !borrowed && i < m->cap; i++)
         if (m->keys[i] != TOMBSTONE)
             xlong_free(m->keys[i]);
     free(m->keys);
     free(m->values);
     memset(m, 0, sizeof *m);
+    m->borrowed_keys = borrowed;
 }
