@@ -66,6 +66,8 @@ typedef struct ctl {
 
     health *health;
     uv_timer_t resync_timer, pass_timer, tick_timer, drain_timer;
+    uv_timer_t audit_timer; /* writes c->audit at the next loop iteration */
+    audit_batch audit;
     uv_prepare_t notify_drain;
     uv_signal_t sigterm, sigint;
 
@@ -119,7 +121,7 @@ static int is_leader(const ctl *c)
 typedef struct held_event {
     struct held_event *next;
     const char *api_version, *kind; /* constants */
-    char *name, *uid, *reason, *message;
+    char *name, *uid, *reason, *message; /* inside this allocation */
     int warning;
 } held_event;
 
@@ -127,12 +129,20 @@ typedef struct held_event {
 
 static void flush_events(ctl *c);
 
+static int write_backlog(const ctl *c)
+{
+    return c->full_pending || c->inflight.len > 0;
+}
+
 static void on_held_event_posted(const kube_response *resp, const char *terr, void *ud)
 {
     ctl *c = ud;
     event_post_logged(resp, terr, NULL);
     c->events_posting--;
-    flush_events(c); /* keep feeding */
+    /* Keep feeding only while no write waits: Events take the API server's
+     * spare capacity, never the writes' (a new backlog pauses them again). */
+    if (!write_backlog(c) || c->stopping || c->events_held >= MAX_HELD_EVENTS)
+        flush_events(c);
 }
 
 /* Feeds held Events to the client, a few at a time, so that a backlog of
@@ -145,10 +155,6 @@ static void flush_events(ctl *c)
         c->events_posting++;
         event_post(c->ka, c->cfg->namespace, c->cfg->identity, c->cfg->kube_timeout_ms, e->api_version,
                    e->kind, e->name, e->uid, e->reason, e->message, e->warning, on_held_event_posted, c);
-        free(e->name);
-        free(e->uid);
-        free(e->reason);
-        free(e->message);
         free(e);
         c->events_held--;
     }
@@ -156,10 +162,20 @@ static void flush_events(ctl *c)
         c->events_tail = NULL;
 }
 
+static char *pack_str(char **p, const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *dst = memcpy(*p, s, n);
+    *p += n;
+    return dst;
+}
+
 static void post_event_on(ctl *c, const char *api_version, const char *kind, const char *name,
                           const char *uid, const char *reason, const char *message, int warning)
 {
-    int backlog = c->full_pending || c->inflight.len > 0;
+    int backlog = write_backlog(c);
     if (name == NULL)
         return;
     if (c->events_head == NULL && (!backlog || c->stopping)) {
@@ -167,14 +183,18 @@ static void post_event_on(ctl *c, const char *api_version, const char *kind, con
                    name, uid, reason, message, warning, NULL, NULL);
         return;
     }
-    /* Queued behind the held ones, so Events keep their order. */
-    held_event *e = xcalloc(1, sizeof *e);
+    /* Queued behind the held ones, so Events keep their order. One
+     * allocation per Event: thousands can wait here during a backlog. */
+    size_t bytes = strlen(name) + 1 + (uid ? strlen(uid) + 1 : 0) + strlen(reason) + 1 + strlen(message) + 1;
+    held_event *e = xmalloc(sizeof *e + bytes);
+    char *p = (char *)(e + 1);
+    e->next = NULL;
     e->api_version = api_version;
     e->kind = kind;
-    e->name = xstrdup(name);
-    e->uid = uid ? xstrdup(uid) : NULL;
-    e->reason = xstrdup(reason);
-    e->message = xstrdup(message);
+    e->name = pack_str(&p, name);
+    e->uid = pack_str(&p, uid);
+    e->reason = pack_str(&p, reason);
+    e->message = pack_str(&p, message);
     e->warning = warning;
     if (c->events_tail)
         c->events_tail->next = e;
@@ -192,6 +212,12 @@ static void post_event(ctl *c, const char *name, const char *uid, const char *re
     post_event_on(c, "apps/v1", "Deployment", name, uid, reason, message, warning);
 }
 
+static void on_audit_timer(uv_timer_t *t)
+{
+    ctl *c = t->data;
+    audit_flush(&c->audit, c->db_up ? c->db : NULL, c->cfg->identity);
+}
+
 /* Log line + audit row + Event for one action outcome (DESIGN.md §5.6). */
 static void report(ctl *c, const char *what, const char *account_id, const char *name,
                    const char *uid, const char *reason, int warning)
@@ -199,7 +225,9 @@ static void report(ctl *c, const char *what, const char *account_id, const char 
     enum log_level lvl = warning ? LOG_WARN : LOG_INFO;
     log_msg(lvl, what, "account_id", account_id ? account_id : "", "deployment", name ? name : "",
             "reason", reason ? reason : "", NULL);
-    audit_write(c->db_up ? c->db : NULL, c->cfg->identity, what, account_id, name, reason);
+    audit_add(&c->audit, what, account_id, name, reason);
+    if (!uv_is_active((uv_handle_t *)&c->audit_timer))
+        uv_timer_start(&c->audit_timer, on_audit_timer, 0, 0);
     static const struct { const char *what, *reason; } reasons[] = {
         {"create", "WorkerCreated"}, {"update", "WorkerUpdated"}, {"delete", "WorkerDeleted"},
         {"hold", "DeleteHeld"},      {"error", "ReconcileFailed"},
@@ -1040,7 +1068,8 @@ int run_main(const config *cfg, int argc, char **argv)
         fprintf(stderr, "run: %s\n", err);
         goto out;
     }
-    kube_limits lim = {.qps = cfg->kube_qps, .burst = cfg->kube_burst};
+    kube_limits lim = {.qps = cfg->kube_qps, .burst = cfg->kube_burst,
+                       .max_inflight = cfg->kube_max_inflight};
     c->ka = kube_async_new(c->kc, &c->loop, &lim);
 
     uv_timer_init(&c->loop, &c->db_retry);
@@ -1050,8 +1079,9 @@ int run_main(const config *cfg, int argc, char **argv)
     uv_timer_init(&c->loop, &c->pass_timer);
     uv_timer_init(&c->loop, &c->tick_timer);
     uv_timer_init(&c->loop, &c->drain_timer);
+    uv_timer_init(&c->loop, &c->audit_timer);
     c->db_retry.data = c->schema_timer.data = c->reload_timer.data = c->resync_timer.data = c;
-    c->pass_timer.data = c->tick_timer.data = c->drain_timer.data = c;
+    c->pass_timer.data = c->tick_timer.data = c->drain_timer.data = c->audit_timer.data = c;
     uv_signal_init(&c->loop, &c->sigterm);
     uv_signal_init(&c->loop, &c->sigint);
     c->sigterm.data = c->sigint.data = c;
@@ -1112,10 +1142,6 @@ out:
     while (c->events_head) { /* never posted (no loop left): only when start-up failed */
         held_event *e = c->events_head;
         c->events_head = e->next;
-        free(e->name);
-        free(e->uid);
-        free(e->reason);
-        free(e->message);
         free(e);
     }
     if (c->ka)
@@ -1126,6 +1152,7 @@ out:
     uv_loop_close(&c->loop);
     kube_client_free(c->kc);
     kube_config_free(&c->kcfg);
+    audit_flush(&c->audit, c->db_up ? c->db : NULL, c->cfg->identity); /* what the last iteration queued */
     pg_close(c->db);
     rules_free(c->rules);
     strmap_free(&c->pending);
