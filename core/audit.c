@@ -12,21 +12,112 @@
 #include "metrics.h"
 #include "util.h"
 
+#define AUDIT_ROWS_PER_INSERT 500 /* 5 parameters each, far below libpq's 65535 */
+
+struct audit_row {
+    struct audit_row *next;
+    const char *what, *account_id, *deployment, *reason; /* inside this allocation */
+};
+
+static const char *pack(char **p, const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    memcpy(*p, s, n);
+    *p += n;
+    return *p - n;
+}
+
+void audit_add(audit_batch *b, const char *what, const char *account_id, const char *deployment,
+               const char *reason)
+{
+    const char *f[] = {what, account_id, deployment, reason};
+    size_t bytes = 0;
+    for (size_t i = 0; i < 4; i++)
+        bytes += f[i] ? strlen(f[i]) + 1 : 0;
+    audit_row *r = xmalloc(sizeof *r + bytes);
+    char *p = (char *)(r + 1);
+    r->next = NULL;
+    r->what = pack(&p, what);
+    r->account_id = pack(&p, account_id);
+    r->deployment = pack(&p, deployment);
+    r->reason = pack(&p, reason);
+    if (b->tail)
+        b->tail->next = r;
+    else
+        b->head = r;
+    b->tail = r;
+    b->n++;
+}
+
+void audit_batch_free(audit_batch *b)
+{
+    while (b->head) {
+        audit_row *r = b->head;
+        b->head = r->next;
+        free(r);
+    }
+    b->tail = NULL;
+    b->n = 0;
+}
+
+/* One INSERT of the first n rows of the list at r. */
+static int insert_rows(pg_conn *db, const char *actor, const audit_row *r, int n, char *err, size_t errlen)
+{
+    buf sql = {0};
+    const char **params = xcalloc((size_t)n * 5, sizeof *params);
+    buf_puts(&sql, "INSERT INTO sync_airbnb_operator.audit_log (action, account_id, deployment, reason, actor) VALUES ");
+    for (int i = 0; i < n; i++, r = r->next) {
+        int k = i * 5;
+        buf_printf(&sql, "%s($%d, $%d, $%d, $%d, $%d)", i ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5);
+        params[k] = r->what;
+        params[k + 1] = r->account_id;
+        params[k + 2] = r->deployment;
+        params[k + 3] = r->reason;
+        params[k + 4] = actor;
+    }
+    int rc = pg_command(db, sql.data, n * 5, params, err, errlen);
+    free(params);
+    buf_free(&sql);
+    return rc;
+}
+
+int audit_flush(audit_batch *b, pg_conn *db, const char *actor)
+{
+    int rc = 0;
+    while (b->head) {
+        int n = 0;
+        audit_row *last = b->head;
+        for (audit_row *r = b->head; r && n < AUDIT_ROWS_PER_INSERT; r = r->next, n++)
+            last = r;
+        char err[512];
+        if (db == NULL || insert_rows(db, actor, b->head, n, err, sizeof err) < 0) {
+            metrics_add("sync_airbnb_operator_audit_failures_total", NULL, n);
+            char rows[16];
+            snprintf(rows, sizeof rows, "%d", n);
+            log_warn("audit_log write failed", "action", b->head->what, "account_id",
+                     b->head->account_id ? b->head->account_id : "", "rows", rows, "error",
+                     db ? err : "no database connection", NULL);
+            rc = -1;
+        }
+        audit_row *rest = last->next;
+        last->next = NULL;
+        audit_batch one = {b->head, last, n};
+        audit_batch_free(&one);
+        b->head = rest;
+        b->n -= n;
+    }
+    b->tail = NULL;
+    return rc;
+}
+
 int audit_write(pg_conn *db, const char *actor, const char *what, const char *account_id,
                 const char *deployment, const char *reason)
 {
-    static const char sql[] =
-        "INSERT INTO sync_airbnb_operator.audit_log (action, account_id, deployment, reason, actor) "
-        "VALUES ($1, $2, $3, $4, $5)";
-    const char *params[] = {what, account_id, deployment, reason, actor};
-    char err[512];
-    if (db == NULL || pg_command(db, sql, 5, params, err, sizeof err) < 0) {
-        metrics_add("sync_airbnb_operator_audit_failures_total", NULL, 1);
-        log_warn("audit_log write failed", "action", what, "account_id", account_id ? account_id : "",
-                 "error", db ? err : "no database connection", NULL);
-        return -1;
-    }
-    return 0;
+    audit_batch b = {0};
+    audit_add(&b, what, account_id, deployment, reason);
+    return audit_flush(&b, db, actor);
 }
 
 void event_post_logged(const kube_response *resp, const char *terr, void *ud)

@@ -11,6 +11,25 @@
 int audit_write(pg_conn *db, const char *actor, const char *what, const char *account_id,
                 const char *deployment, const char *reason);
 
+/* Rows waiting to be written together: the loop queues the rows of what
+ * finished in one iteration and writes them with one multi-row INSERT right
+ * after, instead of one round trip per action. */
+typedef struct audit_row audit_row;
+typedef struct audit_batch {
+    audit_row *head, *tail;
+    int n;
+} audit_batch;
+
+/* Queues a row (the strings are copied; NULL is SQL NULL). */
+void audit_add(audit_batch *b, const char *what, const char *account_id, const char *deployment,
+               const char *reason);
+/* Writes and empties the batch, in statements of at most AUDIT_ROWS_PER_INSERT
+ * rows. db NULL (database away) counts every row as a failure. Returns 0, or
+ * -1 when some row was not written (logged once per statement, counted per row). */
+int audit_flush(audit_batch *b, pg_conn *db, const char *actor);
+/* Drops the queued rows without writing them. */
+void audit_batch_free(audit_batch *b);
+
 /* Posts a core/v1 Event about the object (uid may be NULL) in namespace ns,
  * asynchronously; done (NULL: event_post_logged) gets the answer. */
 void event_post(kube_async *ka, const char *ns, const char *identity, int timeout_ms,

@@ -57,6 +57,8 @@ static const option_spec options[] = {
      "client-side request rate limit to the API server (requests/second)"},
     {"KUBE_BURST", "kube-burst", OPT_INT, OFF(kube_burst), "40", 1, 100000,
      "burst allowed above KUBE_QPS"},
+    {"KUBE_MAX_INFLIGHT", "kube-max-inflight", OPT_INT, OFF(kube_max_inflight), "32", 1, 1024,
+     "API requests in flight at once (watches not counted)"},
     {"KUBE_TIMEOUT_MS", "kube-timeout-ms", OPT_INT, OFF(kube_timeout_ms), "10000", 100, 600000,
      "timeout of one API request, in milliseconds"},
     {"DB_STATEMENT_TIMEOUT_MS", "db-timeout-ms", OPT_INT, OFF(db_timeout_ms), "10000", 100,

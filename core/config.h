@@ -24,6 +24,7 @@ typedef struct config {
     int rules_budget_ms;       /* RULES_BUDGET_MS, default 500 */
     double kube_qps;           /* KUBE_QPS, default 20 */
     int kube_burst;            /* KUBE_BURST, default 40 */
+    int kube_max_inflight;     /* KUBE_MAX_INFLIGHT, default 32 */
     int kube_timeout_ms;       /* KUBE_TIMEOUT_MS, default 10000 */
     int db_timeout_ms;         /* DB_STATEMENT_TIMEOUT_MS, default 10000 */
     int delete_budget;         /* DELETE_BUDGET: deletes per resync interval, default 5 */
