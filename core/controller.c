@@ -77,7 +77,7 @@ typedef struct ctl {
     strmap requeue;  /* account ids to plan again when their write finished */
     strmap backoff;  /* account id → struct backoff after a failed write */
     strmap reported; /* "name\naction" → last reason, so holds/errors are audited once */
-    strmap settled;  /* see plan_input.settled */
+    rec_settled settled; /* see plan_input.settled */
 
     struct held_event *events_head, *events_tail; /* see post_event_on */
     int events_held, events_posting;
@@ -478,8 +478,8 @@ static void pass(ctl *c)
     free(sql);
     free(arr);
     long active_total = -1;
-    strmap subset = STRMAP_INIT;
-    strmap busy = STRMAP_INIT;
+    strmap subset = STRMAP_BORROWED; /* keys: names inside the cache's items */
+    strmap busy = STRMAP_BORROWED;   /* keys: the in-flight writes' account ids */
     plan_result plan = {0};
     if (res == NULL) {
         metrics_add("sync_airbnb_operator_db_errors_total", NULL, 1);
@@ -496,7 +496,7 @@ static void pass(ctl *c)
     strmap *observed = cache_deployments(c->cache);
     if (!full) {
         /* Only the Deployments of the accounts asked about: the rest are not in this input. */
-        strmap want = STRMAP_INIT;
+        strmap want = STRMAP_BORROWED;
         for (size_t i = 0; i < nids; i++)
             strmap_put(&want, ids[i], (void *)1);
         size_t it = 0;

@@ -108,7 +108,8 @@ typedef struct row_index {
     int col[NCOLUMNS];
     strmap by_id;        /* account_id → row + 1 (as a pointer-sized int) */
     unsigned char *skip; /* per row: settled, not handed to the rules */
-    char **keys;         /* per row: settle key (NULL without in->settled) */
+    unsigned char (*keys)[16]; /* per row: settle digest (NULL without in->settled) */
+    unsigned char *has_key;    /* per row: keys[i] is set */
     unsigned char *deferred; /* per row: left for a later pass (skip is set too) */
     unsigned char *in_sync;  /* per row: has a Deployment carrying an applied hash and not
                               * drifted: planning it most likely only settles it */
@@ -118,6 +119,7 @@ typedef struct row_index {
 static void index_rows(row_index *ri, const plan_input *in)
 {
     memset(ri, 0, sizeof *ri);
+    ri->by_id.borrowed_keys = 1; /* the PGresult's values */
     ri->in = in;
     for (size_t c = 0; c < NCOLUMNS; c++)
         ri->col[c] = PQfnumber(in->accounts, account_columns[c]);
@@ -159,6 +161,7 @@ static int u64_cmp(const void *a, const void *b)
 static void secrets_build(secret_set *ss, const row_index *ri)
 {
     memset(ss, 0, sizeof *ss);
+    ss->values.borrowed_keys = 1; /* the PGresult's values */
     PGresult *res = ri->in->accounts;
     int n = PQntuples(res);
     for (size_t k = 0; k < 3; k++) {
@@ -586,17 +589,65 @@ static int is_active_row(const plan_input *in, const row_index *ri, int i)
     return d < 0 || PQgetisnull(in->accounts, i, d);
 }
 
-void rec_settled_free(strmap *settled)
+/* ---- settled accounts ------------------------------------------------------ */
+
+static size_t settled_slot(const rec_settled *s, const unsigned char d[16], int *found)
 {
-    size_t it = 0;
-    void *v;
-    while (strmap_next(settled, &it, NULL, &v))
-        xlong_free(v);
-    strmap_free(settled);
+    uint64_t h;
+    memcpy(&h, d, sizeof h);
+    size_t mask = s->cap - 1, i = (size_t)h & mask;
+    static const unsigned char empty[16];
+    for (;;) {
+        if (memcmp(s->slots[i], d, 16) == 0) {
+            *found = 1;
+            return i;
+        }
+        if (memcmp(s->slots[i], empty, 16) == 0) {
+            *found = 0;
+            return i;
+        }
+        i = (i + 1) & mask;
+    }
 }
 
-/* The settle key of row i: everything the rules see of this account. */
-static char *settle_key(rules *r, const config *cfg, const plan_input *in, int i, strmap *deploy_by_account)
+static int settled_has(const rec_settled *s, const unsigned char d[16])
+{
+    int found = 0;
+    if (s->cap)
+        settled_slot(s, d, &found);
+    return found;
+}
+
+static void settled_add(rec_settled *s, const unsigned char d[16])
+{
+    if ((s->len + 1) * 2 > s->cap) {
+        rec_settled bigger = {xcalloc(s->cap ? s->cap * 2 : 64, 16), s->cap ? s->cap * 2 : 64, 0};
+        for (size_t i = 0; i < s->cap; i++) {
+            static const unsigned char empty[16];
+            if (memcmp(s->slots[i], empty, 16) != 0)
+                settled_add(&bigger, s->slots[i]);
+        }
+        free(s->slots);
+        *s = bigger;
+    }
+    int found;
+    size_t i = settled_slot(s, d, &found);
+    if (!found) {
+        memcpy(s->slots[i], d, 16);
+        s->len++;
+    }
+}
+
+void rec_settled_free(rec_settled *settled)
+{
+    free(settled->slots);
+    memset(settled, 0, sizeof *settled);
+}
+
+/* The settle digest of row i: everything the rules see of this account.
+ * Returns 0, or -1 when the account is never settled (several Deployments). */
+static int settle_key(rules *r, const config *cfg, const plan_input *in, int i, strmap *deploy_by_account,
+                      unsigned char out[16])
 {
     buf b = {0};
     buf_puts(&b, rules_version(r));
@@ -617,7 +668,7 @@ static char *settle_key(rules *r, const config *cfg, const plan_input *in, int i
     const obs_deploy *d = strmap_get(deploy_by_account, id);
     if (d == (const obs_deploy *)deploy_by_account) { /* several Deployments: never settled */
         buf_free(&b);
-        return NULL;
+        return -1;
     }
     if (d) {
         buf_printf(&b, "%s\x02%s\x02%s\x02%ld\x02%ld", d->name, d->applied_hash ? d->applied_hash : "",
@@ -625,10 +676,14 @@ static char *settle_key(rules *r, const config *cfg, const plan_input *in, int i
         for (int k = 0; k < d->nann; k++)
             buf_printf(&b, "\x02%s=%s", d->ann_keys[k], d->ann_values[k]);
     }
-    char hex[65];
-    util_sha256_hex(b.data, b.len, hex);
+    unsigned char md[32];
+    util_sha256(b.data, b.len, md);
     buf_free(&b);
-    return xlong_strdup(hex);
+    memcpy(out, md, 16);
+    static const unsigned char empty[16];
+    if (memcmp(out, empty, 16) == 0) /* all-zero marks an empty slot */
+        out[15] = 1;
+    return 0;
 }
 
 static void settle_prepare(rules *r, const config *cfg, const plan_input *in, row_index *ri)
@@ -636,8 +691,9 @@ static void settle_prepare(rules *r, const config *cfg, const plan_input *in, ro
     int nrows = PQntuples(in->accounts);
     ri->skip = xcalloc((size_t)nrows + 1, 1);
     ri->keys = xcalloc((size_t)nrows + 1, sizeof *ri->keys);
+    ri->has_key = xcalloc((size_t)nrows + 1, 1);
     ri->in_sync = xcalloc((size_t)nrows + 1, 1);
-    strmap by_account = STRMAP_INIT;
+    strmap by_account = STRMAP_BORROWED;
     size_t it = 0;
     void *v;
     while (strmap_next(in->observed, &it, NULL, &v)) {
@@ -652,55 +708,40 @@ static void settle_prepare(rules *r, const config *cfg, const plan_input *in, ro
     for (int i = 0; i < nrows; i++) {
         if (ri->col[0] < 0 || PQgetisnull(in->accounts, i, ri->col[0]))
             continue;
-        ri->keys[i] = settle_key(r, cfg, in, i, &by_account);
+        ri->has_key[i] = settle_key(r, cfg, in, i, &by_account, ri->keys[i]) == 0;
         const obs_deploy *d = strmap_get(&by_account, PQgetvalue(in->accounts, i, ri->col[0]));
         ri->in_sync[i] = d && d != (const obs_deploy *)&by_account && d->applied_hash &&
                          !(d->applied_generation > 0 && d->generation > d->applied_generation);
-        const char *old = strmap_get(in->settled, PQgetvalue(in->accounts, i, ri->col[0]));
-        ri->skip[i] = ri->keys[i] && old && strcmp(old, ri->keys[i]) == 0;
+        ri->skip[i] = ri->has_key[i] && settled_has(in->settled, ri->keys[i]);
     }
     strmap_free(&by_account);
 }
 
-/* After a plan: accounts that got no action are settled at their key. */
+/* After a plan: accounts that got no action are settled at their digest. A
+ * full pass rebuilds the set from the live rows (forgetting accounts that
+ * are gone and digests of earlier states); a partial pass only adds. */
 static void settle_commit(const plan_input *in, row_index *ri, const plan_result *out)
 {
-    strmap acted = STRMAP_INIT;
+    strmap acted = STRMAP_BORROWED;
     for (size_t i = 0; i < out->n; i++)
         if (out->actions[i].account_id)
             strmap_put(&acted, out->actions[i].account_id, (void *)1);
     int nrows = PQntuples(in->accounts);
-    strmap present = STRMAP_INIT;
+    rec_settled fresh = {0};
+    rec_settled *into = in->full ? &fresh : in->settled;
     for (int i = 0; i < nrows; i++) {
-        if (ri->col[0] < 0 || PQgetisnull(in->accounts, i, ri->col[0]))
+        if (ri->col[0] < 0 || PQgetisnull(in->accounts, i, ri->col[0]) || !ri->has_key[i])
             continue;
         const char *id = PQgetvalue(in->accounts, i, ri->col[0]);
-        strmap_put(&present, id, (void *)1);
-        if (ri->skip[i])
-            continue;
-        if (ri->keys && ri->keys[i] && !strmap_get(&acted, id)) {
-            xlong_free(strmap_put(in->settled, id, ri->keys[i]));
-            ri->keys[i] = NULL; /* now owned by the map */
-        } else {
-            xlong_free(strmap_del(in->settled, id));
-        }
+        int was_settled = ri->skip[i] && !(ri->deferred && ri->deferred[i]);
+        int settles_now = !ri->skip[i] && !strmap_get(&acted, id);
+        if (was_settled || settles_now)
+            settled_add(into, ri->keys[i]);
     }
-    if (in->full) { /* forget accounts that are gone */
-        char **gone = NULL;
-        size_t ngone = 0, it = 0;
-        const char *k;
-        while (strmap_next(in->settled, &it, &k, NULL))
-            if (!strmap_get(&present, k)) {
-                gone = xrealloc(gone, (ngone + 1) * sizeof *gone);
-                gone[ngone++] = xstrdup(k);
-            }
-        for (size_t i = 0; i < ngone; i++) {
-            xlong_free(strmap_del(in->settled, gone[i]));
-            free(gone[i]);
-        }
-        free(gone);
+    if (in->full) {
+        rec_settled_free(in->settled);
+        *in->settled = fresh;
     }
-    strmap_free(&present);
     strmap_free(&acted);
 }
 
@@ -839,9 +880,8 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
      * and a steady RSS is a goal (docs/benchmarks.md). */
     if (out->planned > 0)
         lua_gc(L, LUA_GCCOLLECT);
-    for (int i = 0; ri.keys && i < nrows; i++)
-        xlong_free(ri.keys[i]);
     free(ri.keys);
+    free(ri.has_key);
     free(ri.skip);
     free(ri.deferred);
     free(ri.in_sync);

@@ -208,6 +208,14 @@ void util_seterr(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
+void util_sha256(const void *data, size_t n, unsigned char out[32])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_Digest(data, n, md, &mdlen, EVP_sha256(), NULL);
+    memcpy(out, md, 32);
+}
+
 void util_sha256_hex(const void *data, size_t n, char out[65])
 {
     static const char hex[] = "0123456789abcdef";

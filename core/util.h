@@ -55,5 +55,7 @@ void util_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((
 
 /* sha256 of data as 64 lowercase hex chars + NUL into out[65]. */
 void util_sha256_hex(const void *data, size_t n, char out[65]);
+/* sha256 of data, the raw 32 bytes. */
+void util_sha256(const void *data, size_t n, unsigned char out[32]);
 
 #endif
