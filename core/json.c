@@ -1,8 +1,12 @@
-/* json: see json.h. A recursive-descent parser with a depth bound; values
- * are allocated individually and owned by their parent. */
+/* json: see json.h. A recursive-descent parser with a depth bound. A
+ * document lives in an arena of chunks: its values, strings and arrays are
+ * carved from them and freed together by json_free(root) (the root is the
+ * first thing in the first chunk), so a parsed watch event or response
+ * costs a few mallocs instead of one per value. */
 #include "json.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,13 +31,69 @@ struct json_value {
     } u;
 };
 
+#define CHUNK_BYTES 8192
+
+typedef struct json_chunk {
+    struct json_chunk *next;
+    size_t used, cap;
+    max_align_t data[]; /* the root value of a document is data[0] of its first chunk */
+} json_chunk;
+
 typedef struct parser {
     const char *s;
     size_t len, pos;
     char *err;
     size_t errlen;
     int failed;
+    json_chunk *first, *cur; /* the arena */
+    buf scratch;             /* a string being unescaped */
 } parser;
+
+static void *arena_alloc(parser *p, size_t n)
+{
+    n = (n + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1);
+    json_chunk *c = p->cur;
+    if (c == NULL || c->cap - c->used < n) {
+        size_t cap = n > CHUNK_BYTES / 4 ? n : CHUNK_BYTES;
+        json_chunk *nc = xmalloc(sizeof *nc + cap);
+        nc->used = 0;
+        nc->cap = cap;
+        if (c == NULL) {
+            nc->next = NULL;
+            p->first = p->cur = nc;
+        } else if (cap != CHUNK_BYTES) { /* a big block of its own; keep filling cur */
+            nc->next = c->next;
+            c->next = nc;
+            nc->used = n;
+            return nc->data;
+        } else {
+            nc->next = c->next;
+            c->next = nc;
+            p->cur = nc;
+        }
+        c = nc;
+    }
+    void *r = (char *)c->data + c->used;
+    c->used += n;
+    return r;
+}
+
+static void arena_free(json_chunk *c)
+{
+    while (c) {
+        json_chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+}
+
+static char *arena_strdup(parser *p, const char *s, size_t n)
+{
+    char *d = arena_alloc(p, n + 1);
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
 
 static json_value *parse_value(parser *p, int depth);
 
@@ -54,20 +114,28 @@ static void skip_ws(parser *p)
     }
 }
 
-static json_value *new_value(json_type t)
+static json_value *new_value(parser *p, json_type t)
 {
-    json_value *v = xcalloc(1, sizeof *v);
+    json_value *v = arena_alloc(p, sizeof *v);
+    memset(v, 0, sizeof *v);
     v->type = t;
     return v;
 }
 
-static void list_push(json_value *v, char *key, json_value *item)
+static void list_push(parser *p, json_value *v, char *key, json_value *item)
 {
     if (v->u.list.len == v->u.list.cap) {
         size_t cap = v->u.list.cap ? v->u.list.cap * 2 : 4;
-        v->u.list.items = xrealloc(v->u.list.items, cap * sizeof *v->u.list.items);
-        if (v->type == JSON_OBJECT)
-            v->u.list.keys = xrealloc(v->u.list.keys, cap * sizeof *v->u.list.keys);
+        json_value **items = arena_alloc(p, cap * sizeof *items);
+        if (v->u.list.len)
+            memcpy(items, v->u.list.items, v->u.list.len * sizeof *items);
+        v->u.list.items = items;
+        if (v->type == JSON_OBJECT) {
+            char **keys = arena_alloc(p, cap * sizeof *keys);
+            if (v->u.list.len)
+                memcpy(keys, v->u.list.keys, v->u.list.len * sizeof *keys);
+            v->u.list.keys = keys;
+        }
         v->u.list.cap = cap;
     }
     v->u.list.items[v->u.list.len] = item;
@@ -197,16 +265,25 @@ static int parse_string_into(parser *p, buf *b)
     }
 }
 
+/* A string literal at p->pos, unescaped into the arena; NULL on error. */
+static char *parse_arena_string(parser *p, size_t *len)
+{
+    p->scratch.len = 0;
+    if (parse_string_into(p, &p->scratch) < 0)
+        return NULL;
+    *len = p->scratch.len;
+    return arena_strdup(p, p->scratch.len ? p->scratch.data : "", p->scratch.len);
+}
+
 static json_value *parse_string(parser *p)
 {
-    buf b = {0};
-    if (parse_string_into(p, &b) < 0) {
-        buf_free(&b);
+    size_t len;
+    char *str = parse_arena_string(p, &len);
+    if (str == NULL)
         return NULL;
-    }
-    json_value *v = new_value(JSON_STRING);
-    v->u.str.len = b.len;
-    v->u.str.s = buf_steal(&b);
+    json_value *v = new_value(p, JSON_STRING);
+    v->u.str.len = len;
+    v->u.str.s = str;
     return v;
 }
 
@@ -246,7 +323,7 @@ static json_value *parse_number(parser *p)
     }
     char tmp[64];
     size_t n = p->pos - start;
-    json_value *v = new_value(JSON_NUMBER);
+    json_value *v = new_value(p, JSON_NUMBER);
     if (n < sizeof tmp) {
         memcpy(tmp, p->s + start, n);
         tmp[n] = '\0';
@@ -271,7 +348,7 @@ static int literal(parser *p, const char *word)
 
 static json_value *parse_container(parser *p, int depth, int is_object)
 {
-    json_value *v = new_value(is_object ? JSON_OBJECT : JSON_ARRAY);
+    json_value *v = new_value(p, is_object ? JSON_OBJECT : JSON_ARRAY);
     char close = is_object ? '}' : ']';
     p->pos++;
     skip_ws(p);
@@ -287,26 +364,21 @@ static json_value *parse_container(parser *p, int depth, int is_object)
                 fail(p, "expected object key");
                 goto err;
             }
-            buf kb = {0};
-            if (parse_string_into(p, &kb) < 0) {
-                buf_free(&kb);
+            size_t klen;
+            key = parse_arena_string(p, &klen);
+            if (key == NULL)
                 goto err;
-            }
-            key = buf_steal(&kb);
             skip_ws(p);
             if (p->pos >= p->len || p->s[p->pos] != ':') {
-                free(key);
                 fail(p, "expected ':'");
                 goto err;
             }
             p->pos++;
         }
         json_value *item = parse_value(p, depth + 1);
-        if (item == NULL) {
-            free(key);
+        if (item == NULL)
             goto err;
-        }
-        list_push(v, key, item);
+        list_push(p, v, key, item);
         skip_ws(p);
         if (p->pos < p->len && p->s[p->pos] == ',') {
             p->pos++;
@@ -320,8 +392,7 @@ static json_value *parse_container(parser *p, int depth, int is_object)
         goto err;
     }
 err:
-    json_free(v);
-    return NULL;
+    return NULL; /* the arena goes with the document (json_parse) */
 }
 
 static json_value *parse_value(parser *p, int depth)
@@ -342,18 +413,18 @@ static json_value *parse_value(parser *p, int depth)
     case '"': return parse_string(p);
     case 't':
         if (literal(p, "true")) {
-            json_value *v = new_value(JSON_BOOL);
+            json_value *v = new_value(p, JSON_BOOL);
             v->u.boolean = 1;
             return v;
         }
         break;
     case 'f':
         if (literal(p, "false"))
-            return new_value(JSON_BOOL);
+            return new_value(p, JSON_BOOL);
         break;
     case 'n':
         if (literal(p, "null"))
-            return new_value(JSON_NULL);
+            return new_value(p, JSON_NULL);
         break;
     default:
         if (c == '-' || (c >= '0' && c <= '9'))
@@ -366,34 +437,27 @@ static json_value *parse_value(parser *p, int depth)
 json_value *json_parse(const char *s, size_t len, char *err, size_t errlen)
 {
     parser p = {.s = s, .len = len, .err = err, .errlen = errlen};
+    json_value *root = arena_alloc(&p, sizeof *root); /* data[0] of the first chunk */
     json_value *v = parse_value(&p, 0);
-    if (v == NULL)
-        return NULL;
-    skip_ws(&p);
-    if (p.pos != p.len) {
-        fail(&p, "trailing data");
-        json_free(v);
+    if (v != NULL) {
+        skip_ws(&p);
+        if (p.pos != p.len)
+            fail(&p, "trailing data");
+    }
+    buf_free(&p.scratch);
+    if (v == NULL || p.failed) {
+        arena_free(p.first);
         return NULL;
     }
-    return v;
+    *root = *v;
+    return root;
 }
 
 void json_free(json_value *v)
 {
     if (v == NULL)
         return;
-    if (v->type == JSON_STRING) {
-        free(v->u.str.s);
-    } else if (v->type == JSON_ARRAY || v->type == JSON_OBJECT) {
-        for (size_t i = 0; i < v->u.list.len; i++) {
-            json_free(v->u.list.items[i]);
-            if (v->type == JSON_OBJECT)
-                free(v->u.list.keys[i]);
-        }
-        free(v->u.list.items);
-        free(v->u.list.keys);
-    }
-    free(v);
+    arena_free((json_chunk *)((char *)v - offsetof(json_chunk, data)));
 }
 
 json_type json_typeof(const json_value *v)

@@ -1,8 +1,8 @@
 /* json: a small JSON DOM for the C core (watch events, Status bodies, apply
  * responses) and the Lua `json` binding.
  *
- * Parsed values are owned by the root returned from json_parse(); free the
- * root with json_free(). All getters accept NULL and return NULL / the
+ * Parsed values are owned by the root returned from json_parse() (one arena
+ * per document); free only that root, with json_free(). All getters accept NULL and return NULL / the
  * default, so lookups chain without checks:
  *   const char *rv = json_string(json_path(root, "metadata", "resourceVersion", NULL));
  */

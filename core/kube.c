@@ -215,6 +215,11 @@ int kube_client_prepare(kube_client *c, CURL *h, const char *method, const char 
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_USERAGENT, c->user_agent);
     curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+    /* Per-transfer buffers: curl's defaults (16 KiB in, 64 KiB out) times
+     * KUBE_MAX_INFLIGHT were the largest item of a busy pass's heap. Bodies
+     * are a few KiB; 16 KiB is the smallest upload buffer curl accepts. */
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 8192L);
+    curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
 #if LIBCURL_VERSION_NUM >= 0x075500
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 #endif
