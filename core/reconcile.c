@@ -139,6 +139,7 @@ struct secret_set {
     size_t nlens;
     uint64_t *hashes;      /* sorted hashes of the values */
     size_t nhashes;
+    uint64_t filter[1024]; /* bit (hash & 0xffff) set for every hash: most windows stop here */
 };
 typedef struct secret_set secret_set;
 
@@ -175,7 +176,9 @@ static void secrets_build(secret_set *ss, const row_index *ri)
                 continue;
             strmap_put(&ss->values, v, (void *)1);
             ss->hashes = xrealloc(ss->hashes, (ss->nhashes + 1) * sizeof *ss->hashes);
-            ss->hashes[ss->nhashes++] = poly_hash(v, len);
+            ss->hashes[ss->nhashes] = poly_hash(v, len);
+            ss->filter[(ss->hashes[ss->nhashes] & 0xffff) >> 6] |= 1ull << (ss->hashes[ss->nhashes] & 63);
+            ss->nhashes++;
             size_t j = 0;
             while (j < ss->nlens && ss->lens[j] != len)
                 j++;
@@ -214,7 +217,8 @@ static int secrets_find(const secret_set *ss, const char *text, size_t *pos, siz
                 h = (h - (unsigned char)text[i - 1] * top) * SECRET_BASE + (unsigned char)text[i + len - 1];
             if (found && i >= *pos)
                 break;
-            if (!bsearch(&h, ss->hashes, ss->nhashes, sizeof h, u64_cmp))
+            if (!(ss->filter[(h & 0xffff) >> 6] & (1ull << (h & 63))) ||
+                !bsearch(&h, ss->hashes, ss->nhashes, sizeof h, u64_cmp))
                 continue;
             char *window = xstrndup(text + i, len);
             int hit = strmap_get(&ss->values, window) != NULL;
