@@ -674,11 +674,22 @@ static int settle_key(rules *r, const config *cfg, const plan_input *in, int i, 
         buf_free(&b);
         return -1;
     }
-    if (d) {
-        buf_printf(&b, "%s\x02%s\x02%s\x02%ld\x02%ld", d->name, d->applied_hash ? d->applied_hash : "",
-                   d->fingerprint ? d->fingerprint : "", d->generation, d->applied_generation);
-        for (int k = 0; k < d->nann; k++)
-            buf_printf(&b, "\x02%s=%s", d->ann_keys[k], d->ann_values[k]);
+    if (d) { /* plain appends: this runs for every row of every full pass */
+        const char *parts[] = {d->name, d->applied_hash ? d->applied_hash : "",
+                               d->fingerprint ? d->fingerprint : ""};
+        for (size_t k = 0; k < 3; k++) {
+            buf_puts(&b, parts[k]);
+            buf_putc(&b, '\x02');
+        }
+        char num[48];
+        int n = snprintf(num, sizeof num, "%ld\x02%ld", d->generation, d->applied_generation);
+        buf_append(&b, num, (size_t)n);
+        for (int k = 0; k < d->nann; k++) {
+            buf_putc(&b, '\x02');
+            buf_puts(&b, d->ann_keys[k]);
+            buf_putc(&b, '=');
+            buf_puts(&b, d->ann_values[k]);
+        }
     }
     unsigned char md[32];
     util_sha256(b.data, b.len, md);

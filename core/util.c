@@ -208,21 +208,38 @@ void util_seterr(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
+/* EVP_Digest() looks the algorithm up and allocates a context on every
+ * call, which dominated hashing thousands of short settle keys per pass: one
+ * fetched digest and one context per thread, kept for the process's life. */
+static _Thread_local EVP_MD_CTX *sha256_ctx;
+
+static void sha256_fatal(const char *what)
+{
+    fprintf(stderr, "fatal: %s\n", what);
+    abort();
+}
+static _Thread_local EVP_MD *sha256_md;
+
 void util_sha256(const void *data, size_t n, unsigned char out[32])
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
-    EVP_Digest(data, n, md, &mdlen, EVP_sha256(), NULL);
-    memcpy(out, md, 32);
+    if (sha256_ctx == NULL) {
+        sha256_ctx = EVP_MD_CTX_new();
+        sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        if (sha256_ctx == NULL || sha256_md == NULL)
+            sha256_fatal("cannot set up SHA-256 (OpenSSL)");
+    }
+    if (!EVP_DigestInit_ex2(sha256_ctx, sha256_md, NULL) || !EVP_DigestUpdate(sha256_ctx, data, n) ||
+        !EVP_DigestFinal_ex(sha256_ctx, out, &mdlen) || mdlen != 32)
+        sha256_fatal("SHA-256 failed (OpenSSL)");
 }
 
 void util_sha256_hex(const void *data, size_t n, char out[65])
 {
     static const char hex[] = "0123456789abcdef";
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    EVP_Digest(data, n, md, &mdlen, EVP_sha256(), NULL);
-    for (unsigned int i = 0; i < mdlen && i < 32; i++) {
+    unsigned char md[32];
+    util_sha256(data, n, md);
+    for (unsigned int i = 0; i < 32; i++) {
         out[2 * i] = hex[md[i] >> 4];
         out[2 * i + 1] = hex[md[i] & 15];
     }
