@@ -51,6 +51,15 @@ def proc_cpu(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / TICK
 
 
+def proc_mem_split(pid: int) -> tuple[int, int]:
+    """(file-backed, anonymous) resident KiB: shared-library pages vs the process's own data."""
+    d = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        k, v = line.split(":", 1)
+        d[k] = int(v.split()[0])
+    return d["Rss"] - d["Anonymous"], d["Anonymous"]
+
+
 def proc_mem(pid: int) -> tuple[int, int]:
     rss = hwm = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -388,6 +397,7 @@ def steady(env: Env, kind: str, n: int, cycles: int, interval: float) -> dict:
                "queries": (x1 - x0) / k, "cpu_ms": (c1 - c0) / k * 1000, "cycles": k}
         if kind == "operator":
             out["rss_kib"], out["hwm_kib"] = proc_mem(s.proc.pid)
+            out["file_kib"], out["anon_kib"] = proc_mem_split(s.proc.pid)
         return out
     finally:
         s.stop()
@@ -558,6 +568,8 @@ def main() -> int:
               f"| peak RSS (VmHWM) converging {a.big} accounts | {op[f'conv_{a.big}']['hwm_kib'] / 1024:.1f} MiB |",
               f"| RSS after steady state with {a.big} accounts | {op['steady_big']['rss_kib'] / 1024:.1f} MiB "
               f"(peak {op['steady_big']['hwm_kib'] / 1024:.1f} MiB) |",
+              f"| of which shared-library pages (file-backed) / the process's own (anonymous) | "
+              f"{op['steady_big']['file_kib'] / 1024:.1f} / {op['steady_big']['anon_kib'] / 1024:.1f} MiB |",
               f"| churn: {ch['changes']} changes over {a.churn_seconds:.0f} s, {a.accounts} accounts: RSS first / "
               f"last / max | {ch['first_kib'] / 1024:.1f} / {ch['last_kib'] / 1024:.1f} / {ch['max_kib'] / 1024:.1f} MiB |",
               f"| churn: max RSS first half / second half | {ch['first_half_max'] / 1024:.1f} / "
