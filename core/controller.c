@@ -359,7 +359,10 @@ static void on_write_done(const kube_response *resp, const char *terr, void *ud)
      * the whole cache once per write. */
 }
 
-static void execute(ctl *c, const action *a)
+/* Sends the write of one action. Returns 1 when a request went out, 0 when
+ * nothing was sent (a hold or error reported, a write already in flight,
+ * the account in backoff, leadership lost). */
+static int execute(ctl *c, const action *a)
 {
     const config *cfg = c->cfg;
     if (a->kind == ACT_HOLD || a->kind == ACT_ERROR) {
@@ -367,20 +370,20 @@ static void execute(ctl *c, const action *a)
         const char *key = a->name ? a->name : a->account_id;
         if (first_report(c, kind, key, a->reason))
             report(c, kind, a->account_id, a->name, NULL, a->reason, a->kind == ACT_ERROR);
-        return;
+        return 0;
     }
     if (strmap_get(&c->inflight, a->name)) {
         if (a->account_id && !strmap_get(&c->requeue, a->account_id))
             strmap_put(&c->requeue, a->account_id, (void *)1);
-        return;
+        return 0;
     }
     if (a->account_id) {
         backoff *b = strmap_get(&c->backoff, a->account_id);
         if (b && util_now_ms() < b->next_ms)
-            return; /* the backoff ticker re-queues it */
+            return 0; /* the backoff ticker re-queues it */
     }
     if (!is_leader(c))
-        return;
+        return 0;
     forget_report(c, "hold", a->name);
     char *path = NULL;
     const char *method, *ctype = NULL, *body = NULL;
@@ -419,6 +422,7 @@ static void execute(ctl *c, const action *a)
                        on_write_done, w);
     free(path);
     free(delete_body);
+    return 1;
 }
 
 /* ---- the pass ------------------------------------------------------------- */
@@ -531,11 +535,11 @@ static void pass(ctl *c)
     set_pass_error(c, NULL);
     int writes = 0;
     for (size_t i = 0; i < plan.n; i++) {
-        if (plan.actions[i].kind == ACT_DELETE && is_leader(c))
+        /* Only a delete that was sent uses the budget. */
+        int sent = execute(c, &plan.actions[i]);
+        if (sent && plan.actions[i].kind == ACT_DELETE)
             c->delete_tokens -= 1;
-        if (plan.actions[i].kind <= ACT_DELETE)
-            writes++;
-        execute(c, &plan.actions[i]);
+        writes += sent;
     }
     if (plan.deferred > 0) {
         /* More accounts wait: a write finishing kicks the next pass; with
@@ -610,10 +614,14 @@ static void on_notify(const char *channel, const char *payload, void *ud)
     ctl *c = ud;
     (void)channel;
     metrics_add("sync_airbnb_operator_notifications_total", NULL, 1);
-    if (strcmp(payload, "*") == 0)
+    if (strcmp(payload, "*") == 0) {
         kick_full(c);
-    else
+    } else {
+        /* The row changed (perhaps fixing what made its writes fail): try
+         * it now rather than after its backoff. */
+        free(strmap_del(&c->backoff, payload));
         enqueue(c, payload);
+    }
 }
 
 static void on_db_readable(uv_poll_t *p, int status, int events)
