@@ -173,3 +173,81 @@ void event_post(kube_async *ka, const char *ns, const char *identity, int timeou
     free(path);
     buf_free(&b);
 }
+
+/* ---- held Events -------------------------------------------------------- */
+
+struct held_event {
+    struct held_event *next;
+    const char *api_version, *kind; /* constants */
+    const char *name, *uid, *reason, *message; /* inside this allocation: thousands can wait */
+    int warning;
+};
+
+static void on_held_posted(const kube_response *resp, const char *terr, void *ud)
+{
+    event_queue *q = ud;
+    event_post_logged(resp, terr, NULL);
+    q->posting--;
+    /* Keep feeding only while no write waits (a new backlog pauses them). */
+    if (!(q->hold && q->hold(q->ud)) || q->held >= EVENT_QUEUE_MAX_HELD)
+        event_queue_flush(q);
+}
+
+void event_queue_flush(event_queue *q)
+{
+    while (q->head && q->posting < EVENT_QUEUE_IN_FLIGHT) {
+        held_event *e = q->head;
+        q->head = e->next;
+        q->posting++;
+        q->held--;
+        event_post(q->ka, q->ns, q->identity, q->timeout_ms, e->api_version, e->kind, e->name, e->uid,
+                   e->reason, e->message, e->warning, on_held_posted, q);
+        free(e);
+    }
+    if (q->head == NULL)
+        q->tail = NULL;
+}
+
+void event_queue_post(event_queue *q, const char *api_version, const char *kind, const char *name,
+                      const char *uid, const char *reason, const char *message, int warning)
+{
+    if (name == NULL)
+        return;
+    int hold = q->hold && q->hold(q->ud);
+    if (q->head == NULL && !hold) {
+        event_post(q->ka, q->ns, q->identity, q->timeout_ms, api_version, kind, name, uid, reason, message,
+                   warning, NULL, NULL);
+        return;
+    }
+    /* Behind the held ones, so Events keep their order. */
+    size_t bytes = strlen(name) + 1 + (uid ? strlen(uid) + 1 : 0) + strlen(reason) + 1 + strlen(message) + 1;
+    held_event *e = xmalloc(sizeof *e + bytes);
+    char *p = (char *)(e + 1);
+    e->next = NULL;
+    e->api_version = api_version;
+    e->kind = kind;
+    e->name = pack(&p, name);
+    e->uid = pack(&p, uid);
+    e->reason = pack(&p, reason);
+    e->message = pack(&p, message);
+    e->warning = warning;
+    if (q->tail)
+        q->tail->next = e;
+    else
+        q->head = e;
+    q->tail = e;
+    q->held++;
+    if (!hold || q->held >= EVENT_QUEUE_MAX_HELD)
+        event_queue_flush(q);
+}
+
+void event_queue_free(event_queue *q)
+{
+    while (q->head) {
+        held_event *e = q->head;
+        q->head = e->next;
+        free(e);
+    }
+    q->tail = NULL;
+    q->held = 0;
+}

@@ -38,4 +38,32 @@ void event_post(kube_async *ka, const char *ns, const char *identity, int timeou
 /* The default completion: logs a failure at debug level. */
 void event_post_logged(const kube_response *resp, const char *terr, void *ud);
 
+/* Events that wait while writes do. During a backlog of writes (thousands of
+ * new accounts) the Events are held, then posted in order, at most
+ * EVENT_QUEUE_IN_FLIGHT at a time, and only while hold() says no write is
+ * waiting: they take the API server's spare capacity, never the writes'.
+ * Bounded: past EVENT_QUEUE_MAX_HELD they go out regardless. */
+#define EVENT_QUEUE_IN_FLIGHT 64
+#define EVENT_QUEUE_MAX_HELD 20000
+
+typedef struct held_event held_event;
+typedef struct event_queue {
+    kube_async *ka;            /* borrowed */
+    const char *ns, *identity; /* borrowed */
+    int timeout_ms;
+    int (*hold)(void *ud);     /* 1 while writes wait */
+    void *ud;
+    held_event *head, *tail;
+    int held, posting;
+} event_queue;
+
+/* Posts an Event about the object now, or holds it behind the held ones
+ * (the strings are copied). name NULL: nothing. */
+void event_queue_post(event_queue *q, const char *api_version, const char *kind, const char *name,
+                      const char *uid, const char *reason, const char *message, int warning);
+/* Feeds held Events to the client (call when hold() may have turned 0). */
+void event_queue_flush(event_queue *q);
+/* Drops the Events never posted. */
+void event_queue_free(event_queue *q);
+
 #endif

@@ -79,8 +79,7 @@ typedef struct ctl {
     strmap reported; /* "name\naction" → last reason, so holds/errors are audited once */
     rec_settled settled; /* see plan_input.settled */
 
-    struct held_event *events_head, *events_tail; /* see post_event_on */
-    int events_held, events_posting;
+    event_queue events; /* held while writes wait (audit.h) */
 
     double delete_tokens;
     uint64_t delete_refill_ms;
@@ -112,98 +111,22 @@ static int is_leader(const ctl *c)
 
 /* ---- audit and events (audit.c) ----------------------------------------- */
 
-/* While a backlog of writes is being worked off (thousands of new accounts),
- * the Events wait until it is done: the Deployments exist sooner and every
- * Event is still posted, in order, right after. Bounded: past
- * MAX_HELD_EVENTS they go out at once. */
-#define MAX_HELD_EVENTS 20000
-
-typedef struct held_event {
-    struct held_event *next;
-    const char *api_version, *kind; /* constants */
-    char *name, *uid, *reason, *message; /* inside this allocation */
-    int warning;
-} held_event;
-
-#define EVENTS_IN_FLIGHT 64 /* held Events are fed to the client this many at a time */
-
-static void flush_events(ctl *c);
-
 static int write_backlog(const ctl *c)
 {
     return c->full_pending || c->inflight.len > 0;
 }
 
-static void on_held_event_posted(const kube_response *resp, const char *terr, void *ud)
+/* Events wait while writes do (see event_queue); not once stopping. */
+static int events_hold(void *ud)
 {
-    ctl *c = ud;
-    event_post_logged(resp, terr, NULL);
-    c->events_posting--;
-    /* Keep feeding only while no write waits: Events take the API server's
-     * spare capacity, never the writes' (a new backlog pauses them again). */
-    if (!write_backlog(c) || c->stopping || c->events_held >= MAX_HELD_EVENTS)
-        flush_events(c);
-}
-
-/* Feeds held Events to the client, a few at a time, so that a backlog of
- * thousands never sits in the request queue (memory) all at once. */
-static void flush_events(ctl *c)
-{
-    while (c->events_head && c->events_posting < EVENTS_IN_FLIGHT) {
-        held_event *e = c->events_head;
-        c->events_head = e->next;
-        c->events_posting++;
-        event_post(c->ka, c->cfg->namespace, c->cfg->identity, c->cfg->kube_timeout_ms, e->api_version,
-                   e->kind, e->name, e->uid, e->reason, e->message, e->warning, on_held_event_posted, c);
-        free(e);
-        c->events_held--;
-    }
-    if (c->events_head == NULL)
-        c->events_tail = NULL;
-}
-
-static char *pack_str(char **p, const char *s)
-{
-    if (s == NULL)
-        return NULL;
-    size_t n = strlen(s) + 1;
-    char *dst = memcpy(*p, s, n);
-    *p += n;
-    return dst;
+    const ctl *c = ud;
+    return write_backlog(c) && !c->stopping;
 }
 
 static void post_event_on(ctl *c, const char *api_version, const char *kind, const char *name,
                           const char *uid, const char *reason, const char *message, int warning)
 {
-    int backlog = write_backlog(c);
-    if (name == NULL)
-        return;
-    if (c->events_head == NULL && (!backlog || c->stopping)) {
-        event_post(c->ka, c->cfg->namespace, c->cfg->identity, c->cfg->kube_timeout_ms, api_version, kind,
-                   name, uid, reason, message, warning, NULL, NULL);
-        return;
-    }
-    /* Queued behind the held ones, so Events keep their order. One
-     * allocation per Event: thousands can wait here during a backlog. */
-    size_t bytes = strlen(name) + 1 + (uid ? strlen(uid) + 1 : 0) + strlen(reason) + 1 + strlen(message) + 1;
-    held_event *e = xmalloc(sizeof *e + bytes);
-    char *p = (char *)(e + 1);
-    e->next = NULL;
-    e->api_version = api_version;
-    e->kind = kind;
-    e->name = pack_str(&p, name);
-    e->uid = pack_str(&p, uid);
-    e->reason = pack_str(&p, reason);
-    e->message = pack_str(&p, message);
-    e->warning = warning;
-    if (c->events_tail)
-        c->events_tail->next = e;
-    else
-        c->events_head = e;
-    c->events_tail = e;
-    c->events_held++;
-    if (!backlog || c->stopping || c->events_held >= MAX_HELD_EVENTS)
-        flush_events(c);
+    event_queue_post(&c->events, api_version, kind, name, uid, reason, message, warning);
 }
 
 static void post_event(ctl *c, const char *name, const char *uid, const char *reason,
@@ -350,7 +273,7 @@ static void on_write_done(const kube_response *resp, const char *terr, void *ud)
     if (c->full_pending && c->inflight.len < PLAN_CHUNK / 2)
         kick_after(c, FOLLOWUP_MS);
     if (!c->full_pending && c->inflight.len == 0)
-        flush_events(c);
+        event_queue_flush(&c->events);
     free(w->account_id);
     free(w->name);
     free(w->reason);
@@ -899,7 +822,7 @@ static void on_tick(uv_timer_t *t)
     if (c->leader && c->was_leader != is_leader(c))
         on_leader_async(&c->leader_async);
     if (c->inflight.len == 0) /* nothing to make way for (e.g. the database is away) */
-        flush_events(c);
+        event_queue_flush(&c->events);
     kube_stats_foreach(kube_stat, NULL);
     /* Hand freed heap back after busy seconds (parsed watch events and
      * rendered Deployments are many small, short-lived allocations). */
@@ -987,7 +910,7 @@ static void on_drain(uv_timer_t *t)
     ctl *c = t->data;
     int queued = 0, inflight = 0, watches = 0;
     kube_async_counts(c->ka, &queued, &inflight, &watches);
-    if ((c->inflight.len > 0 || c->events_head || queued > 0 || inflight > 0) && util_now_ms() < c->stop_deadline)
+    if ((c->inflight.len > 0 || c->events.head || queued > 0 || inflight > 0) && util_now_ms() < c->stop_deadline)
         return; /* finish what was sent */
     uv_timer_stop(t);
     uv_stop(&c->loop);
@@ -1001,7 +924,7 @@ static void on_signal(uv_signal_t *s, int signum)
     log_info("signal received; finishing in-flight work", "signal", signum == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
     c->stopping = 1;
     c->stop_deadline = util_now_ms() + SHUTDOWN_BOUND_MS;
-    flush_events(c);
+    event_queue_flush(&c->events);
     uv_timer_stop(&c->resync_timer);
     uv_timer_stop(&c->pass_timer);
     publish(c);
@@ -1079,6 +1002,8 @@ int run_main(const config *cfg, int argc, char **argv)
     kube_limits lim = {.qps = cfg->kube_qps, .burst = cfg->kube_burst,
                        .max_inflight = cfg->kube_max_inflight};
     c->ka = kube_async_new(c->kc, &c->loop, &lim);
+    c->events = (event_queue){.ka = c->ka, .ns = cfg->namespace, .identity = cfg->identity,
+                              .timeout_ms = cfg->kube_timeout_ms, .hold = events_hold, .ud = c};
 
     uv_timer_init(&c->loop, &c->db_retry);
     uv_timer_init(&c->loop, &c->schema_timer);
@@ -1147,11 +1072,7 @@ out:
         free(w->reason);
         free(w);
     }
-    while (c->events_head) { /* never posted (no loop left): only when start-up failed */
-        held_event *e = c->events_head;
-        c->events_head = e->next;
-        free(e);
-    }
+    event_queue_free(&c->events); /* never posted (no loop left): only when start-up failed */
     if (c->ka)
         kube_async_free(c->ka);
     db_unwatch(c); /* own allocation: close_walk would close it without freeing it */
