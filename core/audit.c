@@ -83,6 +83,29 @@ static int insert_rows(pg_conn *db, const char *actor, const audit_row *r, int n
     return rc;
 }
 
+/* Writes n rows from r. A statement that fails on a live connection is
+ * retried a row at a time, so that one bad row loses only itself. */
+static int write_rows(pg_conn *db, const char *actor, const audit_row *r, int n)
+{
+    char err[512];
+    if (db != NULL && insert_rows(db, actor, r, n, err, sizeof err) == 0)
+        return 0;
+    if (db != NULL && n > 1 && pg_ok(db)) {
+        int rc = 0;
+        for (int i = 0; i < n; i++, r = r->next)
+            if (write_rows(db, actor, r, 1) < 0)
+                rc = -1;
+        return rc;
+    }
+    metrics_add("sync_airbnb_operator_audit_failures_total", NULL, n);
+    char rows[16];
+    snprintf(rows, sizeof rows, "%d", n);
+    log_warn("audit_log write failed", "action", r->what ? r->what : "", "account_id",
+             r->account_id ? r->account_id : "", "rows", rows, "error", db ? err : "no database connection",
+             NULL);
+    return -1;
+}
+
 int audit_flush(audit_batch *b, pg_conn *db, const char *actor)
 {
     int rc = 0;
@@ -91,16 +114,8 @@ int audit_flush(audit_batch *b, pg_conn *db, const char *actor)
         audit_row *last = b->head;
         for (audit_row *r = b->head; r && n < AUDIT_ROWS_PER_INSERT; r = r->next, n++)
             last = r;
-        char err[512];
-        if (db == NULL || insert_rows(db, actor, b->head, n, err, sizeof err) < 0) {
-            metrics_add("sync_airbnb_operator_audit_failures_total", NULL, n);
-            char rows[16];
-            snprintf(rows, sizeof rows, "%d", n);
-            log_warn("audit_log write failed", "action", b->head->what, "account_id",
-                     b->head->account_id ? b->head->account_id : "", "rows", rows, "error",
-                     db ? err : "no database connection", NULL);
+        if (write_rows(db, actor, b->head, n) < 0)
             rc = -1;
-        }
         audit_row *rest = last->next;
         last->next = NULL;
         audit_batch one = {b->head, last, n};

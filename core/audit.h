@@ -24,8 +24,10 @@ typedef struct audit_batch {
 void audit_add(audit_batch *b, const char *what, const char *account_id, const char *deployment,
                const char *reason);
 /* Writes and empties the batch, in statements of at most AUDIT_ROWS_PER_INSERT
- * rows. db NULL (database away) counts every row as a failure. Returns 0, or
- * -1 when some row was not written (logged once per statement, counted per row). */
+ * rows; a statement that fails on a live connection is retried row by row, so
+ * a bad row loses only itself. db NULL (database away) counts every row as a
+ * failure. Returns 0, or -1 when some row was not written (logged, counted
+ * per row in sync_airbnb_operator_audit_failures_total). */
 int audit_flush(audit_batch *b, pg_conn *db, const char *actor);
 /* Drops the queued rows without writing them. */
 void audit_batch_free(audit_batch *b);

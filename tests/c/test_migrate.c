@@ -18,6 +18,7 @@
 #define PGTEST_PREFIX "migrate"
 #include "pgtest.h"
 #include "config.h"
+#include "audit.h"
 #include "migrate.h"
 #include "pg.h"
 #include "util.h"
@@ -672,6 +673,37 @@ static void test_binary_migrate_up_and_check(void)
     });
 }
 
+/* audit_flush: many rows in one go, and a row the database refuses (here a
+ * NULL action) loses only itself. */
+static void test_audit_batch_writes_every_row_and_isolates_a_bad_one(void)
+{
+    WITH_DB({
+        config cfg = test_config(REAL_DIR);
+        char err[1024];
+        pg_conn *c = connect_test();
+        if (c == NULL)
+            break;
+        CHECK(migrate_up(c, &cfg, NULL, err, sizeof err) == 0);
+        audit_batch b = {0};
+        for (int i = 0; i < 1203; i++) {
+            char id[16];
+            snprintf(id, sizeof id, "%d", i);
+            audit_add(&b, i == 700 ? NULL : "create", id, "sync-airbnb-worker-x", "active account has no worker");
+        }
+        CHECK(b.n == 1203);
+        CHECK(audit_flush(&b, c, "test") == -1);
+        CHECK(b.n == 0 && b.head == NULL && b.tail == NULL);
+        CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.audit_log WHERE actor = 'test'", "1202");
+        CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.audit_log WHERE account_id = '700'", "0");
+        CHECK_SCALAR(c, "SELECT count(DISTINCT account_id) FROM sync_airbnb_operator.audit_log", "1202");
+        audit_add(&b, "delete", "7", "sync-airbnb-worker-7", "account inactive");
+        CHECK(audit_flush(&b, c, "test") == 0);
+        CHECK(audit_write(NULL, "test", "hold", "8", NULL, "no database") == -1);
+        CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.audit_log WHERE action = 'delete'", "1");
+        pg_close(c);
+    });
+}
+
 int main(void)
 {
     if (pgtest_init("test_migrate") < 0)
@@ -691,6 +723,7 @@ int main(void)
     RUN(test_bad_migration_files);
     RUN(test_bad_and_unreachable_database_url);
     RUN(test_binary_migrate_up_and_check);
+    RUN(test_audit_batch_writes_every_row_and_isolates_a_bad_one);
     char *rm = xasprintf("rm -rf '%s'", tmproot);
     if (system(rm) != 0)
         fprintf(stderr, "could not remove %s\n", tmproot);
