@@ -548,7 +548,8 @@ def main() -> int:
         lines.append(f"| ceiling, until the last POST returned | {size} | — | {size / posted:.1f} s | {posted:.0f} | — |")
     lines += ["", "The operator posts one Event per create (DESIGN.md §5.6). While writes are waiting it holds "
               "the Events and posts them, in order, once the backlog is worked off, so the Deployments of a "
-              "convergence go out first; the audit_log row and the log line of each create are written at once.",
+              "convergence go out first; the log line of each create is written at once and its audit_log row "
+              "within the same loop iteration.",
               "",
               "## 3. Steady state, nothing changing", "",
               "Per resync (operator, RESYNC_INTERVAL_SECONDS as given) or per poll (baseline), averaged over "
