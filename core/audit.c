@@ -51,7 +51,7 @@ void audit_add(audit_batch *b, const char *what, const char *account_id, const c
     b->n++;
 }
 
-void audit_batch_free(audit_batch *b)
+static void audit_batch_free(audit_batch *b)
 {
     while (b->head) {
         audit_row *r = b->head;

@@ -29,8 +29,6 @@ void audit_add(audit_batch *b, const char *what, const char *account_id, const c
  * failure. Returns 0, or -1 when some row was not written (logged, counted
  * per row in sync_airbnb_operator_audit_failures_total). */
 int audit_flush(audit_batch *b, pg_conn *db, const char *actor);
-/* Drops the queued rows without writing them. */
-void audit_batch_free(audit_batch *b);
 
 /* Posts a core/v1 Event about the object (uid may be NULL) in namespace ns,
  * asynchronously; done (NULL: event_post_logged) gets the answer. */

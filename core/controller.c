@@ -272,7 +272,7 @@ static void on_write_done(const kube_response *resp, const char *terr, void *ud)
         enqueue(c, w->account_id);
     if (c->full_pending && c->inflight.len < PLAN_CHUNK / 2)
         kick_after(c, FOLLOWUP_MS);
-    if (!c->full_pending && c->inflight.len == 0)
+    if (!write_backlog(c))
         event_queue_flush(&c->events);
     free(w->account_id);
     free(w->name);

@@ -595,18 +595,19 @@ static int is_active_row(const plan_input *in, const row_index *ri, int i)
 
 /* ---- settled accounts ------------------------------------------------------ */
 
+static const unsigned char no_digest[16]; /* all-zero: an empty slot, never a digest */
+
 static size_t settled_slot(const rec_settled *s, const unsigned char d[16], int *found)
 {
     uint64_t h;
     memcpy(&h, d, sizeof h);
     size_t mask = s->cap - 1, i = (size_t)h & mask;
-    static const unsigned char empty[16];
     for (;;) {
         if (memcmp(s->slots[i], d, 16) == 0) {
             *found = 1;
             return i;
         }
-        if (memcmp(s->slots[i], empty, 16) == 0) {
+        if (memcmp(s->slots[i], no_digest, 16) == 0) {
             *found = 0;
             return i;
         }
@@ -627,8 +628,7 @@ static void settled_add(rec_settled *s, const unsigned char d[16])
     if ((s->len + 1) * 2 > s->cap) {
         rec_settled bigger = {xcalloc(s->cap ? s->cap * 2 : 64, 16), s->cap ? s->cap * 2 : 64, 0};
         for (size_t i = 0; i < s->cap; i++) {
-            static const unsigned char empty[16];
-            if (memcmp(s->slots[i], empty, 16) != 0)
+            if (memcmp(s->slots[i], no_digest, 16) != 0)
                 settled_add(&bigger, s->slots[i]);
         }
         free(s->slots);
@@ -695,8 +695,7 @@ static int settle_key(rules *r, const config *cfg, const plan_input *in, int i, 
     util_sha256(b.data, b.len, md);
     buf_free(&b);
     memcpy(out, md, 16);
-    static const unsigned char empty[16];
-    if (memcmp(out, empty, 16) == 0) /* all-zero marks an empty slot */
+    if (memcmp(out, no_digest, 16) == 0)
         out[15] = 1;
     return 0;
 }
