@@ -16,22 +16,30 @@ ARG PREFIX
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       cmake make gcc libc6-dev pkg-config \
-      liblua5.4-dev lua-cjson-dev libpq-dev libcurl4-openssl-dev libuv1-dev \
-      libmicrohttpd-dev libyaml-dev libedit-dev libssl-dev \
+      liblua5.4-dev lua-cjson-dev libuv1-dev libyaml-dev libedit-dev libssl-dev \
+      dpkg-dev autoconf automake libtool libnghttp2-dev zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# Static, minimal libcurl, libpq and libmicrohttpd from Debian's source packages
+# (tools/deps keeps its own deb-src index), in a layer of their own: rebuilt only
+# when tools/deps changes.
+COPY tools/deps tools/deps
+RUN tools/deps
 COPY CMakeLists.txt ./
 COPY core/ core/
 COPY lua/ lua/
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$PREFIX" \
+      -DSAO_DEPS_PREFIX="$(tools/deps prefix)" \
  && cmake --build build --target sync-airbnb-operator -j"$(nproc)" \
  && DESTDIR=/out cmake --install build \
  && /out$PREFIX/bin/sync-airbnb-operator check-rules /out$PREFIX/share/sync-airbnb-operator/lua/rules
 
+# The shared libraries the binary links (readelf -d: NEEDED), no libpq5, libcurl4
+# or libmicrohttpd12: those are linked in statically.
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      liblua5.4-0 lua-cjson libpq5 libcurl4 libuv1 libmicrohttpd12 libyaml-0-2 libedit2 libssl3 ca-certificates \
+      liblua5.4-0 lua-cjson libuv1 libyaml-0-2 libedit2 libssl3 libnghttp2-14 zlib1g ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /
 # Explicit, so the image never depends on the compiled-in defaults. The
