@@ -35,7 +35,7 @@
 #define PASS_DEBOUNCE_MS 5
 #define MAX_PARTIAL 1000
 #define FOLLOWUP_MS 20 /* delay of the pass that continues a deferred backlog */
-#define PLAN_CHUNK 256 /* accounts handed to the rules per pass; the rest follow as writes drain */
+#define PLAN_CHUNK 128 /* accounts handed to the rules per pass; the rest follow as writes drain */
 #define SHUTDOWN_BOUND_MS 10000
 
 typedef struct ctl {
@@ -73,6 +73,11 @@ typedef struct ctl {
 
     strmap pending;  /* account ids to plan in the next partial pass */
     int full_pending;
+    /* Accounts a pass deferred (plan_result.deferred_ids, NUL-separated) and
+     * the offset of the next one: the partial passes that follow take them
+     * PLAN_CHUNK at a time by id instead of reading the whole table again. */
+    buf backlog;
+    size_t backlog_at;
     strmap inflight; /* Deployment name → in-flight write */
     strmap requeue;  /* account ids to plan again when their write finished */
     strmap backoff;  /* account id → struct backoff after a failed write */
@@ -111,9 +116,14 @@ static int is_leader(const ctl *c)
 
 /* ---- audit and events (audit.c) ----------------------------------------- */
 
+static int backlog_left(const ctl *c)
+{
+    return c->backlog_at < c->backlog.len;
+}
+
 static int write_backlog(const ctl *c)
 {
-    return c->full_pending || c->inflight.len > 0;
+    return c->full_pending || backlog_left(c) || c->inflight.len > 0;
 }
 
 /* Events wait while writes do (see event_queue); not once stopping. */
@@ -238,6 +248,9 @@ static void on_write_done(const kube_response *resp, const char *terr, void *ud)
             obs_deploy *d = obj ? cache_parse_deployment(obj) : NULL;
             json_free(obj);
             const char *uid = NULL;
+            if (w->account_id && backlog_left(c) && strmap_get(&c->pending, w->account_id) == NULL)
+                /* Settle it in the pass that continues the backlog (no kick of its own). */
+                strmap_put(&c->pending, w->account_id, (void *)1);
             if (d) {
                 d->applied_generation = d->generation;
                 uid = d->uid;
@@ -270,7 +283,7 @@ static void on_write_done(const kube_response *resp, const char *terr, void *ud)
     }
     if (w->account_id && strmap_del(&c->requeue, w->account_id))
         enqueue(c, w->account_id);
-    if (c->full_pending && c->inflight.len < PLAN_CHUNK / 2)
+    if ((c->full_pending || backlog_left(c)) && c->inflight.len < PLAN_CHUNK / 2)
         kick_after(c, FOLLOWUP_MS);
     if (!write_backlog(c))
         event_queue_flush(&c->events);
@@ -385,14 +398,26 @@ static void pass(ctl *c)
     int full = c->full_pending || c->pending.len > MAX_PARTIAL;
     char **ids = NULL;
     size_t nids = 0;
+    int took_backlog = 0;
     if (!full) {
-        if (c->pending.len == 0)
+        if (c->pending.len == 0 && !backlog_left(c))
             return;
-        ids = xcalloc(c->pending.len, sizeof *ids);
+        ids = xcalloc(c->pending.len + PLAN_CHUNK, sizeof *ids);
         size_t it = 0;
         const char *k;
         while (strmap_next(&c->pending, &it, &k, NULL))
             ids[nids++] = xstrdup(k);
+        /* The next deferred accounts, by id: a continuation reads a few
+         * hundred rows, not the whole table once per chunk. */
+        for (int n = 0; n < PLAN_CHUNK && backlog_left(c); n++) {
+            const char *id = c->backlog.data + c->backlog_at;
+            c->backlog_at += strlen(id) + 1;
+            ids[nids++] = xstrdup(id);
+            took_backlog = 1;
+        }
+    } else {
+        buf_free(&c->backlog); /* a full pass sees every account */
+        c->backlog_at = 0;
     }
     strmap_free(&c->pending);
     c->full_pending = 0;
@@ -465,11 +490,25 @@ static void pass(ctl *c)
         writes += sent;
     }
     if (plan.deferred > 0) {
-        /* More accounts wait: a write finishing kicks the next pass; with
-         * nothing in flight, nothing would, so kick now. */
-        c->full_pending = 1;
+        /* More accounts wait, in front of the rest of the backlog. A write
+         * finishing kicks the next pass; with nothing in flight, nothing
+         * would, so kick now. */
+        buf next = {0};
+        buf_append(&next, plan.deferred_ids, plan.deferred_ids_len);
+        if (backlog_left(c))
+            buf_append(&next, c->backlog.data + c->backlog_at, c->backlog.len - c->backlog_at);
+        buf_free(&c->backlog);
+        c->backlog = next;
+        c->backlog_at = 0;
         if (c->inflight.len == 0)
             kick_after(c, FOLLOWUP_MS);
+    } else if (took_backlog && !backlog_left(c)) {
+        /* The backlog is done. No full pass to close it: the last chunk's
+         * accounts settle at the next resync, and meanwhile the held Events
+         * go out (a full pass now would hold every row of the table in
+         * memory while every Event of the backlog is still held). */
+        buf_free(&c->backlog);
+        c->backlog_at = 0;
     }
     if (full) {
         c->held_deletes = plan.held_deletes;
@@ -1085,6 +1124,7 @@ out:
     pg_close(c->db);
     rules_free(c->rules);
     strmap_free(&c->pending);
+    buf_free(&c->backlog);
     strmap_free(&c->inflight);
     strmap_free(&c->requeue);
     it = 0;

@@ -85,6 +85,7 @@ void rec_plan_free(plan_result *p)
         action_free(&p->actions[i]);
     free(p->actions);
     free(p->hold_reason);
+    free(p->deferred_ids);
     memset(p, 0, sizeof *p);
 }
 
@@ -558,7 +559,10 @@ static int call_plan(rules *r, luahost *h, const config *cfg, const plan_input *
     int nrows = PQntuples(in->accounts);
     luahost_push_entry_field(h, "plan");
     if (row < 0) {
-        lua_createtable(L, nrows, 0);
+        int handed = nrows;
+        for (int i = 0; ri->skip && i < nrows; i++)
+            handed -= ri->skip[i];
+        lua_createtable(L, handed, 0);
         int n = 0;
         for (int i = 0; i < nrows; i++) {
             if (ri->skip && ri->skip[i])
@@ -625,7 +629,7 @@ static int settled_has(const rec_settled *s, const unsigned char d[16])
 
 static void settled_add(rec_settled *s, const unsigned char d[16])
 {
-    if ((s->len + 1) * 2 > s->cap) {
+    if ((s->len + 1) * 4 > s->cap * 3) { /* load <= 3/4: the digests are uniform */
         rec_settled bigger = {xcalloc(s->cap ? s->cap * 2 : 64, 16), s->cap ? s->cap * 2 : 64, 0};
         for (size_t i = 0; i < s->cap; i++) {
             if (memcmp(s->slots[i], no_digest, 16) != 0)
@@ -830,6 +834,15 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
         }
         out->planned = taken + planned_in_sync;
         ri.deferred = deferred;
+    }
+    if (out->deferred > 0) { /* so the caller can continue with exactly these */
+        buf ids = {0};
+        for (int i = 0; i < nrows; i++)
+            if (ri.deferred[i])
+                buf_append(&ids, PQgetvalue(in->accounts, i, ri.col[0]),
+                           (size_t)PQgetlength(in->accounts, i, ri.col[0]) + 1);
+        out->deferred_ids = ids.data;
+        out->deferred_ids_len = ids.len;
     }
 
     secret_set secrets;

@@ -40,7 +40,9 @@ typedef struct plan_result {
     int held_deletes;  /* deletes turned into holds */
     char *hold_reason; /* why, when held_deletes > 0 */
     int planned;       /* accounts handed to the rules (the rest were settled) */
-    int deferred;      /* accounts left for a later pass (max_rows) */
+    int deferred;      /* accounts left for a later pass (max_rows, busy) */
+    char *deferred_ids;      /* their ids, each NUL-terminated, in row order (owned) */
+    size_t deferred_ids_len; /* bytes in deferred_ids */
 } plan_result;
 
 /* What the last plans left alone: a set of 16-byte digests (truncated
