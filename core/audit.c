@@ -148,12 +148,13 @@ void event_post_logged(const kube_response *resp, const char *terr, void *ud)
 
 void event_post(kube_async *ka, const char *ns, const char *identity, int timeout_ms,
                 const char *api_version, const char *kind, const char *name, const char *uid,
-                const char *reason, const char *message, int warning, kube_done_cb done, void *ud)
+                const char *reason, const char *message, const char *account_id, int warning, time_t when,
+                kube_done_cb done, void *ud)
 {
     if (name == NULL)
         return;
     char ts[32];
-    time_t now = time(NULL);
+    time_t now = when ? when : time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
@@ -175,7 +176,13 @@ void event_post(kube_async *ka, const char *ns, const char *identity, int timeou
     buf_puts(&b, "},\"reason\":");
     buf_json_string(&b, reason, strlen(reason));
     buf_puts(&b, ",\"message\":");
-    buf_json_string(&b, message, strlen(message));
+    if (account_id) {
+        char full[1024]; /* a 9,000-byte account id makes no 9 KB Event */
+        snprintf(full, sizeof full, "%s (account %s)", message, account_id);
+        buf_json_string(&b, full, strlen(full));
+    } else {
+        buf_json_string(&b, message, strlen(message));
+    }
     buf_printf(&b, ",\"type\":\"%s\",\"source\":{\"component\":\"sync-airbnb-operator\"},"
                    "\"reportingComponent\":\"sync-airbnb-operator\",\"reportingInstance\":",
                warning ? "Warning" : "Normal");
@@ -191,12 +198,95 @@ void event_post(kube_async *ka, const char *ns, const char *identity, int timeou
 
 /* ---- held Events -------------------------------------------------------- */
 
+/* Thousands can wait (one per create of a 10,000-account convergence), so
+ * one small allocation each: the strings packed after the header, the uid
+ * as 16 bytes when it is a canonical UUID (it always is from the API
+ * server), the message shared through q->phrases. */
+#define MAX_PHRASES 256 /* distinct shared messages; beyond, each is packed */
+
+enum { UID_NONE, UID_BINARY, UID_TEXT };
+
 struct held_event {
     struct held_event *next;
     const char *api_version, *kind; /* constants */
-    const char *name, *uid, *reason, *message; /* inside this allocation: thousands can wait */
-    int warning;
+    const char *phrase;             /* the message, in q->phrases; NULL: packed */
+    time_t when;
+    unsigned char warning, uid_form, has_account;
+    char data[]; /* name\0, uid (16 bytes or text\0), reason\0, [message\0], [account_id\0] */
 };
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* A lowercase 8-4-4-4-12 UUID into 16 bytes; 0 if uid is not one. */
+static int uuid_pack(const char *uid, unsigned char out[16])
+{
+    if (strlen(uid) != 36)
+        return 0;
+    for (int i = 0, k = 0; i < 36; k++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (uid[i++] != '-')
+                return 0;
+        }
+        int hi = hexval(uid[i]), lo = hexval(uid[i + 1]);
+        if (hi < 0 || lo < 0)
+            return 0;
+        out[k] = (unsigned char)(hi << 4 | lo);
+        i += 2;
+    }
+    return 1;
+}
+
+static void uuid_unpack(const unsigned char in[16], char out[37])
+{
+    static const char hex[] = "0123456789abcdef";
+    char *p = out;
+    for (int k = 0; k < 16; k++) {
+        if (k == 4 || k == 6 || k == 8 || k == 10)
+            *p++ = '-';
+        *p++ = hex[in[k] >> 4];
+        *p++ = hex[in[k] & 15];
+    }
+    *p = '\0';
+}
+
+static void on_held_posted(const kube_response *resp, const char *terr, void *ud);
+
+static void post_held(event_queue *q, held_event *e)
+{
+    const char *p = e->data, *uid = NULL;
+    char uidtext[37];
+    const char *name = p;
+    p += strlen(p) + 1;
+    if (e->uid_form == UID_BINARY) {
+        uuid_unpack((const unsigned char *)p, uidtext);
+        uid = uidtext;
+        p += 16;
+    } else if (e->uid_form == UID_TEXT) {
+        uid = p;
+        p += strlen(p) + 1;
+    }
+    const char *reason = p;
+    p += strlen(p) + 1;
+    const char *message = e->phrase;
+    if (message == NULL) {
+        message = p;
+        p += strlen(p) + 1;
+    }
+    event_post(q->ka, q->ns, q->identity, q->timeout_ms, e->api_version, e->kind, name, uid, reason, message,
+               e->has_account ? p : NULL, e->warning, e->when, on_held_posted, q);
+}
+
+static void forget_phrases(event_queue *q)
+{
+    size_t it = 0;
+    void *v;
+    while (strmap_next(&q->phrases, &it, NULL, &v))
+        free(v);
+    strmap_free(&q->phrases);
+}
 
 static void on_held_posted(const kube_response *resp, const char *terr, void *ud)
 {
@@ -215,37 +305,69 @@ void event_queue_flush(event_queue *q)
         q->head = e->next;
         q->posting++;
         q->held--;
-        event_post(q->ka, q->ns, q->identity, q->timeout_ms, e->api_version, e->kind, e->name, e->uid,
-                   e->reason, e->message, e->warning, on_held_posted, q);
+        post_held(q, e); /* copies what it needs into the request */
         free(e);
     }
-    if (q->head == NULL)
+    if (q->head == NULL) {
         q->tail = NULL;
+        forget_phrases(q);
+    }
+}
+
+static char *put(char *p, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    memcpy(p, s, n);
+    return p + n;
 }
 
 void event_queue_post(event_queue *q, const char *api_version, const char *kind, const char *name,
-                      const char *uid, const char *reason, const char *message, int warning)
+                      const char *uid, const char *reason, const char *message, const char *account_id,
+                      int warning)
 {
     if (name == NULL)
         return;
     int hold = q->hold && q->hold(q->ud);
     if (q->head == NULL && !hold) {
         event_post(q->ka, q->ns, q->identity, q->timeout_ms, api_version, kind, name, uid, reason, message,
-                   warning, NULL, NULL);
+                   account_id, warning, 0, NULL, NULL);
         return;
     }
     /* Behind the held ones, so Events keep their order. */
-    size_t bytes = strlen(name) + 1 + (uid ? strlen(uid) + 1 : 0) + strlen(reason) + 1 + strlen(message) + 1;
+    unsigned char uuid[16];
+    int form = uid == NULL ? UID_NONE : uuid_pack(uid, uuid) ? UID_BINARY : UID_TEXT;
+    q->phrases.borrowed_keys = 1; /* the key is the value: freed once (forget_phrases) */
+    const char *phrase = strmap_get(&q->phrases, message);
+    if (phrase == NULL && q->phrases.len < MAX_PHRASES) {
+        char *copy = xstrdup(message);
+        strmap_put(&q->phrases, copy, copy);
+        phrase = copy;
+    }
+    size_t bytes = strlen(name) + 1 + strlen(reason) + 1;
+    bytes += form == UID_BINARY ? 16 : form == UID_TEXT ? strlen(uid) + 1 : 0;
+    bytes += phrase ? 0 : strlen(message) + 1;
+    bytes += account_id ? strlen(account_id) + 1 : 0;
     held_event *e = xmalloc(sizeof *e + bytes);
-    char *p = (char *)(e + 1);
     e->next = NULL;
     e->api_version = api_version;
     e->kind = kind;
-    e->name = pack(&p, name);
-    e->uid = pack(&p, uid);
-    e->reason = pack(&p, reason);
-    e->message = pack(&p, message);
-    e->warning = warning;
+    e->phrase = phrase;
+    e->when = time(NULL);
+    e->warning = (unsigned char)(warning != 0);
+    e->uid_form = (unsigned char)form;
+    e->has_account = account_id != NULL;
+    char *p = put(e->data, name);
+    if (form == UID_BINARY) {
+        memcpy(p, uuid, 16);
+        p += 16;
+    } else if (form == UID_TEXT) {
+        p = put(p, uid);
+    }
+    p = put(p, reason);
+    if (phrase == NULL)
+        p = put(p, message);
+    if (account_id)
+        put(p, account_id);
     if (q->tail)
         q->tail->next = e;
     else
@@ -265,4 +387,5 @@ void event_queue_free(event_queue *q)
     }
     q->tail = NULL;
     q->held = 0;
+    forget_phrases(q);
 }

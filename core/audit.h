@@ -4,6 +4,9 @@
 
 #include "kube.h"
 #include "pg.h"
+#include "strmap.h"
+
+#include <time.h>
 
 /* Writes one row to sync_airbnb_operator.audit_log (action, account_id,
  * deployment, reason, actor). db NULL (database away) counts a failure.
@@ -31,10 +34,13 @@ void audit_add(audit_batch *b, const char *what, const char *account_id, const c
 int audit_flush(audit_batch *b, pg_conn *db, const char *actor);
 
 /* Posts a core/v1 Event about the object (uid may be NULL) in namespace ns,
- * asynchronously; done (NULL: event_post_logged) gets the answer. */
+ * asynchronously; done (NULL: event_post_logged) gets the answer. The message
+ * is message, then " (account <account_id>)" when account_id is not NULL;
+ * when: the time it happened (0: now). */
 void event_post(kube_async *ka, const char *ns, const char *identity, int timeout_ms,
                 const char *api_version, const char *kind, const char *name, const char *uid,
-                const char *reason, const char *message, int warning, kube_done_cb done, void *ud);
+                const char *reason, const char *message, const char *account_id, int warning, time_t when,
+                kube_done_cb done, void *ud);
 /* The default completion: logs a failure at debug level. */
 void event_post_logged(const kube_response *resp, const char *terr, void *ud);
 
@@ -55,12 +61,15 @@ typedef struct event_queue {
     void *ud;
     held_event *head, *tail;
     int held, posting;
+    strmap phrases; /* messages shared by held Events (the rules' reasons repeat) */
 } event_queue;
 
 /* Posts an Event about the object now, or holds it behind the held ones
- * (the strings are copied). name NULL: nothing. */
+ * (the strings are copied; api_version and kind must be constants). The
+ * message as for event_post. name NULL: nothing. */
 void event_queue_post(event_queue *q, const char *api_version, const char *kind, const char *name,
-                      const char *uid, const char *reason, const char *message, int warning);
+                      const char *uid, const char *reason, const char *message, const char *account_id,
+                      int warning);
 /* Feeds held Events to the client (call when hold() may have turned 0). */
 void event_queue_flush(event_queue *q);
 /* Drops the Events never posted. */

@@ -136,13 +136,7 @@ static int events_hold(void *ud)
 static void post_event_on(ctl *c, const char *api_version, const char *kind, const char *name,
                           const char *uid, const char *reason, const char *message, int warning)
 {
-    event_queue_post(&c->events, api_version, kind, name, uid, reason, message, warning);
-}
-
-static void post_event(ctl *c, const char *name, const char *uid, const char *reason,
-                       const char *message, int warning)
-{
-    post_event_on(c, "apps/v1", "Deployment", name, uid, reason, message, warning);
+    event_queue_post(&c->events, api_version, kind, name, uid, reason, message, NULL, warning);
 }
 
 static void on_audit_timer(uv_timer_t *t)
@@ -169,12 +163,8 @@ static void report(ctl *c, const char *what, const char *account_id, const char 
     for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
         if (strcmp(reasons[i].what, what) == 0)
             ev = reasons[i].reason;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s%s%s", reason ? reason : what,
-             account_id ? " (account " : "", account_id ? account_id : "");
-    if (account_id)
-        strncat(msg, ")", sizeof msg - strlen(msg) - 1);
-    post_event(c, name, uid, ev, msg, warning);
+    event_queue_post(&c->events, "apps/v1", "Deployment", name, uid, ev, reason ? reason : what, account_id,
+                     warning);
     char labels[64];
     snprintf(labels, sizeof labels, "result=\"%s\"", what);
     metrics_add("sync_airbnb_operator_reconcile_actions_total", labels, 1);
