@@ -34,12 +34,12 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$PREF
  && DESTDIR=/out cmake --install build \
  && /out$PREFIX/bin/sync-airbnb-operator check-rules /out$PREFIX/share/sync-airbnb-operator/lua/rules
 
-# The shared libraries the binary links (readelf -d: NEEDED), no libpq5, libcurl4
-# or libmicrohttpd12: those are linked in statically.
+# The shared libraries the binary links (readelf -d: NEEDED), no libpq5, libcurl4,
+# libmicrohttpd12, libssl3, libnghttp2-14 or liblua5.4-0: those are linked in statically.
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      liblua5.4-0 lua-cjson libuv1 libyaml-0-2 libedit2 libssl3 libnghttp2-14 zlib1g ca-certificates \
+      libuv1 libyaml-0-2 libedit2 zlib1g ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /
 # Explicit, so the image never depends on the compiled-in defaults. The
