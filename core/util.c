@@ -119,6 +119,14 @@ void buf_json_string(buf *b, const char *s, size_t n)
     buf_reserve(b, n + 2);
     buf_putc(b, '"');
     for (size_t i = 0; i < n; i++) {
+        size_t run = i; /* a run that needs no escape goes in with one copy */
+        while (run < n && (unsigned char)s[run] >= 0x20 && s[run] != '"' && s[run] != '\\')
+            run++;
+        if (run > i) {
+            buf_append(b, s + i, run - i);
+            i = run - 1;
+            continue;
+        }
         unsigned char c = (unsigned char)s[i];
         switch (c) {
         case '"': buf_append(b, "\\\"", 2); break;

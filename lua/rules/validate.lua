@@ -74,10 +74,7 @@ end
 
 -- A label key: [prefix/]name, prefix a DNS subdomain, name 1..63 of
 -- [A-Za-z0-9_.-] with alphanumeric ends.
-function M.is_label_key(key)
-    if type(key) ~= "string" then
-        return false
-    end
+local function label_key_ok(key)
     local prefix, name = string_match(key, "^([^/]*)/([^/]*)$")
     if prefix == nil then
         name = key
@@ -85,6 +82,26 @@ function M.is_label_key(key)
         return false
     end
     return name ~= "" and naming.is_label_value(name)
+end
+
+-- The same dozen keys come back for every rendered object: remembered (a
+-- pure function's answers; the table starts over past 1,024 keys).
+local key_verdicts, key_verdict_count = {}, 0
+
+function M.is_label_key(key)
+    if type(key) ~= "string" then
+        return false
+    end
+    local ok = key_verdicts[key]
+    if ok == nil then
+        ok = label_key_ok(key)
+        if key_verdict_count >= 1024 then
+            key_verdicts, key_verdict_count = {}, 0
+        end
+        key_verdicts[key] = ok
+        key_verdict_count = key_verdict_count + 1
+    end
+    return ok
 end
 
 local function check_labels(labels, where)
