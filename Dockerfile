@@ -16,7 +16,7 @@ ARG PREFIX
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       cmake make gcc libc6-dev pkg-config \
-      liblua5.4-dev lua-cjson-dev libuv1-dev libyaml-dev libedit-dev libssl-dev \
+      liblua5.4-dev libuv1-dev libyaml-dev libedit-dev libssl-dev \
       dpkg-dev autoconf automake libtool libnghttp2-dev zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
