@@ -78,6 +78,7 @@ typedef struct ctl {
      * PLAN_CHUNK at a time by id instead of reading the whole table again. */
     buf backlog;
     size_t backlog_at;
+    int resyncs_postponed; /* resyncs that came during a backlog (on_resync) */
     strmap inflight; /* Deployment name → in-flight write */
     strmap requeue;  /* account ids to plan again when their write finished */
     strmap backoff;  /* account id → struct backoff after a failed write */
@@ -818,10 +819,27 @@ static void on_leader_async(uv_async_t *a)
 
 /* ---- timers, readiness, shutdown ------------------------------------------ */
 
+#define MAX_RESYNCS_POSTPONED 4
+
+/* A resync during a backlog (a convergence) waits until the backlog and its
+ * held Events are done (on_tick): every account of it is being planned by id
+ * anyway, and a full pass now would hold every row of the table while
+ * thousands of Events wait, the peak of the process's memory. Postponed, never
+ * dropped: after MAX_RESYNCS_POSTPONED it runs regardless. */
+static int resync_must_wait(const ctl *c)
+{
+    return (backlog_left(c) || c->events.held > 0) && c->resyncs_postponed < MAX_RESYNCS_POSTPONED;
+}
+
 static void on_resync(uv_timer_t *t)
 {
     ctl *c = t->data;
     reload_rules(c); /* the fallback when a file event was missed */
+    if (resync_must_wait(c)) {
+        c->resyncs_postponed++;
+        return;
+    }
+    c->resyncs_postponed = 0;
     kick_full(c);
 }
 
@@ -836,6 +854,10 @@ static void kube_stat(const char *verb, long code, unsigned long count, void *ud
 static void on_tick(uv_timer_t *t)
 {
     ctl *c = t->data;
+    if (c->resyncs_postponed > 0 && !resync_must_wait(c) && c->inflight.len == 0) {
+        c->resyncs_postponed = 0;
+        kick_full(c);
+    }
     /* Accounts whose write failed come back when their backoff expires. */
     uint64_t now = util_now_ms();
     size_t it = 0;
