@@ -560,7 +560,9 @@ def main() -> int:
               "for the same accounts: the seed's labels plus the app.kubernetes.io ones, the account, "
               f"applied-hash and credentials annotations, the command and the port; {ceil_runs['operator', a.big][2]} "
               "bytes of JSON each) cost the API server more per create than the seed's template the baseline "
-              f"creates ({ceil_runs['seed', a.big][2]} bytes). "
+              f"creates ({ceil_runs['seed', a.big][2]} bytes). On a small machine the ceiling's own client "
+              "(Python, 16 threads) takes CPU from the API server as well, so a system can come out above 100 %; "
+              "runs differ by 10-15 % from one to the next. "
               "Every phase deletes its Deployments before the next one starts.", "",
               "| system | accounts | client limit | time | creates/s | % of ceiling |", "|---|---|---|---|---|---|"]
     for kind in kinds:
