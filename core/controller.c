@@ -122,6 +122,12 @@ static int backlog_left(const ctl *c)
     return c->backlog_at < c->backlog.len;
 }
 
+static void backlog_clear(ctl *c)
+{
+    buf_free(&c->backlog);
+    c->backlog_at = 0;
+}
+
 static int write_backlog(const ctl *c)
 {
     return c->full_pending || backlog_left(c) || c->inflight.len > 0;
@@ -407,8 +413,7 @@ static void pass(ctl *c)
             took_backlog = 1;
         }
     } else {
-        buf_free(&c->backlog); /* a full pass sees every account */
-        c->backlog_at = 0;
+        backlog_clear(c); /* a full pass sees every account */
     }
     strmap_free(&c->pending);
     c->full_pending = 0;
@@ -488,9 +493,8 @@ static void pass(ctl *c)
         buf_append(&next, plan.deferred_ids, plan.deferred_ids_len);
         if (backlog_left(c))
             buf_append(&next, c->backlog.data + c->backlog_at, c->backlog.len - c->backlog_at);
-        buf_free(&c->backlog);
+        backlog_clear(c);
         c->backlog = next;
-        c->backlog_at = 0;
         if (c->inflight.len == 0)
             kick_after(c, FOLLOWUP_MS);
     } else if (took_backlog && !backlog_left(c)) {
@@ -498,8 +502,7 @@ static void pass(ctl *c)
          * accounts settle at the next resync, and meanwhile the held Events
          * go out (a full pass now would hold every row of the table in
          * memory while every Event of the backlog is still held). */
-        buf_free(&c->backlog);
-        c->backlog_at = 0;
+        backlog_clear(c);
     }
     if (full) {
         c->held_deletes = plan.held_deletes;
@@ -1136,7 +1139,7 @@ out:
     pg_close(c->db);
     rules_free(c->rules);
     strmap_free(&c->pending);
-    buf_free(&c->backlog);
+    backlog_clear(c);
     strmap_free(&c->inflight);
     strmap_free(&c->requeue);
     it = 0;
