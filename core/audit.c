@@ -314,13 +314,6 @@ void event_queue_flush(event_queue *q)
     }
 }
 
-static char *put(char *p, const char *s)
-{
-    size_t n = strlen(s) + 1;
-    memcpy(p, s, n);
-    return p + n;
-}
-
 void event_queue_post(event_queue *q, const char *api_version, const char *kind, const char *name,
                       const char *uid, const char *reason, const char *message, const char *account_id,
                       int warning)
@@ -356,18 +349,19 @@ void event_queue_post(event_queue *q, const char *api_version, const char *kind,
     e->warning = (unsigned char)(warning != 0);
     e->uid_form = (unsigned char)form;
     e->has_account = account_id != NULL;
-    char *p = put(e->data, name);
+    char *p = e->data;
+    pack(&p, name);
     if (form == UID_BINARY) {
         memcpy(p, uuid, 16);
         p += 16;
     } else if (form == UID_TEXT) {
-        p = put(p, uid);
+        pack(&p, uid);
     }
-    p = put(p, reason);
+    pack(&p, reason);
     if (phrase == NULL)
-        p = put(p, message);
+        pack(&p, message);
     if (account_id)
-        put(p, account_id);
+        pack(&p, account_id);
     if (q->tail)
         q->tail->next = e;
     else
