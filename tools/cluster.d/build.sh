@@ -17,7 +17,8 @@ usage() {
 usage: tools/cluster.d/build.sh [k8s|etcd|kwok|all] [--print-dir]
 
 Builds (once) and caches:
-  k8s   kube-apiserver kube-controller-manager kube-scheduler kubectl  ($K8S_VERSION)
+  k8s   kube-apiserver kube-controller-manager kube-scheduler kubectl
+        kubelet kube-proxy (for the real node)                       ($K8S_VERSION)
   etcd  etcd                                                         ($ETCD_VERSION)
   kwok  kwok                                                         ($KWOK_VERSION)
 Cache root: \$CLUSTER_CACHE (now: $CLUSTER_CACHE)
@@ -31,7 +32,7 @@ build_one() {
   local comp="$1" dir; dir="$(cache_dir "$comp")"
   local outputs="" f ok=1
   case "$comp" in
-    k8s) outputs="kube-apiserver kube-controller-manager kube-scheduler kubectl" ;;
+    k8s) outputs="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy" ;;
     etcd) outputs="etcd" ;;
     kwok) outputs="kwok stages.yaml" ;;
   esac
@@ -54,7 +55,8 @@ build_one() {
     k8s)
       version="$K8S_VERSION"
       pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-            k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+            k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+            k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
       local major minor rest
       major="${K8S_VERSION#v}"; major="${major%%.*}"
       rest="${K8S_VERSION#v*.}"; minor="${rest%%.*}"

@@ -19,7 +19,7 @@ if [ -z "${CLUSTER_CACHE:-}" ]; then
 fi
 
 # Bump when build flags in build.sh change, so cached binaries are rebuilt.
-CLUSTER_BUILD_REV=1
+CLUSTER_BUILD_REV=2
 
 # cache_dir COMPONENT -> directory holding bin/ for that component; keyed by the
 # version and a short hash of the wrapper module (go.mod, go.sum) and CLUSTER_BUILD_REV.
