@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "luahost.h"
 #include "util.h"
 
 #define ARRAY_MT "json.array_mt"
@@ -93,6 +94,11 @@ static void encode(lua_State *L, int idx, buf *b, int depth)
         return;
     }
     case LUA_TTABLE: {
+        /* A C loop: the hooks never see it. Shared subtables can make the
+         * output exponential in the input, so the budget and the memory cap
+         * are checked here, with the output counted as the rules' memory. */
+        luahost_check_budget(L);
+        luahost_mem_check(L, b->len);
         if (depth >= MAX_DEPTH)
             luaL_error(L, "json.encode: nesting deeper than %d (a cycle?)", MAX_DEPTH);
         luaL_checkstack(L, 6, "json.encode");
@@ -133,7 +139,8 @@ static void encode(lua_State *L, int idx, buf *b, int depth)
                 buf_putc(b, ',');
             buf_json_string(b, keys[i], strlen(keys[i]));
             buf_putc(b, ':');
-            lua_getfield(L, idx, keys[i]);
+            lua_pushstring(L, keys[i]);
+            lua_rawget(L, idx);
             encode(L, -1, b, depth + 1);
             lua_pop(L, 1);
         }
@@ -171,6 +178,8 @@ int json_lua_encode(lua_State *L)
     return 1;
 }
 
+static void set_array_mt(lua_State *L);
+
 /* [may longjmp] Pushes a DOM value as Lua. */
 static void push_value(lua_State *L, const json_value *v, int depth)
 {
@@ -194,7 +203,7 @@ static void push_value(lua_State *L, const json_value *v, int depth)
             push_value(L, json_at(v, i), depth + 1);
             lua_rawseti(L, -2, (lua_Integer)i + 1);
         }
-        luaL_setmetatable(L, ARRAY_MT);
+        set_array_mt(L);
         break;
     }
     case JSON_OBJECT: {
@@ -231,6 +240,7 @@ static int json_decode_l(lua_State *L)
         lua_setfield(L, -2, "__gc");
     }
     lua_setmetatable(L, -2);
+    luahost_mem_check(L, 4 * n); /* the DOM is C memory made for the rules */
     *p = json_parse(s, n, err, sizeof err);
     if (*p == NULL) {
         luaL_pushfail(L);
@@ -243,6 +253,17 @@ static int json_decode_l(lua_State *L)
     return 1;
 }
 
+/* [may longjmp] Sets the array marker on the table at the top. The marker is
+ * reachable from the rules (json.array_mt): one given a __gc would make every
+ * marked table a finalizer that runs without a budget. */
+static void set_array_mt(lua_State *L)
+{
+    luaL_getmetatable(L, ARRAY_MT);
+    if (luahost_metatable_unsafe(L, -1))
+        luaL_error(L, "json: json.array_mt was given __gc, __close or __mode (not allowed)");
+    lua_setmetatable(L, -2);
+}
+
 /* [may longjmp] json.array(t) -> t */
 static int json_array_l(lua_State *L)
 {
@@ -252,7 +273,7 @@ static int json_array_l(lua_State *L)
         luaL_checktype(L, 1, LUA_TTABLE);
         lua_settop(L, 1);
     }
-    luaL_setmetatable(L, ARRAY_MT);
+    set_array_mt(L);
     return 1;
 }
 

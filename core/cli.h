@@ -73,6 +73,14 @@ void cli_quiet_logs(const config *cfg);
 /* ---- check-rules (cli_check.c) -------------------------------------------- */
 
 int cli_check_rules_main(const config *cfg, int argc, char **argv);
+/* The one rules check, for `check-rules` and hot reload alike: lint, load,
+ * render the samples (C validation, no credential), self_check. Returns the
+ * number of problems (0: the rules pass), each a line in problems; *stage
+ * names the stage that failed. On 0 with checked != NULL, *checked gets the
+ * loaded, self-checked host (the caller frees it). */
+struct luahost;
+int cli_check_dir(const config *cfg, const char *dir, buf *problems, const char **stage, int *nfiles,
+                  int *nsamples, struct luahost **checked);
 
 /* Lints every module file of dir (undeclared globals, global assignments,
  * unknown requires). Returns the number of problems (one line each appended

@@ -18,6 +18,7 @@
  *
  * Functions marked [may longjmp] raise Lua errors; they are only called
  * under luahost_pcall and hold no malloc'd memory across a raise. */
+#define _GNU_SOURCE /* memmem */
 #include "cli.h"
 
 #include <dirent.h>
@@ -29,7 +30,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "luahost.h"
+
+/* t[k] without metamethods (what the rules return is untrusted). */
+static int rawfield(lua_State *L, int idx, const char *k)
+{
+    idx = lua_absindex(L, idx);
+    lua_pushstring(L, k);
+    return lua_rawget(L, idx);
+}
 
 /* ---- names Kubernetes accepts ------------------------------------------------ */
 
@@ -605,25 +615,44 @@ static void call_problem(checker *c, const char *where, const char *err, const c
         problem(c, "%s: %s (%s for account \"%s\")", where, err, what, id);
 }
 
+/* The odd ids get odd credentials too: quotes and backslashes are escaped
+ * in JSON, so a rule that copies them is only found on decoded strings. */
+static void set_odd_credentials(lua_State *L)
+{
+    static const char *const odd[][2] = {
+        {"airbnb_cookie", "check-rules \"cookie\" \\ with; escapes=1"},
+        {"x_client_version", "check-rules-\"client\"-version"},
+        {"user_agent", "check-rules agent \\ \"quoted\""},
+    };
+    for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
+        lua_pushstring(L, odd[i][0]);
+        lua_pushstring(L, odd[i][1]);
+        lua_rawset(L, -3);
+    }
+}
+
 /* Pushes an active sample account for id: rules.examples.account(id) when
  * the rules have it, else fixed fake credentials. Returns 0 or -1. */
-static int push_sample(checker *c, const char *id)
+static int push_sample(checker *c, const char *id, int odd)
 {
     lua_State *L = c->L;
     luahost_push_entry_field(c->h, "examples");
     if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "account");
+        rawfield(L, -1, "account");
         lua_remove(L, -2);
     }
     if (lua_isfunction(L, -1)) {
         lua_pushstring(L, id);
         char err[512];
-        if (luahost_call(c->h, 1, 1, c->cfg->rules_budget_ms, err, sizeof err) < 0) {
+        if (luahost_call_rule(L, "examples.account", 1, c->cfg->rules_budget_ms, err, sizeof err) < 0) {
             problem(c, "%s (examples.account(\"%s\"))", err, id);
             return -1;
         }
-        if (lua_istable(L, -1))
+        if (lua_istable(L, -1)) {
+            if (odd)
+                set_odd_credentials(L);
             return 0;
+        }
         problem(c, "examples.lua: examples.account(\"%s\") returned a %s, not an account table", id,
                 luaL_typename(L, -1));
         lua_pop(L, 1);
@@ -644,7 +673,20 @@ static int push_sample(checker *c, const char *id)
     lua_setfield(L, -2, "account_id");
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "is_active");
+    if (odd)
+        set_odd_credentials(L);
     return 0;
+}
+
+struct needle {
+    const char *s;
+    size_t len;
+};
+
+static int contains_needle(const char *s, size_t len, void *ud)
+{
+    const struct needle *nd = ud;
+    return memmem(s, len, nd->s, nd->len) != NULL;
 }
 
 /* Encodes the object at the top of the stack (popped) and validates it.
@@ -664,25 +706,27 @@ static void check_object(checker *c, int account, const char *id, const char *wh
     json_value *doc = json_parse(body, len, err, sizeof err);
     if (doc == NULL || cli_validate_deployment(doc, err, sizeof err) < 0)
         problem(c, "%s: account \"%s\": %s: invalid Deployment: %s", where, id, what, err);
-    json_free(doc);
-    for (size_t i = 0; i < sizeof credential_fields / sizeof *credential_fields; i++) {
-        lua_getfield(L, account, credential_fields[i]);
-        size_t slen;
-        const char *secret = lua_tolstring(L, -1, &slen);
-        if (secret && slen >= 4 && strstr(body, secret))
+    for (size_t i = 0; doc && i < sizeof credential_fields / sizeof *credential_fields; i++) {
+        /* Compared with the decoded strings: a value with '"' or '\\' is
+         * escaped in the body and would not match there. */
+        struct needle nd = {NULL, 0};
+        if (rawfield(L, account, credential_fields[i]) == LUA_TSTRING)
+            nd.s = lua_tolstring(L, -1, &nd.len);
+        if (nd.s && nd.len >= 4 && json_walk_strings(doc, contains_needle, &nd))
             problem(c, "%s: account \"%s\": %s: the Deployment contains the value of %s (credentials "
                     "never go into Kubernetes objects)", where, id, what, credential_fields[i]);
         lua_pop(L, 1);
     }
+    json_free(doc);
     lua_pop(L, 1);
 }
 
 /* deployment(account, ctx) and plan({account}, {}, ctx) for one sample. */
-static void render_sample(checker *c, const char *id)
+static void render_sample(checker *c, const char *id, int odd)
 {
     lua_State *L = c->L;
     int top = lua_gettop(L);
-    if (push_sample(c, id) < 0)
+    if (push_sample(c, id, odd) < 0)
         return;
     int account = lua_gettop(L), before = c->nproblems;
     char where[300], err[1024];
@@ -692,7 +736,7 @@ static void render_sample(checker *c, const char *id)
     where_defined(L, where, sizeof where);
     lua_pushvalue(L, account);
     rules_push_ctx(c->ctx_rules, L);
-    if (luahost_call(c->h, 2, 1, c->cfg->rules_budget_ms, err, sizeof err) < 0)
+    if (luahost_call_rule(L, "deployment", 2, c->cfg->rules_budget_ms, err, sizeof err) < 0)
         call_problem(c, where, err, "deployment()", id);
     else
         check_object(c, account, id, where, "deployment()");
@@ -708,7 +752,7 @@ static void render_sample(checker *c, const char *id)
     lua_rawseti(L, -2, 1);
     lua_newtable(L);
     rules_push_ctx(c->ctx_rules, L);
-    if (luahost_call(c->h, 3, 1, c->cfg->rules_budget_ms, err, sizeof err) < 0) {
+    if (luahost_call_rule(L, "plan", 3, c->cfg->rules_budget_ms, err, sizeof err) < 0) {
         call_problem(c, where, err, "plan()", id);
         lua_settop(L, top);
         return;
@@ -720,16 +764,16 @@ static void render_sample(checker *c, const char *id)
             lua_pop(L, 1);
             continue;
         }
-        lua_getfield(L, -1, "action");
+        rawfield(L, -1, "action");
         const char *kind = lua_tostring(L, -1);
         if (kind && strcmp(kind, "error") == 0) {
-            lua_getfield(L, -2, "reason");
+            rawfield(L, -2, "reason");
             problem(c, "%s: account \"%s\": plan() gives an error for an active account with valid "
                     "credentials: %s", where, id, lua_isstring(L, -1) ? lua_tostring(L, -1) : "(no reason)");
             lua_pop(L, 1);
         } else if (kind && strcmp(kind, "create") == 0) {
             creates++;
-            if (lua_getfield(L, -2, "object") == LUA_TTABLE) {
+            if (rawfield(L, -2, "object") == LUA_TTABLE) {
                 check_object(c, account, id, where, "plan() create");
                 lua_pushnil(L); /* keep the pops below balanced */
             } else {
@@ -754,13 +798,13 @@ static void render_samples(checker *c)
     lua_State *L = c->L;
     strmap seen = STRMAP_INIT;
     luahost_push_entry_field(c->h, "examples");
-    if (lua_istable(L, -1) && lua_getfield(L, -1, "names") == LUA_TTABLE) {
+    if (lua_istable(L, -1) && rawfield(L, -1, "names") == LUA_TTABLE) {
         lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
         for (lua_Integer i = 1; i <= n && c->nproblems == 0; i++) {
             if (lua_rawgeti(L, -1, i) == LUA_TTABLE) {
-                if (lua_getfield(L, -1, "id") == LUA_TSTRING && strmap_get(&seen, lua_tostring(L, -1)) == NULL) {
+                if (rawfield(L, -1, "id") == LUA_TSTRING && strmap_get(&seen, lua_tostring(L, -1)) == NULL) {
                     strmap_put(&seen, lua_tostring(L, -1), (void *)1);
-                    render_sample(c, lua_tostring(L, -1));
+                    render_sample(c, lua_tostring(L, -1), 0);
                 }
                 lua_pop(L, 1);
             }
@@ -772,7 +816,7 @@ static void render_samples(checker *c)
         if (strmap_get(&seen, odd_ids[i]))
             continue;
         strmap_put(&seen, odd_ids[i], (void *)1);
-        render_sample(c, odd_ids[i]);
+        render_sample(c, odd_ids[i], 1);
     }
     strmap_free(&seen);
 }
@@ -800,7 +844,7 @@ static luahost *load_rules(const config *cfg, const char *dir, checker *c)
     }
     static const char *const required[] = {"plan", "deployment", "worker_name", "credentials_fingerprint"};
     for (size_t i = 0; i < sizeof required / sizeof *required; i++) {
-        if (lua_getfield(L, -1, required[i]) != LUA_TFUNCTION)
+        if (rawfield(L, -1, required[i]) != LUA_TFUNCTION)
             problem(c, "rules.lua: the returned table has no function '%s'", required[i]);
         lua_pop(L, 1);
     }
@@ -810,6 +854,41 @@ static luahost *load_rules(const config *cfg, const char *dir, checker *c)
 err:
     luahost_free(h);
     return NULL;
+}
+
+int cli_check_dir(const config *cfg, const char *dir, buf *problems, const char **stage, int *nfiles,
+                  int *nsamples, luahost **checked)
+{
+    char err[1024];
+    checker c = {.cfg = cfg, .problems = problems, .ctx_rules = rules_new(cfg)};
+    luahost *h = NULL;
+    *nfiles = 0;
+    *stage = "lint";
+    int linted = cli_lint_dir(dir, problems, nfiles);
+    if (linted != 0) {
+        c.nproblems = linted < 0 ? 1 : linted;
+        goto out;
+    }
+    *stage = "load";
+    if ((c.h = load_rules(cfg, dir, &c)) == NULL)
+        goto out;
+    c.L = luahost_state(c.h);
+    *stage = "render";
+    render_samples(&c);
+    if (c.nproblems > 0)
+        goto out;
+    *stage = "self_check";
+    if ((h = rules_load_checked(cfg, dir, err, sizeof err)) == NULL)
+        problem(&c, "%s", err);
+out:
+    if (checked && c.nproblems == 0)
+        *checked = h;
+    else
+        luahost_free(h);
+    *nsamples = c.nsamples;
+    luahost_free(c.h);
+    rules_free(c.ctx_rules);
+    return c.nproblems;
 }
 
 int cli_check_rules_main(const config *cfg, int argc, char **argv)
@@ -826,42 +905,21 @@ int cli_check_rules_main(const config *cfg, int argc, char **argv)
         return 1;
     }
     buf problems = {0};
-    checker c = {.cfg = cfg, .problems = &problems, .ctx_rules = rules_new(cfg)};
-    luahost *checked = NULL;
-    int nfiles = 0;
-    const char *stage = "lint";
-    int linted = cli_lint_dir(dir, &problems, &nfiles);
-    if (linted != 0) {
-        c.nproblems = linted < 0 ? 1 : linted;
-        goto out;
-    }
-    stage = "load";
-    if ((c.h = load_rules(cfg, dir, &c)) == NULL)
-        goto out;
-    c.L = luahost_state(c.h);
-    stage = "render";
-    render_samples(&c);
-    if (c.nproblems > 0)
-        goto out;
-    stage = "self_check";
-    if ((checked = rules_load_checked(cfg, dir, err, sizeof err)) == NULL)
-        problem(&c, "%s", err);
-    luahost_free(checked);
-out:
-    if (c.nproblems == 0) {
+    const char *stage;
+    int nfiles, nsamples;
+    int nproblems = cli_check_dir(cfg, dir, &problems, &stage, &nfiles, &nsamples, NULL);
+    if (nproblems == 0) {
         printf("rules OK: %s (version %.12s)\n", dir, version);
         printf("  %d files linted, %d sample accounts rendered and validated, self_check passed\n", nfiles,
-               c.nsamples);
+               nsamples);
     } else {
         for (char *line = problems.data, *nl; line && *line; line = nl + 1) {
             nl = strchr(line, '\n');
             fprintf(stderr, "check-rules: %.*s\n", (int)(nl - line), line);
         }
         fprintf(stderr, "check-rules: %s: rejected at %s (%d problem%s); `run` would keep its previous rules\n",
-                dir, stage, c.nproblems, c.nproblems == 1 ? "" : "s");
+                dir, stage, nproblems, nproblems == 1 ? "" : "s");
     }
-    luahost_free(c.h);
-    rules_free(c.ctx_rules);
     buf_free(&problems);
-    return c.nproblems == 0 ? 0 : 1;
+    return nproblems == 0 ? 0 : 1;
 }

@@ -561,3 +561,21 @@ void json_write(buf *b, const json_value *v)
         break;
     }
 }
+
+int json_walk_strings(const json_value *v, int (*fn)(const char *s, size_t len, void *ud), void *ud)
+{
+    if (v == NULL)
+        return 0;
+    if (v->type == JSON_STRING)
+        return fn(v->u.str.s, v->u.str.len, ud);
+    if (v->type != JSON_ARRAY && v->type != JSON_OBJECT)
+        return 0;
+    for (size_t i = 0; i < v->u.list.len; i++) {
+        int rc;
+        if (v->type == JSON_OBJECT && (rc = fn(v->u.list.keys[i], strlen(v->u.list.keys[i]), ud)) != 0)
+            return rc;
+        if ((rc = json_walk_strings(v->u.list.items[i], fn, ud)) != 0)
+            return rc;
+    }
+    return 0;
+}

@@ -41,6 +41,10 @@ size_t json_string_len(const json_value *v);
 double json_number(const json_value *v, double dflt);
 int json_bool(const json_value *v, int dflt);
 
+/* Calls fn on every decoded string of v, object keys included, in document
+ * order; stops at and returns the first non-zero fn returns (else 0). */
+int json_walk_strings(const json_value *v, int (*fn)(const char *s, size_t len, void *ud), void *ud);
+
 /* Serialises v (compact, object keys in their parsed order) onto b. */
 void json_write(buf *b, const json_value *v);
 

@@ -24,6 +24,9 @@ int luaopen_log(lua_State *L);
 #define REG_ENTRY "sao.entry"
 #define LOADING_MARK "sao.loading"
 #define HOOK_EVERY 1000
+#define CALLS_PER_CLOCK 16 /* the call hook reads the clock every 16 calls */
+#define ARRAY_MT "json.array_mt" /* bind_json.c's array marker */
+#define MAX_RESULT_DEPTH 100
 
 struct luahost {
     lua_State *L;
@@ -32,7 +35,10 @@ struct luahost {
     uint64_t deadline_ms; /* 0: no call in progress */
     int budget_ms;
     int over_budget;
+    unsigned calls;
 };
+
+void luahost_open_bounded_libs(lua_State *L); /* luahost_lib.c */
 
 static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
@@ -44,7 +50,10 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         h->used -= osize;
         return NULL;
     }
-    if (nsize > osize && h->used + (nsize - osize) > h->limit)
+    /* The cap holds while rules run; the core's own pushes between calls
+     * (inputs, the result guard) never fail on it, so they never raise
+     * outside a protected call. */
+    if (nsize > osize && h->deadline_ms != 0 && h->used + (nsize - osize) > h->limit)
         return NULL; /* Lua raises "not enough memory" */
     void *p = realloc(ptr, nsize);
     if (p == NULL)
@@ -58,26 +67,125 @@ luahost *luahost_from_state(lua_State *L)
     return *(luahost **)lua_getextraspace(L);
 }
 
-/* [may longjmp] Instruction-count hook: stops a call that ran past its deadline.
- * Once over, it fires on every instruction so a script catching the error
- * with pcall cannot keep running. */
+/* [may longjmp] Pushes "file:line:" of the innermost Lua function on the
+ * stack (a C function called from Lua has none of its own). */
+static void where_lua(lua_State *L)
+{
+    lua_Debug ar;
+    for (int level = 0; level < 20 && lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+            lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+    lua_pushliteral(L, "");
+}
+
+static int traceback_handler(lua_State *L);
+
+/* [may longjmp] Raises the budget error and makes sure it sticks: once
+ * over, the count hook fires on every instruction, so a script catching the
+ * error with pcall cannot keep running. */
+static int over_budget(lua_State *L, luahost *h)
+{
+    if (!h->over_budget) {
+        h->over_budget = 1;
+        lua_sethook(L, lua_gethook(L), LUA_MASKCOUNT | LUA_MASKCALL, 1);
+    }
+    where_lua(L);
+    lua_pushfstring(L, "stopped: exceeded the time budget of %d ms", h->budget_ms);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+/* [may longjmp] The budget hook: every HOOK_EVERY instructions, and on every
+ * function call, Lua or C (a C library loop that calls a metamethod, even a
+ * C one, is stopped here too). Calls read the clock every CALLS_PER_CLOCK. */
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
-    (void)ar;
     luahost *h = luahost_from_state(L);
     if (h == NULL || h->deadline_ms == 0)
         return;
+    if (ar->event == LUA_HOOKCALL && !h->over_budget && (++h->calls % CALLS_PER_CLOCK) != 0)
+        return;
     if (!h->over_budget && util_now_ms() < h->deadline_ms)
         return;
-    if (!h->over_budget) {
-        h->over_budget = 1;
-        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    if (ar->event == LUA_HOOKCALL && lua_getinfo(L, "f", ar)) {
+        /* Let the message handler run: it turns this error into a message. */
+        int handler = lua_tocfunction(L, -1) == traceback_handler;
+        lua_pop(L, 1);
+        if (handler)
+            return;
     }
-    /* Level 0 inside a hook is the Lua function that was running: name it. */
-    luaL_where(L, 0);
-    lua_pushfstring(L, "stopped: exceeded the time budget of %d ms", h->budget_ms);
-    lua_concat(L, 2);
-    lua_error(L);
+    over_budget(L, h);
+}
+
+void luahost_check_budget(lua_State *L)
+{
+    luahost *h = luahost_from_state(L);
+    if (h == NULL || h->deadline_ms == 0)
+        return;
+    if (h->over_budget || util_now_ms() >= h->deadline_ms)
+        over_budget(L, h);
+}
+
+void luahost_mem_check(lua_State *L, size_t extra)
+{
+    luahost *h = luahost_from_state(L);
+    if (h == NULL || h->deadline_ms == 0)
+        return;
+    if (extra > h->limit || h->used > h->limit - extra) {
+        where_lua(L);
+        lua_pushliteral(L, "not enough memory (rules exceeded the memory limit)");
+        lua_concat(L, 2);
+        lua_error(L);
+    }
+}
+
+/* 1 if the metatable at idx would make its objects finalized or weak: __gc
+ * runs with hooks off (no budget), __close and __mode are not for rules. */
+static const char *unsafe_metafield(lua_State *L, int idx)
+{
+    static const char *const fields[] = {"__gc", "__close", "__mode", NULL};
+    idx = lua_absindex(L, idx);
+    for (int i = 0; fields[i]; i++) {
+        lua_pushstring(L, fields[i]);
+        int present = lua_rawget(L, idx) != LUA_TNIL;
+        lua_pop(L, 1);
+        if (present)
+            return fields[i];
+    }
+    return NULL;
+}
+
+int luahost_metatable_unsafe(lua_State *L, int idx)
+{
+    return lua_type(L, idx) == LUA_TTABLE && unsafe_metafield(L, idx) != NULL;
+}
+
+/* [may longjmp] setmetatable(t, mt) without finalizers: Lua marks an object
+ * for finalization when its metatable has __gc at this moment, and runs
+ * finalizers with hooks off, so a looping __gc would hang the process. */
+static int safe_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        const char *f = unsafe_metafield(L, 2);
+        if (f)
+            return luaL_error(L, "setmetatable: a metatable with %s is not allowed in the rules", f);
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* An error outside any protected call: never expected (every entry goes
+ * through luahost_pcall). Say so loudly before Lua aborts. */
+static int host_panic(lua_State *L)
+{
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error object is not a string)";
+    log_error("lua panic: an error outside a protected call; aborting", "error", msg, NULL);
+    return 0; /* Lua aborts */
 }
 
 /* [may longjmp] __index / __newindex of the globals table. */
@@ -225,6 +333,12 @@ luahost *luahost_new(size_t mem_limit)
     lua_setfield(L, -2, "dump");
     lua_pop(L, 1);
 
+    lua_atpanic(L, host_panic);
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, safe_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
+    luahost_open_bounded_libs(L);
+
     lua_pushcfunction(L, host_print);
     lua_setglobal(L, "print");
     lua_pushcfunction(L, host_require);
@@ -279,7 +393,8 @@ void luahost_preload(luahost *h, const char *name, lua_CFunction openf)
  * same budget as the call, so a hostile __tostring cannot hang it. */
 static int traceback_handler(lua_State *L)
 {
-    if (lua_type(L, 1) == LUA_TTABLE && lua_getfield(L, 1, "message") == LUA_TSTRING) {
+    lua_pushliteral(L, "message");
+    if (lua_type(L, 1) == LUA_TTABLE && lua_rawget(L, 1) == LUA_TSTRING) {
         lua_replace(L, 1);
     } else if (lua_type(L, 1) != LUA_TSTRING) {
         lua_settop(L, 1);
@@ -321,7 +436,8 @@ int luahost_pcall(lua_State *L, int nargs, int nresults, int budget_ms, char *er
         }
         if (!nested) {
             h->over_budget = 0;
-            lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+            h->calls = 0;
+            lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL, HOOK_EVERY);
         }
     }
     int rc = lua_pcall(L, nargs, nresults, base);
@@ -355,6 +471,86 @@ int luahost_pcall(lua_State *L, int nargs, int nresults, int budget_ms, char *er
     return -1;
 }
 
+/* [may longjmp] Refuses anything but plain data in the value at idx: no
+ * metatable other than json.array's marker, at most MAX_RESULT_DEPTH levels.
+ * seen: a table of the tables already walked (each is walked once). path:
+ * where we are, for the message (a C array: nothing to free on a raise). */
+static void check_plain(lua_State *L, int idx, int seen, int depth, char *path, size_t plen, size_t cap,
+                        const char *where, const char *what, unsigned long *nodes)
+{
+    if (lua_type(L, idx) != LUA_TTABLE)
+        return;
+    idx = lua_absindex(L, idx);
+    if (depth > MAX_RESULT_DEPTH)
+        luaL_error(L, "%s: %s() returned data nested deeper than %d levels", where, what, MAX_RESULT_DEPTH);
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, seen) != LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, idx);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, seen);
+    if (lua_getmetatable(L, idx)) {
+        luaL_getmetatable(L, ARRAY_MT);
+        int marker = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (!marker)
+            luaL_error(L, "%s: %s() returned a table with a metatable at %s (rules return plain data; "
+                       "only json.array() may mark a table)", where, what, plen ? path : "its top level");
+    }
+    if (++*nodes % 256 == 0)
+        luahost_check_budget(L);
+    luaL_checkstack(L, 6, "result too deep");
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        size_t n = plen;
+        if (lua_type(L, -2) == LUA_TSTRING && n < cap)
+            n += (size_t)snprintf(path + n, cap - n, ".%.40s", lua_tostring(L, -2));
+        else if (lua_isinteger(L, -2) && n < cap)
+            n += (size_t)snprintf(path + n, cap - n, "[%lld]", (long long)lua_tointeger(L, -2));
+        if (n >= cap)
+            n = cap - 1;
+        check_plain(L, -2, seen, depth + 1, path, n, cap, where, what, nodes); /* a table key */
+        check_plain(L, -1, seen, depth + 1, path, n, cap, where, what, nodes);
+        path[plen] = '\0';
+        lua_pop(L, 1);
+    }
+}
+
+/* [may longjmp] The protected half of luahost_call_rule: calls the function
+ * at 1 with the rest as arguments and checks its one result there. */
+static int guarded_call(lua_State *L)
+{
+    const char *what = lua_tostring(L, lua_upvalueindex(1));
+    char where[LUA_IDSIZE + 24] = "rules";
+    if (lua_isfunction(L, 1)) {
+        lua_Debug ar;
+        lua_pushvalue(L, 1);
+        if (lua_getinfo(L, ">S", &ar))
+            snprintf(where, sizeof where, "%s:%d", ar.short_src, ar.linedefined);
+    } else {
+        return luaL_error(L, "rules: %s is a %s, not a function", what, luaL_typename(L, 1));
+    }
+    lua_call(L, lua_gettop(L) - 1, 1);
+    lua_newtable(L);
+    char path[200] = "";
+    unsigned long nodes = 0;
+    check_plain(L, -2, lua_gettop(L), 0, path, 0, sizeof path, where, what, &nodes);
+    lua_pop(L, 1);
+    return 1;
+}
+
+int luahost_call_rule(lua_State *L, const char *what, int nargs, int budget_ms, char *err, size_t errlen)
+{
+    int fn = lua_gettop(L) - nargs;
+    lua_pushstring(L, what);
+    lua_pushcclosure(L, guarded_call, 1);
+    lua_insert(L, fn);
+    return luahost_pcall(L, nargs + 1, 1, budget_ms, err, errlen);
+}
+
 int luahost_call(luahost *h, int nargs, int nresults, int budget_ms, char *err, size_t errlen)
 {
     return luahost_pcall(h->L, nargs, nresults, budget_ms, err, errlen);
@@ -370,6 +566,26 @@ int luahost_load_dir(luahost *h, const char *dir, const char *entry, int budget_
     lua_pushstring(L, entry);
     if (luahost_pcall(L, 1, 1, budget_ms, err, errlen) < 0)
         return -1;
+    /* The core reads the entry's fields raw; a metatable there would be
+     * the rules hiding what they provide. */
+    if (lua_type(L, -1) == LUA_TTABLE && lua_getmetatable(L, -1)) {
+        lua_pop(L, 2);
+        char *path = xasprintf("%s/%s.lua", dir, entry);
+        size_t len = 0;
+        char *src = util_read_file(path, &len);
+        int line = 1, last = 1; /* the last non-blank line: where `return M` is */
+        for (size_t i = 0; src && i < len; i++) {
+            if (src[i] == '\n')
+                line++;
+            else if (src[i] != ' ' && src[i] != '\t' && src[i] != '\r')
+                last = line;
+        }
+        free(src);
+        free(path);
+        util_seterr(err, errlen, "%s.lua:%d: the table %s.lua returns has a metatable (refused: the core reads "
+                    "the rules' functions raw, return a plain table)", entry, last, entry);
+        return -1;
+    }
     lua_setfield(L, LUA_REGISTRYINDEX, REG_ENTRY);
     return 0;
 }
@@ -383,7 +599,8 @@ void luahost_push_entry_field(luahost *h, const char *field)
 {
     luahost_push_entry(h);
     if (lua_type(h->L, -1) == LUA_TTABLE) {
-        lua_getfield(h->L, -1, field);
+        lua_pushstring(h->L, field);
+        lua_rawget(h->L, -2);
         lua_remove(h->L, -2);
     } else {
         lua_pop(h->L, 1);

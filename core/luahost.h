@@ -19,7 +19,9 @@
 #include <stddef.h>
 
 #define LUAHOST_DEFAULT_BUDGET_MS 500
-#define LUAHOST_DEFAULT_MEM_LIMIT (256u * 1024u * 1024u)
+/* Per state. The pod's limit is 256 MiB: two states during a reload (96 MiB)
+ * plus the C side's bounded share (docs/architecture.md, "Memory"). */
+#define LUAHOST_DEFAULT_MEM_LIMIT (48u * 1024u * 1024u)
 
 typedef struct luahost luahost;
 
@@ -48,6 +50,24 @@ void luahost_push_entry_field(luahost *h, const char *field);
  * writes "file:line: message" (first traceback line for budget stops) to err
  * and returns -1. Never longjmps. */
 int luahost_pcall(lua_State *L, int nargs, int nresults, int budget_ms, char *err, size_t errlen);
+
+/* Calls a rule: the function below its nargs arguments, like luahost_pcall
+ * with one result, and inside the same protected, budgeted call checks that
+ * the result is plain data (no metatable but json.array's marker, bounded
+ * depth), so the caller may read it with raw accessors (lua_rawget,
+ * lua_rawgeti, lua_rawlen) after the call. Errors name the function's
+ * file:line and `what`. */
+int luahost_call_rule(lua_State *L, const char *what, int nargs, int budget_ms, char *err, size_t errlen);
+
+/* [may longjmp] For C functions called from Lua: raise the budget error
+ * ("file:line: stopped: exceeded the time budget") when the deadline of the
+ * call in progress has passed. No-op outside a budgeted call. */
+void luahost_check_budget(lua_State *L);
+/* [may longjmp] Raise "not enough memory" when extra more bytes would take
+ * the state past its cap (for C buffers made on the rules' behalf). */
+void luahost_mem_check(lua_State *L, size_t extra);
+/* 1 when the table at idx has __gc, __close or __mode (not for rules). */
+int luahost_metatable_unsafe(lua_State *L, int idx);
 
 /* Convenience: luahost_pcall on the host's own state. */
 int luahost_call(luahost *h, int nargs, int nresults, int budget_ms, char *err, size_t errlen);

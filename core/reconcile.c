@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cache.h"
+#include "cli.h"
 #include "json.h"
 #include "log.h"
 #include "pg.h"
@@ -200,10 +201,9 @@ static void secrets_free(secret_set *ss)
     free(ss->hashes);
 }
 
-/* First credential value in text: its offset in *pos and length in *mlen. */
-static int secrets_find(const secret_set *ss, const char *text, size_t *pos, size_t *mlen)
+/* First credential value in text[0..n): its offset in *pos and length in *mlen. */
+static int secrets_findn(const secret_set *ss, const char *text, size_t n, size_t *pos, size_t *mlen)
 {
-    size_t n = strlen(text);
     int found = 0;
     for (size_t j = 0; j < ss->nlens; j++) {
         size_t len = ss->lens[j];
@@ -235,6 +235,11 @@ static int secrets_find(const secret_set *ss, const char *text, size_t *pos, siz
     return found;
 }
 
+static int secrets_find(const secret_set *ss, const char *text, size_t *pos, size_t *mlen)
+{
+    return secrets_findn(ss, text, strlen(text), pos, mlen);
+}
+
 /* Replaces every credential value found in *s. */
 static void scrub(const secret_set *ss, char **s)
 {
@@ -246,10 +251,17 @@ static void scrub(const secret_set *ss, char **s)
     }
 }
 
-static int body_leaks(const secret_set *ss, const char *body)
+static int string_leaks(const char *s, size_t len, void *ud)
 {
-    size_t pos, len;
-    return secrets_find(ss, body, &pos, &len);
+    size_t pos, mlen;
+    return secrets_findn(ud, s, len, &pos, &mlen);
+}
+
+/* Searches the decoded strings (keys and values) of the final object: a
+ * value JSON-escapes differently in the body than in the row. */
+static int body_leaks(const secret_set *ss, const json_value *doc)
+{
+    return json_walk_strings(doc, string_leaks, (void *)ss);
 }
 
 /* ---- Lua inputs ---------------------------------------------------------- */
@@ -330,9 +342,17 @@ static void push_observed(lua_State *L, strmap *observed, const char *only_accou
 
 /* ---- reading the actions ------------------------------------------------- */
 
+/* The actions passed luahost_call_rule's check (plain data): raw reads. */
+static int raw_field(lua_State *L, int idx, const char *key)
+{
+    idx = lua_absindex(L, idx);
+    lua_pushstring(L, key);
+    return lua_rawget(L, idx);
+}
+
 static const char *field_string(lua_State *L, int idx, const char *key, char *tmp, size_t tmplen)
 {
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     const char *s = NULL;
     if (lua_type(L, -1) == LUA_TSTRING) {
         snprintf(tmp, tmplen, "%s", lua_tostring(L, -1));
@@ -346,7 +366,7 @@ static const char *field_string(lua_State *L, int idx, const char *key, char *tm
  * the caller frees it. NULL when the field is not a string. */
 static char *field_dup(lua_State *L, int idx, const char *key)
 {
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     char *s = lua_type(L, -1) == LUA_TSTRING ? xstrdup(lua_tostring(L, -1)) : NULL;
     lua_pop(L, 1);
     return s;
@@ -366,86 +386,214 @@ static int valid_dns_label(const char *s)
     return 1;
 }
 
-/* Sets t[k1][k2] = value on the table at idx, creating t[k1] if needed. */
-static void set_nested(lua_State *L, int idx, const char *k1, const char *k2, const char *value)
+/* ---- the final object -------------------------------------------------------- */
+
+#define MAX_BODY (512u * 1024u) /* a rendered Deployment; etcd's limit is 1.5 MiB */
+
+typedef struct member {
+    const char *key;
+    const json_value *value; /* NULL: text instead */
+    const char *text;        /* JSON text of an override */
+} member;
+
+static int member_cmp(const void *a, const void *b)
 {
-    idx = lua_absindex(L, idx);
-    if (lua_getfield(L, idx, k1) != LUA_TTABLE) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, idx, k1);
-    }
-    lua_pushstring(L, value);
-    lua_setfield(L, -2, k2);
-    lua_pop(L, 1);
+    return strcmp(((const member *)a)->key, ((const member *)b)->key);
 }
 
-/* Encodes the object table at the top of the stack (popping it) after making
- * the fields we own ours. Returns malloc'd JSON or NULL with err. */
-static char *render_object(lua_State *L, const config *cfg, const char *name, const char *desired_hash,
-                           char *err, size_t errlen)
+/* Writes obj (an object, or NULL for {}) with the members named in keys
+ * replaced by (or added as) the JSON texts in texts, keys sorted as the
+ * canonical encoder sorts them. */
+static void write_merged(buf *b, const json_value *obj, size_t nover, const char *const *keys,
+                         const char *const *texts)
 {
-    int obj = lua_gettop(L);
-    if (lua_getfield(L, obj, "metadata") != LUA_TTABLE) {
-        lua_pop(L, 2);
-        util_seterr(err, errlen, "the rendered Deployment has no metadata table");
-        return NULL;
+    size_t n = json_len(obj), m = 0;
+    member *all = xcalloc(n + nover + 1, sizeof *all);
+    for (size_t i = 0; i < n; i++) {
+        const char *k = json_key_at(obj, i);
+        size_t j = 0;
+        while (j < nover && strcmp(keys[j], k) != 0)
+            j++;
+        if (j == nover)
+            all[m++] = (member){k, json_at(obj, i), NULL};
     }
-    int meta = lua_gettop(L);
-    const char *oname = lua_getfield(L, meta, "name") == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    int same = oname && strcmp(oname, name) == 0;
-    lua_pop(L, 1);
-    if (!same) {
-        lua_pop(L, 2);
+    for (size_t j = 0; j < nover; j++)
+        all[m++] = (member){keys[j], NULL, texts[j]};
+    qsort(all, m, sizeof *all, member_cmp);
+    buf_putc(b, '{');
+    for (size_t i = 0; i < m; i++) {
+        if (i)
+            buf_putc(b, ',');
+        buf_json_string(b, all[i].key, strlen(all[i].key));
+        buf_putc(b, ':');
+        if (all[i].value)
+            json_write(b, all[i].value);
+        else
+            buf_puts(b, all[i].text);
+    }
+    buf_putc(b, '}');
+    free(all);
+}
+
+static char *json_text(const char *s)
+{
+    buf b = {0};
+    buf_json_string(&b, s, strlen(s));
+    return buf_steal(&b);
+}
+
+/* The object as it is sent: the rules' encoding (body, from the protected
+ * call), parsed in C, with the fields we own set on the parsed document
+ * (namespace, managed-by label, applied-hash annotation) and then checked on
+ * the final text: name, those fields, the Deployment checks check-rules
+ * makes (cli_validate_deployment) and no credential in any decoded string.
+ * Lua is out of the way: no metatable can hide or veto a field here.
+ * Returns the final JSON (malloc'd) or NULL with err. */
+static char *final_object(const char *body, size_t len, const config *cfg, const char *name,
+                          const char *desired_hash, const secret_set *secrets, char *err, size_t errlen)
+{
+    char perr[160];
+    char *out = NULL, *ns = NULL, *labels_txt = NULL, *ann_txt = NULL, *hash_txt = NULL, *mv = NULL;
+    json_value *doc = NULL, *fin = NULL;
+    buf lb = {0}, ab = {0}, mb = {0}, ob = {0};
+    if (len > MAX_BODY) {
+        util_seterr(err, errlen, "the rendered Deployment is %zu bytes (at most %u)", len, MAX_BODY);
+        goto out;
+    }
+    doc = json_parse(body, len, perr, sizeof perr);
+    const json_value *meta = json_get(doc, "metadata");
+    if (json_typeof(doc) != JSON_OBJECT || json_typeof(meta) != JSON_OBJECT) {
+        util_seterr(err, errlen, "the rendered Deployment has no metadata object");
+        goto out;
+    }
+    const json_value *labels = json_get(meta, "labels"), *ann = json_get(meta, "annotations");
+    if ((labels && json_typeof(labels) != JSON_OBJECT) || (ann && json_typeof(ann) != JSON_OBJECT)) {
+        util_seterr(err, errlen, "the rendered Deployment's metadata.labels/annotations must be objects");
+        goto out;
+    }
+    mv = json_text(MANAGED_BY_VALUE);
+    hash_txt = json_text(desired_hash);
+    const char *lk[] = {MANAGED_BY_LABEL}, *lv[] = {mv};
+    write_merged(&lb, labels, 1, lk, lv);
+    const char *ak[] = {APPLIED_HASH_ANNOTATION}, *av[] = {hash_txt};
+    write_merged(&ab, ann, 1, ak, av);
+    ns = json_text(cfg->namespace);
+    labels_txt = buf_steal(&lb);
+    ann_txt = buf_steal(&ab);
+    const char *mk[] = {"annotations", "labels", "namespace"}, *mt[] = {ann_txt, labels_txt, ns};
+    write_merged(&mb, meta, 3, mk, mt);
+    const char *ok[] = {"metadata"};
+    char *meta_txt = buf_steal(&mb);
+    const char *ot[] = {meta_txt};
+    write_merged(&ob, doc, 1, ok, ot);
+    free(meta_txt);
+
+    /* Checked on what is sent. */
+    fin = json_parse(ob.data, ob.len, perr, sizeof perr);
+    const json_value *fname = json_path(fin, "metadata", "name", NULL);
+    const char *fns = json_string(json_path(fin, "metadata", "namespace", NULL));
+    const char *fmb = json_string(json_path(fin, "metadata", "labels", MANAGED_BY_LABEL, NULL));
+    const char *fh = json_string(json_path(fin, "metadata", "annotations", APPLIED_HASH_ANNOTATION, NULL));
+    if (json_typeof(fname) != JSON_STRING || json_string_len(fname) != strlen(name) ||
+        strcmp(json_string(fname), name) != 0) {
         util_seterr(err, errlen, "the rendered Deployment's metadata.name differs from the action's name");
-        return NULL;
+        goto out;
     }
-    lua_pushstring(L, cfg->namespace);
-    lua_setfield(L, meta, "namespace");
-    set_nested(L, meta, "labels", MANAGED_BY_LABEL, MANAGED_BY_VALUE);
-    set_nested(L, meta, "annotations", APPLIED_HASH_ANNOTATION, desired_hash);
-    lua_pop(L, 1); /* metadata */
-
-    lua_pushcfunction(L, json_lua_encode);
-    lua_insert(L, obj);
-    if (luahost_pcall(L, 1, 1, cfg->rules_budget_ms, err, errlen) < 0)
-        return NULL;
-    char *body = xstrdup(lua_tostring(L, -1));
-    lua_pop(L, 1);
-    return body;
+    if (!fns || strcmp(fns, cfg->namespace) || !fmb || strcmp(fmb, MANAGED_BY_VALUE) || !fh ||
+        strcmp(fh, desired_hash)) {
+        util_seterr(err, errlen, "the final Deployment lacks the namespace, managed-by label or applied hash");
+        goto out;
+    }
+    if (cli_validate_deployment(fin, err, errlen) < 0)
+        goto out;
+    if (secrets && body_leaks(secrets, fin)) {
+        util_seterr(err, errlen, "refusing to apply: the rendered Deployment contains a credential value");
+        goto out;
+    }
+    out = buf_steal(&ob);
+out:
+    buf_free(&ob);
+    json_free(doc);
+    json_free(fin);
+    free(ns);
+    free(labels_txt);
+    free(ann_txt);
+    free(hash_txt);
+    free(mv);
+    return out;
 }
 
-/* Reads the actions array at the top of the stack into out (pops it). */
+/* The account id an action may carry into a report: the input row's own
+ * value, or the observed Deployment's annotation for a Deployment the rules
+ * were shown; never a string only the rules made up. */
+static const char *input_id(const row_index *ri, const obs_deploy *obs, const char *id)
+{
+    if (id == NULL)
+        return obs ? obs->account_id : NULL;
+    intptr_t row = (intptr_t)strmap_get(&ri->by_id, id);
+    if (row > 0)
+        return PQgetvalue(ri->in->accounts, (int)row - 1, ri->col[0]);
+    if (obs && obs->account_id && strcmp(obs->account_id, id) == 0)
+        return obs->account_id;
+    return NULL;
+}
+
+/* An action the core refused (not an error the rules reported). */
+static void refuse(plan_result *out, const char *id, const char *name, const char *reason)
+{
+    push_action(out, ACT_ERROR, id, name, reason);
+    out->refused++;
+}
+
+/* A name the rules gave a hold or an error: kept only when it is a valid
+ * Deployment name with no credential in it (it becomes an Event's object). */
+static const char *report_name(const secret_set *ss, const char *name)
+{
+    size_t pos, len;
+    if (name == NULL || !valid_dns_label(name) || (ss && secrets_find(ss, name, &pos, &len)))
+        return NULL;
+    return name;
+}
+
+/* Reads the actions array at the top of the stack into out (pops it). The
+ * array came out of luahost_call_rule, so it is plain data: raw reads only.
+ * The JSON encoding of an object runs in its own protected, budgeted call;
+ * what is sent is final_object()'s. */
 static void read_actions(lua_State *L, const config *cfg, const plan_input *in, const row_index *ri,
                          plan_result *out)
 {
     int arr = lua_gettop(L);
     if (!lua_istable(L, arr)) {
-        push_action(out, ACT_ERROR, NULL, NULL, "rules: plan() did not return a table of actions");
+        refuse(out, NULL, NULL, "rules: plan() did not return a table of actions");
         lua_pop(L, 1);
         return;
     }
     lua_Integer n = (lua_Integer)lua_rawlen(L, arr);
-    char *id = NULL; /* this action's account id, freed at the next one and after the loop */
+    char *rid = NULL; /* the rules' account id, freed at the next action and after the loop */
+    size_t body_bytes = 0;
     for (lua_Integer i = 1; i <= n; i++) {
         char kbuf[32], nbuf[256], rbuf[512], hbuf[128], err[512];
-        free(id);
-        id = NULL;
+        free(rid);
+        rid = NULL;
         if (lua_rawgeti(L, arr, i) != LUA_TTABLE) {
             lua_pop(L, 1);
-            push_action(out, ACT_ERROR, NULL, NULL, "rules: an action is not a table");
+            refuse(out, NULL, NULL, "rules: an action is not a table");
             continue;
         }
         int t = lua_gettop(L);
         const char *kind = field_string(L, t, "action", kbuf, sizeof kbuf);
-        id = field_dup(L, t, "account_id");
+        rid = field_dup(L, t, "account_id");
         const char *name = field_string(L, t, "name", nbuf, sizeof nbuf);
         const char *reason = field_string(L, t, "reason", rbuf, sizeof rbuf);
         const char *hash = field_string(L, t, "desired_hash", hbuf, sizeof hbuf);
+        obs_deploy *obs = name ? strmap_get(in->observed, name) : NULL;
+        if (obs && !obs->managed)
+            obs = NULL;
+        const char *id = input_id(ri, obs, rid);
+        const char *rname = report_name(ri->secrets, name);
         act_kind k;
         if (kind == NULL) {
-            push_action(out, ACT_ERROR, id, name, "rules: an action has no 'action' field");
+            refuse(out, id, rname, "rules: an action has no 'action' field");
             lua_pop(L, 1);
             continue;
         } else if (!strcmp(kind, "create")) {
@@ -459,8 +607,7 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
         } else if (!strcmp(kind, "hold") || !strcmp(kind, "noop") || !strcmp(kind, "none")) {
             k = ACT_HOLD;
         } else {
-            snprintf(err, sizeof err, "rules: unknown action '%.40s'", kind);
-            push_action(out, ACT_ERROR, id, name, err);
+            refuse(out, id, rname, "rules: unknown action");
             lua_pop(L, 1);
             continue;
         }
@@ -471,13 +618,16 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
         if (k != ACT_ERROR && k != ACT_HOLD && (name == NULL || !valid_dns_label(name))) {
             snprintf(err, sizeof err, "rules: invalid Deployment name \"%.80s\" (a DNS-1123 label of at most 63 characters)",
                      name ? name : "");
-            push_action(out, ACT_ERROR, id, NULL, err);
+            refuse(out, id, NULL, err);
             lua_pop(L, 1);
             continue;
         }
-        obs_deploy *obs = name ? strmap_get(in->observed, name) : NULL;
-        if (obs && !obs->managed)
-            obs = NULL;
+        if ((k == ACT_CREATE || k == ACT_UPDATE) && (rid == NULL || id == NULL)) {
+            refuse(out, NULL, rname,
+                        "rules: a create/update names no account id of the input rows");
+            lua_pop(L, 1);
+            continue;
+        }
         if (obs && k != ACT_DELETE && id && obs->account_id && strcmp(obs->account_id, id) != 0) {
             snprintf(err, sizeof err, "refusing to %s %s: it belongs to another account (name collision)",
                      k == ACT_CREATE ? "create" : "update", name);
@@ -502,49 +652,49 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
             continue;
         }
         if (k == ACT_ERROR || k == ACT_HOLD) {
-            push_action(out, k, id, name, reason ? reason : "rules reported an error");
+            push_action(out, k, id, rname, reason ? reason : "rules reported an error");
             lua_pop(L, 1);
             continue;
         }
-        /* create / update: render the object */
-        if (lua_getfield(L, t, "object") != LUA_TTABLE) {
+        /* create / update: encode the object in a protected, budgeted call */
+        if (raw_field(L, t, "object") != LUA_TTABLE) {
             lua_pop(L, 2);
-            push_action(out, ACT_ERROR, id, name, "rules: a create/update action has no object table");
+            refuse(out, id, name, "rules: a create/update action has no object table");
             continue;
         }
-        char computed[65];
-        if (hash == NULL) {
-            /* No desired_hash from the rules: hash the object as rendered. */
-            lua_pushcfunction(L, json_lua_encode);
-            lua_pushvalue(L, -2);
-            if (luahost_pcall(L, 1, 1, cfg->rules_budget_ms, err, sizeof err) < 0) {
-                lua_pop(L, 2);
-                push_action(out, ACT_ERROR, id, name, err);
-                continue;
-            }
-            util_sha256_hex(lua_tostring(L, -1), lua_rawlen(L, -1), computed);
+        lua_pushcfunction(L, json_lua_encode);
+        lua_insert(L, -2);
+        if (luahost_pcall(L, 1, 1, cfg->rules_budget_ms, err, sizeof err) < 0) {
             lua_pop(L, 1);
+            refuse(out, id, name, err);
+            continue;
+        }
+        size_t len;
+        const char *encoded = lua_tolstring(L, -1, &len);
+        char computed[65];
+        if (hash == NULL) { /* no desired_hash from the rules: hash the object as rendered */
+            util_sha256_hex(encoded, len, computed);
             hash = computed;
         }
-        char *body = render_object(L, cfg, name, hash, err, sizeof err);
+        char *body = NULL;
+        if (body_bytes + len > LUAHOST_DEFAULT_MEM_LIMIT / 2)
+            /* What C keeps for the rules counts too: one plan's bodies stay
+             * below half a Lua state's cap. */
+            util_seterr(err, sizeof err, "rules: this plan's rendered objects exceed %u bytes in all; "
+                        "the rest wait for a later pass", LUAHOST_DEFAULT_MEM_LIMIT / 2);
+        else
+            body = final_object(encoded, len, cfg, name, hash, ri->secrets, err, sizeof err);
+        lua_pop(L, 2); /* the encoding, the action */
         if (body == NULL) {
-            lua_pop(L, 1);
-            push_action(out, ACT_ERROR, id, name, err);
+            refuse(out, id, name, err);
             continue;
         }
-        if (body_leaks(ri->secrets, body)) {
-            free(body);
-            lua_pop(L, 1);
-            push_action(out, ACT_ERROR, id, name,
-                        "refusing to apply: the rendered Deployment contains a credential value");
-            continue;
-        }
+        body_bytes += strlen(body);
         action *a = push_action(out, k, id, name, reason ? reason : (k == ACT_CREATE ? "account active" : "spec changed"));
         a->body = body;
         a->desired_hash = xstrdup(hash);
-        lua_pop(L, 1);
     }
-    free(id);
+    free(rid);
     lua_pop(L, 1);
 }
 
@@ -584,7 +734,7 @@ static int call_plan(rules *r, luahost *h, const config *cfg, const plan_input *
     rules_push_ctx(r, L);
     /* The budget stops runaway rules; it grows with the work handed over. */
     int budget = cfg->rules_budget_ms + (row < 0 ? nrows : 1);
-    return luahost_pcall(L, 3, 1, budget, err, errlen);
+    return luahost_call_rule(L, "plan", 3, budget, err, errlen);
 }
 
 static int is_active_row(const plan_input *in, const row_index *ri, int i)
@@ -934,10 +1084,25 @@ int rec_check_plan(rules *r, luahost *candidate, const config *cfg, const plan_i
     char perr[1024];
     int rc = call_plan(r, candidate, cfg, in, &ri, -1, perr, sizeof perr);
     if (rc < 0) {
-        util_seterr(err, errlen, "plan over the current accounts failed: %s", perr);
+        char *why = xstrdup(perr); /* a rule's error can quote what it was given */
+        scrub(&secrets, &why);
+        util_seterr(err, errlen, "plan over the current accounts failed: %s", why);
+        free(why);
     } else {
+        /* Renders and checks every object as `run` would: an object the core
+         * would refuse for a live account refuses the rules. */
         plan_result scratch = {0};
-        read_actions(L, cfg, in, &ri, &scratch); /* renders every object: proves they encode */
+        read_actions(L, cfg, in, &ri, &scratch);
+        for (size_t i = 0; i < scratch.n && scratch.refused > 0; i++) {
+            if (scratch.actions[i].kind != ACT_ERROR)
+                continue;
+            scrub(&secrets, &scratch.actions[i].reason);
+            util_seterr(err, errlen, "plan over the current accounts: account \"%s\": %s",
+                        scratch.actions[i].account_id ? scratch.actions[i].account_id : "?",
+                        scratch.actions[i].reason);
+            rc = -1;
+            break;
+        }
         rec_plan_free(&scratch);
         lua_gc(L, LUA_GCCOLLECT);
     }

@@ -38,6 +38,7 @@ typedef struct plan_result {
     int desired;       /* active accounts in the input */
     int observed;      /* managed Deployments in the input */
     int held_deletes;  /* deletes turned into holds */
+    int refused;       /* actions the core refused (bad object, credential, unknown id...) */
     char *hold_reason; /* why, when held_deletes > 0 */
     int planned;       /* accounts handed to the rules (the rest were settled) */
     int deferred;      /* accounts left for a later pass (max_rows, busy) */

@@ -9,6 +9,14 @@
 #include "log.h"
 #include "util.h"
 
+/* t[k] without metamethods (what the rules return is untrusted). */
+static int rawfield(lua_State *L, int idx, const char *k)
+{
+    idx = lua_absindex(L, idx);
+    lua_pushstring(L, k);
+    return lua_rawget(L, idx);
+}
+
 struct rules {
     const config *cfg;
     luahost *host;
@@ -79,7 +87,7 @@ luahost *rules_load_checked(const config *cfg, const char *dir, char *err, size_
     static const char *const required[] = {"plan", "deployment", "worker_name",
                                            "credentials_fingerprint", NULL};
     for (int i = 0; required[i]; i++) {
-        if (lua_getfield(L, -1, required[i]) != LUA_TFUNCTION) {
+        if (rawfield(L, -1, required[i]) != LUA_TFUNCTION) {
             util_seterr(err, errlen, "rules.lua: the returned table has no function '%s'",
                         required[i]);
             lua_pop(L, 2);
@@ -87,7 +95,7 @@ luahost *rules_load_checked(const config *cfg, const char *dir, char *err, size_
         }
         lua_pop(L, 1);
     }
-    int has_check = lua_getfield(L, -1, "self_check") == LUA_TFUNCTION;
+    int has_check = rawfield(L, -1, "self_check") == LUA_TFUNCTION;
     lua_remove(L, -2);
     if (!has_check) {
         lua_pop(L, 1);
@@ -118,15 +126,14 @@ int rules_reload(rules *r, const char *dir, char *err, size_t errlen)
     char version[65], lerr[1024];
     luahost *h = NULL;
     if (luahost_dir_version(dir, version, lerr, sizeof lerr) == 0) {
-        /* The same static lint as check-rules: a forbidden global in a branch
-         * no example reaches is refused before it can ever run. */
+        /* Exactly check-rules' check (lint, load, samples, self_check). */
         buf problems = {0};
-        int nfiles = 0;
-        if (cli_lint_dir(dir, &problems, &nfiles) != 0) {
+        const char *stage;
+        int nfiles = 0, nsamples = 0;
+        if (cli_check_dir(r->cfg, dir, &problems, &stage, &nfiles, &nsamples, &h) != 0) {
             size_t first = problems.data ? strcspn(problems.data, "\n") : 0;
-            util_seterr(lerr, sizeof lerr, "%.*s", (int)first, problems.data ? problems.data : "lint failed");
-        } else {
-            h = rules_load_checked(r->cfg, dir, lerr, sizeof lerr);
+            util_seterr(lerr, sizeof lerr, "%.*s", (int)first, problems.data ? problems.data : "check failed");
+            h = NULL;
         }
         buf_free(&problems);
     }

@@ -108,6 +108,11 @@ class Hostile:
 
 
 PWNED = "/tmp/sync-airbnb-rules-pwned"
+LOOP = "function() while true do end end"
+ACTION_ANCHOR = "                action.account_id, action.name = id, name\n"
+LABELS_ANCHOR = "    local labels = assert(naming.labels(id))\n"
+ENV_ANCHOR = "function M.env(account)\n"
+MODE_ENV_ANCHOR = '        { name = "MODE", value = "worker" },\n'
 
 HOSTILE = [
     Hostile("syntax-error", {"deployment.lua": [("local M = {}\n", "local M = {\n")]},
@@ -166,4 +171,74 @@ HOSTILE = [
             {"deployment.lua": [("function M.env(account)\n",
                                  "function M.env(account)\n    calls = (calls or 0) + 1\n")]},
             r"deployment\.lua:\d+: assignment to global 'calls'", r"deployment\.lua:\d+: undeclared global 'calls'"),
+    # --- the untrusted boundary (issue 16): metatables, finalizers, C loops, smuggling ---
+    Hostile("module-metatable-index-raises",
+            {"rules.lua": [("\nreturn M\n", "\nreturn setmetatable(M, { __index = function() error('boom') end })\n")]},
+            r"rules\.lua:\d+: the table rules\.lua returns has a metatable",
+            r"rules\.lua:\d+: the table rules\.lua returns has a metatable"),
+    Hostile("action-index-raises",
+            {"plan.lua": [(ACTION_ANCHOR, ACTION_ANCHOR + "                setmetatable(action, { __index = function() error('index boom') end })\n")]},
+            r"plan\.lua:\d+: plan\(\) returned a table with a metatable", r"plan\.lua:\d+: plan\(\) returned a table with a metatable"),
+    Hostile("action-index-loops",
+            {"plan.lua": [(ACTION_ANCHOR, ACTION_ANCHOR + f"                setmetatable(action, {{ __index = {LOOP} }})\n")]},
+            r"plan\.lua:\d+: plan\(\) returned a table with a metatable", r"plan\.lua:\d+: plan\(\) returned a table with a metatable"),
+    Hostile("gc-finalizer-loops",
+            {"naming.lua": [("local M = {}\n", f"local M = {{}}\nlocal keep = setmetatable({{}}, {{ __gc = {LOOP} }})\n")]},
+            r"naming\.lua:\d+: setmetatable: a metatable with __gc is not allowed",
+            r"naming\.lua:\d+: setmetatable: a metatable with __gc is not allowed"),
+    Hostile("array-marker-gc",
+            {"naming.lua": [("local M = {}\n", f"local M = {{}}\nrawset(require('json').array_mt, '__gc', {LOOP})\n")]},
+            r"\.lua:\d+: json: json\.array_mt was given __gc", r"\.lua:\d+: json: json\.array_mt was given __gc"),
+    Hostile("labels-newindex-drops-managed-by",
+            {"deployment.lua": [(LABELS_ANCHOR, "    local labels = setmetatable(assert(naming.labels(id)), { __newindex = function() end })\n")]},
+            r"deployment\.lua:\d+: deployment\(\) returned a table with a metatable at \.metadata\.labels",
+            r"deployment\.lua:\d+: deployment\(\) returned a table with a metatable at \.metadata\.labels"),
+    Hostile("name-via-index",
+            {"deployment.lua": [("            name = name,\n", "")],
+             "plan.lua": [(ACTION_ANCHOR, ACTION_ANCHOR + "                if action.object then setmetatable(action.object.metadata, "
+                                                          "{ __index = { name = name } }) end\n")]},
+            r"deployment\.lua:\d+: .*metadata\.name", r"deployment\.lua:\d+: .*metadata\.name"),
+    Hostile("backtracking-pattern",
+            {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    string.find(string.rep('a', 50000), '.-.-.-.-.-.-.-.-b')\n")]},
+            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+    Hostile("gsub-backtracking",
+            {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    string.gsub(string.rep('a', 20000), '.-.-.-.-.-b', 'x')\n")]},
+            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+    Hostile("empty-rep-forever",
+            {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    for _ = 1, 1e12 do string.rep('', 1 << 60) end\n")]},
+            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+    Hostile("table-move-endless",
+            {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    table.move({}, 1, 1 << 50, 1)\n")]},
+            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+    Hostile("table-remove-lying-len",
+            {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    table.remove(setmetatable({}, { __len = function() return 1 << 50 end }), 1)\n")]},
+            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+    Hostile("concat-c-metamethod",
+            {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    table.concat(setmetatable({}, { __index = rawlen }), '', 1, 1 << 40)\n")]},
+            r"deployment\.lua:\d+: (stopped: exceeded the time budget|not enough memory)",
+            r"deployment\.lua:\d+: (stopped: exceeded the time budget|not enough memory)"),
+    Hostile("coroutine-c-loop",
+            {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    coroutine.wrap(function() table.move({}, 1, 1 << 50, 1) end)()\n")]},
+            r"deployment\.lua:\d+: .*stopped: exceeded the time budget", r"deployment\.lua:\d+: .*stopped: exceeded the time budget"),
+    Hostile("sort-comparator-loops",
+            {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + f"    table.sort({{3, 2, 1}}, {LOOP})\n")]},
+            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+    Hostile("json-encode-shared-subtables",
+            {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    local t = {} for _ = 1, 64 do t = { t, t } end\n"
+                                             "    require('json').encode(t)\n")]},
+            r"deployment\.lua:\d+: .*(not enough memory|exceeded the time budget)",
+            r"deployment\.lua:\d+: .*(not enough memory|exceeded the time budget)"),
+    Hostile("error-object-tostring-loops",
+            {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + f"    error(setmetatable({{}}, {{ __tostring = {LOOP} }}))\n")]},
+            r"\.lua:\d+: .*exceeded the time budget", r"\.lua:\d+: .*exceeded the time budget"),
+    Hostile("error-action-smuggles-credential",
+            {"plan.lua": [(ACTION_ANCHOR, ACTION_ANCHOR + "                action = { action = 'error', account_id = account.airbnb_cookie,"
+                                                          " name = account.airbnb_cookie, reason = 'leak ' .. account.airbnb_cookie }\n")]},
+            r"plan\.lua:\d+: account \"[^\"]*\": plan\(\) gives an error", r"plan\.lua:\d+: account \"[^\"]*\": plan\(\) gives an error"),
+    Hostile("credential-with-quote-into-env",
+            {"deployment.lua": [(MODE_ENV_ANCHOR, MODE_ENV_ANCHOR + "        { name = \"COOKIE\", value = account.airbnb_cookie:find('\"', 1, true)"
+                                                 " and account.airbnb_cookie or \"none\" },\n")]},
+            r"deployment\.lua:\d+: account \"[^\"]*\": deployment\(\): the Deployment contains the value of airbnb_cookie",
+            r"deployment\.lua:\d+: account \"[^\"]*\": deployment\(\): the Deployment contains the value of airbnb_cookie"),
 ]
+
