@@ -10,6 +10,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "scrub.h"
 #include "util.h"
 
 #define AUDIT_ROWS_PER_INSERT 500 /* 5 parameters each, far below libpq's 65535 */
@@ -32,6 +33,12 @@ static const char *pack(char **p, const char *s)
 void audit_add(audit_batch *b, const char *what, const char *account_id, const char *deployment,
                const char *reason)
 {
+    /* Rows leave the process: scrubbed like every other text (scrub.h). */
+    char *clean[3] = {NULL, NULL, NULL};
+    const char **dirty[3] = {&account_id, &deployment, &reason};
+    for (int i = 0; i < 3; i++)
+        if (*dirty[i] && scrub_needed(*dirty[i]))
+            *dirty[i] = clean[i] = scrub_dup(*dirty[i]);
     const char *f[] = {what, account_id, deployment, reason};
     size_t bytes = 0;
     for (size_t i = 0; i < 4; i++)
@@ -49,6 +56,8 @@ void audit_add(audit_batch *b, const char *what, const char *account_id, const c
         b->head = r;
     b->tail = r;
     b->n++;
+    for (int i = 0; i < 3; i++)
+        free(clean[i]);
 }
 
 static void audit_batch_free(audit_batch *b)
@@ -153,6 +162,13 @@ void event_post(kube_async *ka, const char *ns, const char *identity, int timeou
 {
     if (name == NULL)
         return;
+    /* Events leave the process: scrubbed like every other text (scrub.h). */
+    char *clean_message = scrub_needed(message) ? scrub_dup(message) : NULL;
+    char *clean_account = scrub_needed(account_id) ? scrub_dup(account_id) : NULL;
+    if (clean_message)
+        message = clean_message;
+    if (clean_account)
+        account_id = clean_account;
     char ts[32];
     time_t now = when ? when : time(NULL);
     struct tm tm;
@@ -194,6 +210,8 @@ void event_post(kube_async *ka, const char *ns, const char *identity, int timeou
     kube_async_request(ka, "POST", path, NULL, b.data, b.len, timeout_ms, done, ud);
     free(path);
     buf_free(&b);
+    free(clean_message);
+    free(clean_account);
 }
 
 /* ---- held Events -------------------------------------------------------- */

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "pg.h"
+#include "scrub.h"
 #include "util.h"
 
 enum opt_type { OPT_STRING, OPT_INT, OPT_DOUBLE, OPT_BOOL, OPT_LEVEL, OPT_FORMAT };
@@ -38,6 +40,9 @@ static const option_spec options[] = {
      "namespace of the workers (default: the pod's namespace, else sync-airbnb)"},
     {"RULES_DIR", "rules-dir", OPT_STRING, OFF(rules_dir), NULL, 0, 0,
      "directory of the Lua rules (default: lua/rules of the installed copy or the checkout)"},
+    {"RULES_STATE_DIR", "rules-state-dir", OPT_STRING, OFF(rules_state_dir),
+     "/tmp/sync-airbnb-operator/last-good-rules", 0, 0,
+     "where `run` keeps a copy of the last good rules, loaded at start-up when RULES_DIR's do not load"},
     {"MIGRATIONS_DIR", "migrations-dir", OPT_STRING, OFF(migrations_dir), NULL, 0, 0,
      "directory of the Lua migrations (default: lua/migrations of the installed copy or the checkout)"},
     {"WORKER_IMAGE", "worker-image", OPT_STRING, OFF(worker_image), "sync-airbnb:latest", 0, 0,
@@ -63,6 +68,8 @@ static const option_spec options[] = {
      "timeout of one API request, in milliseconds"},
     {"DB_STATEMENT_TIMEOUT_MS", "db-timeout-ms", OPT_INT, OFF(db_timeout_ms), "10000", 100,
      600000, "PostgreSQL statement timeout, in milliseconds"},
+    {"LOOP_STALL_SECONDS", "loop-stall-seconds", OPT_INT, OFF(loop_stall_s), "15", 1, 3600,
+     "a main loop stuck this long fails /healthz and stops renewing the leader Lease"},
     {"DELETE_BUDGET", "delete-budget", OPT_INT, OFF(delete_budget), "5", 0, 1000000,
      "worker deletions allowed per RESYNC_INTERVAL_SECONDS; more are held"},
     {"ALLOW_EMPTY_DESIRED", "allow-empty-desired", OPT_BOOL, OFF(allow_empty), "false", 0, 0,
@@ -235,6 +242,7 @@ static int finish(config *c, char *err, size_t errlen)
         c->rules_dir = default_lua_dir("rules");
     if (c->migrations_dir == NULL)
         c->migrations_dir = default_lua_dir("migrations");
+    c->builtin_rules_dir = default_lua_dir("rules");
     if (c->identity == NULL) {
         char host[256] = "operator";
         gethostname(host, sizeof host - 1);
@@ -297,8 +305,12 @@ int config_require_database(const config *c, char *err, size_t errlen)
         char *nl = perr ? strchr(perr, '\n') : NULL;
         if (nl)
             *nl = '\0';
-        /* libpq's message names the bad part, never the password */
-        util_seterr(err, errlen, "DATABASE_URL: malformed (%s)", perr ? perr : "out of memory");
+        /* libpq's message quotes the bad part, which can be the password
+         * (main registered it with the scrubber) */
+        pg_scrub_register(u);
+        char *clean = scrub_dup(perr ? perr : "out of memory");
+        util_seterr(err, errlen, "DATABASE_URL: malformed (%s)", clean);
+        free(clean);
         PQfreemem(perr);
         return -1;
     }
@@ -388,7 +400,8 @@ void config_free(config *c)
         }
     free(c->accounts_schema);
     free(c->accounts_relname);
-    c->accounts_schema = c->accounts_relname = NULL;
+    free(c->builtin_rules_dir);
+    c->accounts_schema = c->accounts_relname = c->builtin_rules_dir = NULL;
 }
 
 void config_print_help(void *stream)

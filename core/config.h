@@ -12,6 +12,8 @@ typedef struct config {
     char *kubeconfig;          /* KUBECONFIG; NULL → in-cluster service account */
     char *namespace;           /* OPERATOR_NAMESPACE; default pod namespace, else sync-airbnb */
     char *rules_dir;           /* RULES_DIR; default <checkout>/lua/rules or installed path */
+    char *rules_state_dir;     /* RULES_STATE_DIR: a copy of the last good rules (start-up fallback) */
+    char *builtin_rules_dir;   /* the rules installed with the binary (not an option) */
     char *migrations_dir;      /* MIGRATIONS_DIR; default next to the rules */
     char *worker_image;        /* WORKER_IMAGE, default sync-airbnb:latest */
     int resync_interval_s;     /* RESYNC_INTERVAL_SECONDS, default 30 */
@@ -27,6 +29,7 @@ typedef struct config {
     int kube_max_inflight;     /* KUBE_MAX_INFLIGHT, default 32 */
     int kube_timeout_ms;       /* KUBE_TIMEOUT_MS, default 10000 */
     int db_timeout_ms;         /* DB_STATEMENT_TIMEOUT_MS, default 10000 */
+    int loop_stall_s;          /* LOOP_STALL_SECONDS: /healthz fails, Lease not renewed, default 15 */
     int delete_budget;         /* DELETE_BUDGET: deletes per resync interval, default 5 */
     int allow_empty;           /* ALLOW_EMPTY_DESIRED: 1 lets an empty desired set delete all */
     int leader_elect;          /* LEADER_ELECT, default 1 */

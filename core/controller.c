@@ -37,6 +37,7 @@
 #define FOLLOWUP_MS 20 /* delay of the pass that continues a deferred backlog */
 #define PLAN_CHUNK 128 /* accounts handed to the rules per pass; the rest follow as writes drain */
 #define SHUTDOWN_BOUND_MS 10000
+#define STAR_MIN_INTERVAL_MS 5000 /* NOTIFY '*' starts at most one full pass per 5 s */
 
 typedef struct ctl {
     const config *cfg;
@@ -67,6 +68,8 @@ typedef struct ctl {
     health *health;
     uv_timer_t resync_timer, pass_timer, tick_timer, drain_timer;
     uv_timer_t audit_timer; /* writes c->audit at the next loop iteration */
+    uv_timer_t star_timer;  /* a NOTIFY '*' deferred by the rate limit */
+    uint64_t last_star_ms;  /* when the last NOTIFY '*' started a full pass */
     audit_batch audit;
     uv_prepare_t notify_drain;
     uv_signal_t sigterm, sigint;
@@ -261,6 +264,10 @@ static void on_write_done(const kube_response *resp, const char *terr, void *ud)
         forget_report(c, "error", w->name);
     } else if (resp && w->kind == ACT_DELETE && resp->status == 404) {
         cache_remove_deployment(c->cache, w->name); /* already gone */
+    } else if (resp == NULL && terr && strncmp(terr, "not the leader", 14) == 0) {
+        /* Leadership was lost before it was sent: nothing happened; the next
+         * leader plans it again. */
+        log_info("write not sent: leadership lost", "deployment", w->name, "action", what, NULL);
     } else {
         char err[512];
         if (resp)
@@ -565,13 +572,30 @@ static void kick_full(ctl *c)
 
 /* ---- database ------------------------------------------------------------- */
 
+static void on_star_timer(uv_timer_t *t)
+{
+    ctl *c = t->data;
+    c->last_star_ms = util_now_ms();
+    kick_full(c);
+}
+
 static void on_notify(const char *channel, const char *payload, void *ud)
 {
     ctl *c = ud;
     (void)channel;
     metrics_add("sync_airbnb_operator_notifications_total", NULL, 1);
     if (strcmp(payload, "*") == 0) {
-        kick_full(c);
+        /* "Read everything" is a full read of the table, and any database
+         * role can NOTIFY: at most one per STAR_MIN_INTERVAL_MS, the rest
+         * folded into the next one. */
+        uint64_t now = util_now_ms();
+        if (c->last_star_ms == 0 || now >= c->last_star_ms + STAR_MIN_INTERVAL_MS) {
+            c->last_star_ms = now;
+            kick_full(c);
+        } else if (!uv_is_active((uv_handle_t *)&c->star_timer)) {
+            metrics_add("sync_airbnb_operator_full_notifications_deferred_total", NULL, 1);
+            uv_timer_start(&c->star_timer, on_star_timer, c->last_star_ms + STAR_MIN_INTERVAL_MS - now, 0);
+        }
     } else {
         /* The row changed (perhaps fixing what made its writes fail): try
          * it now rather than after its backoff. */
@@ -805,6 +829,11 @@ static void on_leader_change(int is_leader, void *ud)
     uv_async_send(&((ctl *)ud)->leader_async);
 }
 
+static int may_write(void *ud)
+{
+    return is_leader(ud);
+}
+
 static void on_leader_async(uv_async_t *a)
 {
     ctl *c = a->data;
@@ -814,6 +843,8 @@ static void on_leader_async(uv_async_t *a)
         c->was_leader = now;
         if (now)
             kick_full(c);
+        else
+            kube_async_cancel_writes(c->ka); /* queued writes and their retries */
     }
     /* Set every time, so a standby exports 0 instead of no series at all. */
     metrics_set("sync_airbnb_operator_leader", NULL, now);
@@ -857,6 +888,7 @@ static void kube_stat(const char *verb, long code, unsigned long count, void *ud
 static void on_tick(uv_timer_t *t)
 {
     ctl *c = t->data;
+    health_beat(); /* the loop is turning: /healthz and the Lease depend on it */
     if (c->resyncs_postponed > 0 && !resync_must_wait(c) && c->inflight.len == 0) {
         c->resyncs_postponed = 0;
         kick_full(c);
@@ -897,6 +929,18 @@ static void json_kv_str(buf *b, const char *k, const char *v)
         buf_puts(b, "null");
 }
 
+/* /readyz carries short codes, never error text (DESIGN.md §5.4: texts that
+ * leave the process can quote a credential or the database password); the
+ * text is in the log, the audit row and the Event. */
+static const char *pass_error_code(const char *err)
+{
+    if (err == NULL)
+        return NULL;
+    if (strncmp(err, "reading the accounts failed", 27) == 0 || strncmp(err, "accounts query has no column", 28) == 0)
+        return "accounts_unreadable";
+    return "plan_failed";
+}
+
 static void publish(ctl *c)
 {
     if (c->cache) {
@@ -923,16 +967,16 @@ static void publish(ctl *c)
     buf b = {0};
     buf_printf(&b, "{\"ready\":%s,\"checks\":{\"database\":{\"ok\":%s,", ready ? "true" : "false",
                c->db_up ? "true" : "false");
-    json_kv_str(&b, "error", c->db_error);
+    json_kv_str(&b, "error", c->db_error ? "unavailable" : NULL);
     buf_printf(&b, "},\"schema\":{\"at_head\":%s,", c->schema_ok ? "true" : "false");
-    json_kv_str(&b, "reason", c->schema_error);
+    json_kv_str(&b, "reason", c->schema_error ? "waiting_for_migrations" : NULL);
     buf_printf(&b, "},\"kubernetes\":{\"synced\":%s,\"watching\":%s,", synced ? "true" : "false",
                c->cache && cache_watching(c->cache) ? "true" : "false");
-    json_kv_str(&b, "error", c->cache ? cache_last_error(c->cache) : NULL);
+    json_kv_str(&b, "error", c->cache && cache_last_error(c->cache) ? "api_error" : NULL);
     buf_puts(&b, "},\"rules\":{");
     json_kv_str(&b, "version", rules_version(c->rules));
     buf_putc(&b, ',');
-    json_kv_str(&b, "last_error", rules_last_error(c->rules));
+    json_kv_str(&b, "last_error", rules_last_error(c->rules) ? "rejected" : NULL);
     buf_printf(&b, ",\"reloads_ok\":%lu,\"reloads_failed\":%lu},", rules_reload_count(c->rules, 1),
                rules_reload_count(c->rules, 0));
     buf_printf(&b, "\"leader\":{\"is_leader\":%s,", c->leader && is_leader(c) ? "true" : "false");
@@ -943,7 +987,7 @@ static void publish(ctl *c)
                (unsigned long long)c->passes, (unsigned long long)c->last_pass_wall_ms, c->last_pass_seconds);
     json_kv_str(&b, "result", c->last_result[0] ? c->last_result : NULL);
     buf_putc(&b, ',');
-    json_kv_str(&b, "error", c->pass_error);
+    json_kv_str(&b, "error", pass_error_code(c->pass_error));
     buf_printf(&b, "},\"holds\":{\"active\":%s,\"held_deletes\":%d,", c->held_deletes > 0 ? "true" : "false",
                c->held_deletes);
     json_kv_str(&b, "reason", c->hold_reason);
@@ -981,6 +1025,7 @@ static void on_signal(uv_signal_t *s, int signum)
     event_queue_flush(&c->events);
     uv_timer_stop(&c->resync_timer);
     uv_timer_stop(&c->pass_timer);
+    uv_timer_stop(&c->star_timer);
     publish(c);
     uv_timer_start(&c->drain_timer, on_drain, 0, 20);
 }
@@ -997,6 +1042,8 @@ static void declare_metrics(void)
     metrics_declare("sync_airbnb_operator_db_errors_total", METRICS_COUNTER, "Failed database reads.");
     metrics_declare("sync_airbnb_operator_audit_failures_total", METRICS_COUNTER, "audit_log rows that could not be written.");
     metrics_declare("sync_airbnb_operator_notifications_total", METRICS_COUNTER, "NOTIFYs received.");
+    metrics_declare("sync_airbnb_operator_full_notifications_deferred_total", METRICS_COUNTER,
+                    "NOTIFY '*' folded into a later full pass (at most one per 5 s).");
     metrics_declare("sync_airbnb_operator_rules_reloads_total", METRICS_COUNTER, "Rules reloads by result.");
     metrics_declare("sync_airbnb_operator_workers", METRICS_GAUGE, "Worker Deployments: desired, present, ready.");
     metrics_declare("sync_airbnb_operator_deletes_held", METRICS_GAUGE, "Deletes currently held (empty set or budget).");
@@ -1032,9 +1079,11 @@ int run_main(const config *cfg, int argc, char **argv)
         fprintf(stderr, "run: %s\n", err);
         goto out;
     }
+    health_beat_init((unsigned)cfg->loop_stall_s * 1000u);
     c->rules = rules_new(cfg);
     rules_set_check(c->rules, check_candidate, c);
-    if (rules_reload(c->rules, NULL, err, sizeof err) < 0) {
+    rules_keep_last_good(c->rules);
+    if (rules_load_at_start(c->rules, err, sizeof err) < 0) {
         fprintf(stderr, "run: rules in %s: %s\n", cfg->rules_dir, err);
         goto out;
     }
@@ -1056,6 +1105,7 @@ int run_main(const config *cfg, int argc, char **argv)
     kube_limits lim = {.qps = cfg->kube_qps, .burst = cfg->kube_burst,
                        .max_inflight = cfg->kube_max_inflight};
     c->ka = kube_async_new(c->kc, &c->loop, &lim);
+    kube_async_set_write_gate(c->ka, may_write, c); /* leadership before every send, retries too */
     c->events = (event_queue){.ka = c->ka, .ns = cfg->namespace, .identity = cfg->identity,
                               .timeout_ms = cfg->kube_timeout_ms, .hold = events_hold, .ud = c};
 
@@ -1067,6 +1117,8 @@ int run_main(const config *cfg, int argc, char **argv)
     uv_timer_init(&c->loop, &c->tick_timer);
     uv_timer_init(&c->loop, &c->drain_timer);
     uv_timer_init(&c->loop, &c->audit_timer);
+    uv_timer_init(&c->loop, &c->star_timer);
+    c->star_timer.data = c;
     c->db_retry.data = c->schema_timer.data = c->reload_timer.data = c->resync_timer.data = c;
     c->pass_timer.data = c->tick_timer.data = c->drain_timer.data = c->audit_timer.data = c;
     uv_signal_init(&c->loop, &c->sigterm);
@@ -1106,6 +1158,7 @@ int run_main(const config *cfg, int argc, char **argv)
     log_info("operator started", "namespace", cfg->namespace, "rules", cfg->rules_dir, "version", SAO_VERSION,
              "identity", cfg->identity, NULL);
     publish(c);
+    health_beat();
     uv_run(&c->loop, UV_RUN_DEFAULT);
     rc = 0;
     log_info("stopping: releasing the lease", NULL);

@@ -5,12 +5,43 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include "metrics.h"
+#include "scrub.h"
 #include "util.h"
+
+static _Atomic uint64_t beat_ms;
+static _Atomic unsigned beat_stale_ms;
+
+void health_beat_init(unsigned stale_ms)
+{
+    atomic_store(&beat_ms, util_now_ms());
+    atomic_store(&beat_stale_ms, stale_ms);
+}
+
+void health_beat(void)
+{
+    atomic_store(&beat_ms, util_now_ms());
+}
+
+unsigned long health_beat_age_ms(void)
+{
+    if (atomic_load(&beat_stale_ms) == 0)
+        return 0;
+    uint64_t now = util_now_ms(), last = atomic_load(&beat_ms);
+    return now > last ? (unsigned long)(now - last) : 0;
+}
+
+int health_loop_alive(void)
+{
+    unsigned stale = atomic_load(&beat_stale_ms);
+    return stale == 0 || health_beat_age_ms() < stale;
+}
 
 struct health {
     struct MHD_Daemon *daemon;
@@ -42,10 +73,20 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         pthread_mutex_lock(&h->lock);
         int alive = h->alive;
         pthread_mutex_unlock(&h->lock);
-        return alive ? respond(conn, 200, "text/plain", xstrdup("ok\n"), 3)
-                     : respond(conn, 503, "text/plain", xstrdup("shutting down\n"), 14);
+        if (!alive)
+            return respond(conn, 503, "text/plain", xstrdup("shutting down\n"), 14);
+        if (!health_loop_alive()) {
+            char *msg = xasprintf("main loop stalled for %lu ms\n", health_beat_age_ms());
+            return respond(conn, 503, "text/plain", msg, strlen(msg));
+        }
+        return respond(conn, 200, "text/plain", xstrdup("ok\n"), 3);
     }
     if (strcmp(url, "/readyz") == 0) {
+        if (!health_loop_alive()) { /* the document is as old as the stall */
+            char *msg = xasprintf("{\"ready\":false,\"checks\":{\"loop\":{\"stalled_ms\":%lu}}}",
+                                  health_beat_age_ms());
+            return respond(conn, 503, "application/json", msg, strlen(msg));
+        }
         pthread_mutex_lock(&h->lock);
         char *body = xstrdup(h->ready_json ? h->ready_json : "{\"ready\":false,\"checks\":{}}");
         int ready = h->ready;
@@ -61,6 +102,22 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     return respond(conn, 404, "text/plain", xstrdup("not found\n"), 10);
 }
 
+/* Idle or slow clients: each source address may hold HEALTH_PER_IP
+ * connections, and a connection idle for HEALTH_IDLE_S is closed, so a
+ * client that opens connections and sends nothing cannot starve the kubelet's
+ * probes (it comes from the node's address). */
+#define HEALTH_MAX_CONNECTIONS 512
+#define HEALTH_PER_IP 16
+#define HEALTH_IDLE_S 5
+
+static struct MHD_Daemon *start_daemon(health *h, unsigned flags, const struct sockaddr *sa)
+{
+    return MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | flags, 0, NULL, NULL, handle, h,
+                            MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HEALTH_IDLE_S,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)HEALTH_MAX_CONNECTIONS,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HEALTH_PER_IP, MHD_OPTION_END);
+}
+
 health *health_start(const char *addr, char *err, size_t errlen)
 {
     const char *colon = strrchr(addr, ':');
@@ -74,24 +131,40 @@ health *health_start(const char *addr, char *err, size_t errlen)
         util_seterr(err, errlen, "HEALTH_ADDR: invalid port in \"%s\"", addr);
         return NULL;
     }
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    char host[64] = "";
     size_t hostlen = (size_t)(colon - addr);
-    char host[64] = "0.0.0.0";
-    if (hostlen > 0 && hostlen < sizeof host) {
-        memcpy(host, addr, hostlen);
-        host[hostlen] = '\0';
+    if (hostlen >= 2 && addr[0] == '[' && addr[hostlen - 1] == ']') { /* [::1]:8080 */
+        addr++;
+        hostlen -= 2;
     }
-    if (inet_pton(AF_INET, host, &sin.sin_addr) != 1) {
-        util_seterr(err, errlen, "HEALTH_ADDR: invalid host in \"%s\" (an IPv4 address)", addr);
+    if (hostlen >= sizeof host) {
+        util_seterr(err, errlen, "HEALTH_ADDR: invalid host in \"%s\"", addr);
+        return NULL;
+    }
+    memcpy(host, addr, hostlen);
+    host[hostlen] = '\0';
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port), .sin6_addr = in6addr_any};
+    int v4 = hostlen > 0 && inet_pton(AF_INET, host, &sin.sin_addr) == 1;
+    int v6 = hostlen > 0 && !v4 && inet_pton(AF_INET6, host, &sin6.sin6_addr) == 1;
+    if (hostlen > 0 && !v4 && !v6) {
+        util_seterr(err, errlen, "HEALTH_ADDR: invalid host in \"%s\" (an IPv4 or IPv6 address)", addr);
         return NULL;
     }
     health *h = xcalloc(1, sizeof *h);
     pthread_mutex_init(&h->lock, NULL);
     h->alive = 1;
-    h->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-                                 handle, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sin,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)64, MHD_OPTION_END);
+    if (v4) {
+        h->daemon = start_daemon(h, 0, (struct sockaddr *)&sin);
+    } else if (v6) {
+        h->daemon = start_daemon(h, MHD_USE_IPv6, (struct sockaddr *)&sin6);
+    } else {
+        /* No host: every address, IPv6 and IPv4 (a v6-only cluster probes
+         * over IPv6); IPv4 alone where the kernel has no IPv6. */
+        h->daemon = start_daemon(h, MHD_USE_DUAL_STACK, (struct sockaddr *)&sin6);
+        if (h->daemon == NULL)
+            h->daemon = start_daemon(h, 0, (struct sockaddr *)&sin);
+    }
     if (h->daemon == NULL) {
         util_seterr(err, errlen, "HEALTH_ADDR: cannot listen on %s (address in use?)", addr);
         pthread_mutex_destroy(&h->lock);
@@ -112,7 +185,7 @@ void health_publish(health *h, int ready, const char *json)
 {
     if (h == NULL)
         return;
-    char *copy = xstrdup(json);
+    char *copy = scrub_dup(json); /* the document leaves the process */
     pthread_mutex_lock(&h->lock);
     free(h->ready_json);
     h->ready_json = copy;

@@ -19,4 +19,15 @@ void health_publish(health *h, int ready, const char *json);
 void health_set_alive(health *h, int alive);
 void health_stop(health *h);
 
+/* The main loop's heartbeat (one loop per process). health_beat() from a
+ * timer of the loop; once stale_ms pass without a beat, /healthz answers 503
+ * and health_loop_alive() is 0 (the leader then stops renewing its Lease:
+ * client-go's leader-election healthz adaptor). stale_ms 0 (the default):
+ * no heartbeat, always alive. Thread-safe. */
+void health_beat_init(unsigned stale_ms);
+void health_beat(void);
+int health_loop_alive(void);
+/* Milliseconds since the last beat (0 when the heartbeat is off). */
+unsigned long health_beat_age_ms(void);
+
 #endif

@@ -165,6 +165,15 @@ typedef void (*kube_done_cb)(const kube_response *resp, const char *transport_er
 int kube_async_request(kube_async *a, const char *method, const char *path, const char *content_type,
                        const char *body, size_t len, int timeout_ms, kube_done_cb done, void *ud);
 
+/* The write gate: may_write(ud) is asked right before every attempt of a
+ * request that changes a Deployment (not a GET, path with /deployments),
+ * retries included; 0 fails the request (done with resp NULL and
+ * transport_err "not the leader: write not sent") instead of sending it. */
+void kube_async_set_write_gate(kube_async *a, int (*may_write)(void *ud), void *ud);
+/* Fails now every queued, not yet sent write the gate refuses (called when
+ * leadership is lost, so no write waits for a backoff that ends later). */
+void kube_async_cancel_writes(kube_async *a);
+
 typedef struct kube_watch kube_watch;
 /* type is ADDED/MODIFIED/DELETED/BOOKMARK/ERROR; object_json is the compact
  * JSON of the event's object (an ERROR carries a metav1.Status, e.g. 410

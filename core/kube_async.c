@@ -95,6 +95,8 @@ struct kube_async {
     int open_handles;          /* uv timers not yet closed; a is freed at 0 */
     uint64_t idle_armed_at;    /* deadline idle_timer is armed for, 0 = none */
     uint64_t rng;
+    int (*may_write)(void *ud); /* the write gate (leadership), NULL: none */
+    void *gate_ud;
 };
 
 /* ---- lists ------------------------------------------------------------- */
@@ -555,6 +557,8 @@ static void xfer_start_failed(kube_async *a, struct xfer *x)
     xfer_free(x);
 }
 
+static void xfer_start_failed(kube_async *a, struct xfer *x);
+
 static void on_pump(uv_timer_t *t)
 {
     pump(t->data);
@@ -565,9 +569,43 @@ static void schedule_pump(kube_async *a)
     uv_timer_start(&a->pump_timer, on_pump, 0, 0);
 }
 
+/* A request the write gate applies to: one that changes a Deployment. */
+static int gated(const kube_async *a, const struct xfer *x)
+{
+    return a->may_write && x->kind == XFER_REQUEST && strcmp(x->method, "GET") != 0 &&
+           strstr(x->path, "/deployments") != NULL;
+}
+
+/* Fails a queued request the gate refuses (x leaves the pending list). */
+static void refuse_write(kube_async *a, struct xfer *x)
+{
+    list_remove(&a->pending, x);
+    x->queued = 0;
+    snprintf(x->errbuf, sizeof x->errbuf, "not the leader: write not sent");
+    xfer_start_failed(a, x);
+}
+
+void kube_async_set_write_gate(kube_async *a, int (*may_write)(void *ud), void *ud)
+{
+    a->may_write = may_write;
+    a->gate_ud = ud;
+}
+
+void kube_async_cancel_writes(kube_async *a)
+{
+again:
+    for (struct xfer *x = a->pending.head; x; x = x->next) {
+        if (gated(a, x) && !a->may_write(a->gate_ud)) {
+            refuse_write(a, x); /* the callback may change the list: start over */
+            goto again;
+        }
+    }
+}
+
 /* Starts what may start now (backoff over, a token, an in-flight slot), in
  * queue order, and arms pump_timer for the next moment something may. Never
- * runs inside a curl callback. */
+ * runs inside a curl callback. Every attempt of a write, retries included,
+ * passes the write gate right before it is sent. */
 static void pump(kube_async *a)
 {
 again:
@@ -577,6 +615,10 @@ again:
     refill(a, now);
     for (struct xfer *x = a->pending.head, *next; x; x = next) {
         next = x->next;
+        if (gated(a, x) && !a->may_write(a->gate_ud)) {
+            refuse_write(a, x);
+            goto again;
+        }
         if (x->not_before_ms > now) {
             if (x->not_before_ms < wake)
                 wake = x->not_before_ms;
@@ -588,6 +630,10 @@ again:
             if (now + token_wait_ms(a) < wake)
                 wake = now + token_wait_ms(a);
             break;
+        }
+        if (gated(a, x) && !a->may_write(a->gate_ud)) { /* checked again: the token wait */
+            refuse_write(a, x);
+            goto again;
         }
         list_remove(&a->pending, x);
         x->queued = 0;

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "health.h"
 #include "json.h"
 #include "log.h"
 #include "util.h"
@@ -51,6 +52,7 @@ struct leader {
     char *observed_key;    /* its spec fields, to notice a change */
     uint64_t observed_ms;  /* when the record last changed, by our clock */
     char *last_failure;    /* to log each distinct failure once while acquiring */
+    int loop_stalled;      /* the main loop's heartbeat is stale (health.h) */
 };
 
 typedef struct lease_record {
@@ -386,8 +388,25 @@ static void *leader_thread(void *arg)
             continue;
         }
         uint64_t deadline = l->leading ? until : start + (uint64_t)l->request_timeout_ms;
-        enum attempt r = try_acquire_or_renew(l, deadline, err, sizeof err);
         next_ms = start + l->retry_ms;
+        if (!health_loop_alive()) {
+            /* The main loop is stuck (a frozen database call, a runaway pass):
+             * neither renew nor take the Lease, so that a live replica takes
+             * over (client-go's leader-election healthz adaptor). The
+             * leadership deadline above ends our leadership meanwhile. */
+            if (!l->loop_stalled) {
+                char age[32];
+                snprintf(age, sizeof age, "%lu", health_beat_age_ms());
+                log_warn("leader election: the main loop is stalled; not renewing the lease", "lease",
+                         l->lease_name, "stalled_ms", age, NULL);
+            }
+            l->loop_stalled = 1;
+            continue;
+        }
+        if (l->loop_stalled)
+            log_info("leader election: the main loop is live again", "lease", l->lease_name, NULL);
+        l->loop_stalled = 0;
+        enum attempt r = try_acquire_or_renew(l, deadline, err, sizeof err);
         if (r == ATTEMPT_OK) {
             free(l->last_failure);
             l->last_failure = NULL;

@@ -4,11 +4,13 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "scrub.h"
 #include "util.h"
 
 #define LOG_MAX_FIELDS 32
@@ -64,11 +66,35 @@ static void text_value(buf *b, const char *v)
         buf_json_string(b, v, strlen(v));
 }
 
+/* Every line goes through the scrubber (scrub.h): a rule's print, a
+ * database error, a rejected rules' message may quote a secret. */
+static void log_msgv_clean(enum log_level level, const char *msg, int nfields, const char *const *keys,
+                           const char *const *values);
+
 void log_msgv(enum log_level level, const char *msg, int nfields, const char *const *keys,
               const char *const *values)
 {
     if (level < log_min)
         return;
+    if (nfields > LOG_MAX_FIELDS)
+        nfields = LOG_MAX_FIELDS;
+    char *clean_msg = scrub_needed(msg) ? scrub_dup(msg) : NULL;
+    char *clean[LOG_MAX_FIELDS] = {0};
+    const char *vals[LOG_MAX_FIELDS];
+    for (int i = 0; i < nfields; i++) {
+        vals[i] = values[i];
+        if (values[i] && scrub_needed(values[i]))
+            vals[i] = clean[i] = scrub_dup(values[i]);
+    }
+    log_msgv_clean(level, clean_msg ? clean_msg : msg, nfields, keys, vals);
+    free(clean_msg);
+    for (int i = 0; i < nfields; i++)
+        free(clean[i]);
+}
+
+static void log_msgv_clean(enum log_level level, const char *msg, int nfields, const char *const *keys,
+                           const char *const *values)
+{
     struct timeval tv;
     gettimeofday(&tv, NULL);
     struct tm tm;

@@ -7,6 +7,7 @@
 #include "cli.h"
 #include "config.h"
 #include "log.h"
+#include "pg.h"
 #include "util.h"
 
 /* Implemented by the subsystems; weak so that the binary links while a
@@ -146,6 +147,7 @@ int main(int argc, char **argv)
         return strcmp(cmd->name, "plan") == 0 ? 1 : 2; /* plan's 2 means "changes pending" */
     }
     log_init(cfg.log_level, cfg.log_format);
+    pg_scrub_register(cfg.database_url); /* before anything can print it */
 
     command_fn fn = cmd->builtin ? cmd->builtin : *cmd->impl;
     int rc;

@@ -2,12 +2,15 @@
 #include "pg.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "log.h"
+#include "scrub.h"
 #include "util.h"
 
 #define PG_LOCK_POLL_MS 200
@@ -72,7 +75,9 @@ static void set_clean_err(char *err, size_t errlen, const char *password, const 
         buf_puts(&b, "");
     scrub(b.data, password);
     fold_line(b.data);
-    util_seterr(err, errlen, "%s", b.data);
+    char *clean = scrub_dup(b.data); /* every registered secret (scrub.h) */
+    util_seterr(err, errlen, "%s", clean);
+    free(clean);
     buf_free(&b);
 }
 
@@ -124,6 +129,29 @@ static char *url_password(const char *url)
             pw = xstrdup(o->val);
     PQconninfoFree(opts);
     return pw;
+}
+
+void pg_scrub_register(const char *url)
+{
+    if (url == NULL)
+        return;
+    /* As written (libpq's parse errors quote the raw, percent-encoded text)
+     * and as decoded (connect errors). Passwords are short: 4 bytes up. */
+    char *raw = guess_password(url), *decoded = url_password(url);
+    if (raw) {
+        scrub_add(raw, strlen(raw), 4);
+        /* An unescaped '@' or ':' in the password splits it between libpq's
+         * fields (user, password, host): each piece is secret too. */
+        for (const char *p = raw; *p;) {
+            size_t n = strcspn(p, "@:");
+            scrub_add(p, n, 4);
+            p += n + (p[n] != '\0');
+        }
+    }
+    if (decoded)
+        scrub_add(decoded, strlen(decoded), 4);
+    free(raw);
+    free(decoded);
 }
 
 static int looks_like_url(const char *url)
@@ -196,11 +224,16 @@ pg_conn *pg_connect(const char *url, int statement_timeout_ms, char *err, size_t
     }
 
     /* Defaults come before "dbname": libpq lets the expanded URL override
-     * them, so a URL's own connect_timeout or application_name wins. */
-    char timeout[16];
+     * them, so a URL's own connect_timeout or application_name wins.
+     * Keepalives find a peer that vanished (a dead node, a dropped route);
+     * tcp_user_timeout drops a connection whose sent data goes unacknowledged.
+     * A server that is up but does not answer is bounded by pg_exec. */
+    char timeout[16], user_timeout[16];
     snprintf(timeout, sizeof timeout, "%d", PG_CONNECT_TIMEOUT_S);
-    const char *keys[] = {"connect_timeout", "fallback_application_name", "dbname", NULL};
-    const char *vals[] = {timeout, PG_APPLICATION_NAME, url, NULL};
+    snprintf(user_timeout, sizeof user_timeout, "%d", PG_TCP_USER_TIMEOUT_MS);
+    const char *keys[] = {"connect_timeout", "fallback_application_name", "keepalives", "keepalives_idle",
+                          "keepalives_interval", "keepalives_count", "tcp_user_timeout", "dbname", NULL};
+    const char *vals[] = {timeout, PG_APPLICATION_NAME, "1", "10", "5", "3", user_timeout, url, NULL};
 
     c = xcalloc(1, sizeof *c);
     c->password = password;
@@ -288,6 +321,66 @@ static PGresult *check_result(pg_conn *c, PGresult *res, char *err, size_t errle
     return NULL;
 }
 
+/* The longest a statement may keep the caller waiting: the server's own
+ * statement_timeout plus a margin for the network, else PG_CALL_BOUND_MS. */
+static int call_bound_ms(const pg_conn *c)
+{
+    return c->statement_timeout_ms > 0 ? c->statement_timeout_ms + PG_CALL_MARGIN_MS : PG_CALL_BOUND_MS;
+}
+
+/* Sends a statement and waits for its result at most call_bound_ms: a
+ * server that accepted the connection and then stopped answering (a stopped
+ * backend, a frozen node) would otherwise hold the caller forever, since the
+ * kernel acknowledges what libpq sends. On the bound the socket is shut
+ * down: libpq sees a broken connection, pg_ok() turns 0 and the caller
+ * reconnects. Returns what PQexec would (the last result, or the first
+ * error of a script). */
+static PGresult *exec_bounded(pg_conn *c, const char *sql, int nparams, const char *const *params,
+                              int script, char *err, size_t errlen)
+{
+    int sent = script ? PQsendQuery(c->conn, sql)
+                      : PQsendQueryParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (!sent)
+        return NULL; /* check_result reports the connection's error */
+    uint64_t deadline = util_now_ms() + (uint64_t)call_bound_ms(c);
+    PGresult *last = NULL;
+    int timed_out = 0;
+    for (;;) {
+        while (!timed_out && PQisBusy(c->conn)) {
+            uint64_t now = util_now_ms();
+            struct pollfd pfd = {.fd = PQsocket(c->conn), .events = POLLIN};
+            int rc = now < deadline ? poll(&pfd, 1, (int)(deadline - now)) : 0;
+            if (rc < 0 && errno == EINTR)
+                continue;
+            if (rc == 0) {
+                timed_out = 1;
+                shutdown(PQsocket(c->conn), SHUT_RDWR);
+            }
+            if (!PQconsumeInput(c->conn))
+                break; /* broken: PQgetResult returns the error */
+        }
+        PGresult *r = PQgetResult(c->conn);
+        if (r == NULL)
+            break;
+        ExecStatusType st = PQresultStatus(r);
+        int last_failed = last && PQresultStatus(last) != PGRES_TUPLES_OK && PQresultStatus(last) != PGRES_COMMAND_OK;
+        if (last_failed) {
+            PQclear(r); /* keep the first error, read the rest */
+        } else {
+            PQclear(last);
+            last = r;
+        }
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH)
+            break;
+    }
+    if (timed_out) {
+        PQclear(last);
+        util_seterr(err, errlen, "the database did not answer within %d ms; connection closed", call_bound_ms(c));
+        return NULL;
+    }
+    return last;
+}
+
 PGresult *pg_exec(pg_conn *c, const char *sql, int nparams, const char *const *params, char *err,
                   size_t errlen)
 {
@@ -295,7 +388,12 @@ PGresult *pg_exec(pg_conn *c, const char *sql, int nparams, const char *const *p
         util_seterr(err, errlen, "database connection is closed");
         return NULL;
     }
-    PGresult *res = PQexecParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    char terr[160] = "";
+    PGresult *res = exec_bounded(c, sql, nparams, params, 0, terr, sizeof terr);
+    if (res == NULL && terr[0]) {
+        util_seterr(err, errlen, "%s", terr);
+        return NULL;
+    }
     return check_result(c, res, err, errlen);
 }
 
@@ -315,7 +413,13 @@ int pg_exec_script(pg_conn *c, const char *sql, char *err, size_t errlen)
         util_seterr(err, errlen, "database connection is closed");
         return -1;
     }
-    PGresult *res = check_result(c, PQexec(c->conn, sql), err, errlen);
+    char terr[160] = "";
+    PGresult *raw = exec_bounded(c, sql, 0, NULL, 1, terr, sizeof terr);
+    if (raw == NULL && terr[0]) {
+        util_seterr(err, errlen, "%s", terr);
+        return -1;
+    }
+    PGresult *res = check_result(c, raw, err, errlen);
     if (res == NULL)
         return -1;
     PQclear(res);

@@ -8,7 +8,10 @@
  * - Error messages never contain the connection URL or its password: they
  *   are libpq's messages folded to one line, with the password scrubbed.
  * - Blocking calls are bounded: connect_timeout on connect, the configured
- *   statement_timeout on every statement.
+ *   statement_timeout on every statement, and on the client side a wait of
+ *   at most statement_timeout + PG_CALL_MARGIN_MS for any result (a server
+ *   that stopped answering: the connection is closed, pg_ok() turns 0).
+ *   TCP keepalives and tcp_user_timeout on every connection.
  */
 #ifndef PG_H
 #define PG_H
@@ -21,12 +24,19 @@ typedef struct pg_conn pg_conn;
 
 #define PG_APPLICATION_NAME "sync-airbnb-operator"
 #define PG_CONNECT_TIMEOUT_S 10 /* unless the URL sets connect_timeout */
+#define PG_TCP_USER_TIMEOUT_MS 30000 /* unless the URL sets tcp_user_timeout */
+#define PG_CALL_MARGIN_MS 5000 /* a call waits at most statement_timeout + this */
+#define PG_CALL_BOUND_MS 60000 /* ... or this without a statement_timeout */
 
 /* Connects to url (a libpq URI "postgresql://..." or a "key=value" conninfo).
  * statement_timeout_ms > 0 sets the session's statement_timeout. Returns a
  * connection the caller releases with pg_close(), or NULL with one clear
  * line in err (never the password). */
 pg_conn *pg_connect(const char *url, int statement_timeout_ms, char *err, size_t errlen);
+/* Registers the password of url with the scrubber (scrub.h), as written and
+ * as decoded, so that no text leaving the process carries it. */
+void pg_scrub_register(const char *url);
+
 /* Closes the connection and frees c (NULL is fine). Session advisory locks
  * and LISTENs end with it. */
 void pg_close(pg_conn *c);

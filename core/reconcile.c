@@ -10,12 +10,13 @@
 #include "json.h"
 #include "log.h"
 #include "pg.h"
+#include "scrub.h"
 #include "util.h"
 
 #define BOOLOID 16
 /* Shorter values (a version like "1.0") would match innocent text such as
  * the container name; credentials that short are not worth hiding anyway. */
-#define MIN_SECRET_LEN 8
+#define MIN_SECRET_LEN SCRUB_MIN_LEN
 
 static const char *const account_columns[] = {"account_id", "customer_id", "airbnb_cookie",
                                               "x_client_version", "user_agent", "is_active",
@@ -133,38 +134,17 @@ static void index_rows(row_index *ri, const plan_input *in)
 
 /* The credential values of the accounts handed to the rules in this call.
  * Rendered objects and reasons are searched for every one of them (a rule
- * may copy any account's value anywhere): a rolling hash per distinct value
- * length keeps that linear in the text, whatever the number of accounts. */
+ * may copy any account's value anywhere), with scrub.h's scanner (a rolling
+ * hash per distinct value length: linear in the text, whatever the number of
+ * accounts). */
 struct secret_set {
-    strmap values;         /* value → (void *)1 */
-    size_t *lens;          /* distinct lengths */
-    size_t nlens;
-    uint64_t *hashes;      /* sorted hashes of the values */
-    size_t nhashes;
-    uint64_t filter[1024]; /* bit (hash & 0xffff) set for every hash: most windows stop here */
+    scrub_set *values;
 };
 typedef struct secret_set secret_set;
 
-#define SECRET_BASE 1099511628211ull
-
-static uint64_t poly_hash(const char *p, size_t n)
-{
-    uint64_t h = 0;
-    for (size_t i = 0; i < n; i++)
-        h = h * SECRET_BASE + (unsigned char)p[i];
-    return h;
-}
-
-static int u64_cmp(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 static void secrets_build(secret_set *ss, const row_index *ri)
 {
-    memset(ss, 0, sizeof *ss);
-    ss->values.borrowed_keys = 1; /* the PGresult's values */
+    ss->values = scrub_set_new();
     PGresult *res = ri->in->accounts;
     int n = PQntuples(res);
     for (size_t k = 0; k < 3; k++) {
@@ -173,66 +153,24 @@ static void secrets_build(secret_set *ss, const row_index *ri)
             if ((ri->skip && ri->skip[i]) || PQgetisnull(res, i, col))
                 continue;
             const char *v = PQgetvalue(res, i, col);
-            size_t len = strlen(v);
-            if (len < MIN_SECRET_LEN || strmap_get(&ss->values, v))
-                continue;
-            strmap_put(&ss->values, v, (void *)1);
-            ss->hashes = xrealloc(ss->hashes, (ss->nhashes + 1) * sizeof *ss->hashes);
-            ss->hashes[ss->nhashes] = poly_hash(v, len);
-            ss->filter[(ss->hashes[ss->nhashes] & 0xffff) >> 6] |= 1ull << (ss->hashes[ss->nhashes] & 63);
-            ss->nhashes++;
-            size_t j = 0;
-            while (j < ss->nlens && ss->lens[j] != len)
-                j++;
-            if (j == ss->nlens) {
-                ss->lens = xrealloc(ss->lens, (ss->nlens + 1) * sizeof *ss->lens);
-                ss->lens[ss->nlens++] = len;
-            }
+            size_t len = (size_t)PQgetlength(res, i, col);
+            /* Every credential handed to the rules is known to the scrubber
+             * for good: a rule may keep one and print it in a later call. */
+            if (scrub_set_add(ss->values, v, len, MIN_SECRET_LEN))
+                scrub_add(v, len, MIN_SECRET_LEN);
         }
     }
-    if (ss->nhashes)
-        qsort(ss->hashes, ss->nhashes, sizeof *ss->hashes, u64_cmp);
 }
 
 static void secrets_free(secret_set *ss)
 {
-    strmap_free(&ss->values);
-    free(ss->lens);
-    free(ss->hashes);
+    scrub_set_free(ss->values);
 }
 
 /* First credential value in text[0..n): its offset in *pos and length in *mlen. */
 static int secrets_findn(const secret_set *ss, const char *text, size_t n, size_t *pos, size_t *mlen)
 {
-    int found = 0;
-    for (size_t j = 0; j < ss->nlens; j++) {
-        size_t len = ss->lens[j];
-        if (len > n)
-            continue;
-        uint64_t top = 1; /* SECRET_BASE^(len-1) */
-        for (size_t k = 1; k < len; k++)
-            top *= SECRET_BASE;
-        uint64_t h = poly_hash(text, len);
-        for (size_t i = 0; i + len <= n; i++) {
-            if (i > 0)
-                h = (h - (unsigned char)text[i - 1] * top) * SECRET_BASE + (unsigned char)text[i + len - 1];
-            if (found && i >= *pos)
-                break;
-            if (!(ss->filter[(h & 0xffff) >> 6] & (1ull << (h & 63))) ||
-                !bsearch(&h, ss->hashes, ss->nhashes, sizeof h, u64_cmp))
-                continue;
-            char *window = xstrndup(text + i, len);
-            int hit = strmap_get(&ss->values, window) != NULL;
-            free(window);
-            if (hit) {
-                *pos = i;
-                *mlen = len;
-                found = 1;
-                break;
-            }
-        }
-    }
-    return found;
+    return scrub_set_find(ss->values, text, n, pos, mlen);
 }
 
 static int secrets_find(const secret_set *ss, const char *text, size_t *pos, size_t *mlen)

@@ -1,7 +1,12 @@
 /* rules: see rules.h. */
 #include "rules.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <lauxlib.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +30,93 @@ struct rules {
     unsigned long reloads_ok, reloads_failed;
     rules_check_fn check;
     void *check_ud;
+    int keep_last_good; /* copy each good set to cfg->rules_state_dir */
 };
+
+static int mkdir_p(const char *path)
+{
+    char *p = xstrdup(path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s == '/') {
+            *s = '\0';
+            mkdir(p, 0700);
+            *s = '/';
+        }
+    }
+    int rc = mkdir(p, 0700) == 0 || errno == EEXIST ? 0 : -1;
+    free(p);
+    return rc;
+}
+
+/* Removes a directory of plain files (the copies made below). */
+static void remove_flat_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char *f = xasprintf("%s/%s", path, e->d_name);
+        unlink(f);
+        free(f);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+static int write_file(const char *path, const char *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (f == NULL)
+        return -1;
+    int ok = fwrite(data, 1, len, f) == len;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* Copies the *.lua of dir to state/current (via state/next and a rename):
+ * what `run` falls back to at start-up when RULES_DIR's rules fail (a
+ * rules edit that took the process down does not come back with it). */
+static void save_last_good(const char *state, const char *dir)
+{
+    if (state == NULL || *state == '\0')
+        return;
+    char *next = xasprintf("%s/next", state), *cur = xasprintf("%s/current", state),
+         *old = xasprintf("%s/old", state);
+    buf b = {0};
+    int ok = mkdir_p(state) == 0 && (remove_flat_dir(next), mkdir(next, 0700) == 0);
+    struct dirent **names = NULL;
+    int n = ok ? scandir(dir, &names, NULL, alphasort) : -1;
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(names[i]->d_name);
+        if (ok && len > 4 && strcmp(names[i]->d_name + len - 4, ".lua") == 0 && names[i]->d_name[0] != '.') {
+            char *src = xasprintf("%s/%s", dir, names[i]->d_name), *dst = xasprintf("%s/%s", next, names[i]->d_name);
+            size_t sz;
+            char *data = util_read_file(src, &sz);
+            ok = data && write_file(dst, data, sz) == 0;
+            free(data);
+            free(src);
+            free(dst);
+        }
+        free(names[i]);
+    }
+    free(names);
+    if (ok) {
+        remove_flat_dir(old);
+        if (rename(cur, old) != 0 && errno != ENOENT)
+            ok = 0;
+        else if (rename(next, cur) != 0)
+            ok = 0;
+        remove_flat_dir(old);
+    }
+    if (!ok)
+        log_warn("cannot keep a copy of the last good rules", "dir", state, "error", strerror(errno), NULL);
+    buf_free(&b);
+    free(next);
+    free(cur);
+    free(old);
+}
 
 void rules_set_check(rules *r, rules_check_fn fn, void *ud)
 {
@@ -157,7 +248,44 @@ int rules_reload(rules *r, const char *dir, char *err, size_t errlen)
     r->last_error = NULL;
     r->reloads_ok++;
     log_info("rules loaded", "dir", dir, "version", r->version, NULL);
+    if (r->keep_last_good)
+        save_last_good(r->cfg->rules_state_dir, dir);
     return 0;
+}
+
+void rules_keep_last_good(rules *r)
+{
+    r->keep_last_good = 1;
+}
+
+int rules_load_at_start(rules *r, char *err, size_t errlen)
+{
+    char first[1024], last_good[4096];
+    if (rules_reload(r, NULL, first, sizeof first) == 0)
+        return 0;
+    snprintf(last_good, sizeof last_good, "%s/current", r->cfg->rules_state_dir);
+    const char *fallbacks[] = {last_good, r->cfg->builtin_rules_dir};
+    for (size_t i = 0; i < sizeof fallbacks / sizeof *fallbacks; i++) {
+        char ferr[1024];
+        struct stat st;
+        if (fallbacks[i] == NULL || stat(fallbacks[i], &st) != 0 || !S_ISDIR(st.st_mode))
+            continue;
+        int keep = r->keep_last_good;
+        r->keep_last_good = 0; /* the copy is what we load: leave it alone */
+        int rc = rules_reload(r, fallbacks[i], ferr, sizeof ferr);
+        r->keep_last_good = keep;
+        if (rc == 0) {
+            /* Serving, but not on RULES_DIR's rules: say so (readyz: rejected). */
+            free(r->last_error);
+            r->last_error = xstrdup(first);
+            r->reloads_failed++;
+            log_warn("rules in RULES_DIR do not load; running on the last good rules", "rules_dir",
+                     r->cfg->rules_dir, "fallback", fallbacks[i], "error", first, "version", r->version, NULL);
+            return 0;
+        }
+    }
+    util_seterr(err, errlen, "%s", first);
+    return -1;
 }
 
 luahost *rules_host(rules *r)

@@ -26,6 +26,15 @@ int rules_reload(rules *r, const char *dir, char *err, size_t errlen);
 typedef int (*rules_check_fn)(rules *r, luahost *candidate, void *ud, char *err, size_t errlen);
 void rules_set_check(rules *r, rules_check_fn fn, void *ud);
 
+/* From now on every set that loads is also copied to cfg->rules_state_dir
+ * (`run` calls this; check-rules and plan do not). */
+void rules_keep_last_good(rules *r);
+/* Start-up: RULES_DIR's rules, else the last good copy in
+ * cfg->rules_state_dir, else the rules installed with the binary. Returns 0
+ * when some rules are in effect (a fallback leaves RULES_DIR's error as the
+ * last error), -1 with err when none load. */
+int rules_load_at_start(rules *r, char *err, size_t errlen);
+
 /* The current rules' host, or NULL before the first successful load. */
 luahost *rules_host(rules *r);
 /* sha256 of the current rules' files ("" before the first load). */

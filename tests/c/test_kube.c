@@ -654,6 +654,44 @@ static void test_async_500_gives_up_after_max_retries(void)
     env_close(&e);
 }
 
+static int gate_open;
+
+static int write_gate(void *ud)
+{
+    (void)ud;
+    return gate_open;
+}
+
+/* Issue 16: leadership is checked before every attempt of a Deployment
+ * write, retries included; queued writes are failed when it is lost. */
+static void test_async_write_gate_before_every_attempt(void)
+{
+    struct env e;
+    struct result res = {0}, get = {0}, refused = {0};
+    kube_limits lim = {.max_retries = 3, .backoff_base_ms = 300, .backoff_max_ms = 600};
+    env_open(&e, server_url, &lim);
+    kube_async_set_write_gate(e.a, write_gate, NULL);
+    dbl.hits_broken = 0;
+    gate_open = 1;
+    kube_async_request(e.a, "POST", "/broken?in=/deployments", NULL, "{}", 2, 2000, on_done, &res);
+    run_until(&e, &dbl.hits_broken, 1, 3000); /* the first attempt went out (500) */
+    CHECK(dbl.hits_broken == 1 && res.done == 0);
+    gate_open = 0;
+    kube_async_cancel_writes(e.a); /* its retry waits in backoff: failed now, not sent */
+    CHECK(res.done == 1 && res.status == 0);
+    CHECK_CONTAINS(res.err, "not the leader");
+    /* a new write is refused at its first attempt; reads are never gated */
+    kube_async_request(e.a, "PATCH", "/ok?in=/deployments", NULL, "{}", 2, 2000, on_done, &refused);
+    kube_async_request(e.a, "GET", "/ok?in=/deployments", NULL, NULL, 0, 2000, on_done, &get);
+    run_until(&e, &get.done, 1, 3000);
+    run_until(&e, &refused.done, 1, 3000);
+    CHECK(get.status == 200);
+    CHECK(refused.done == 1 && refused.status == 0);
+    CHECK_CONTAINS(refused.err, "not the leader");
+    CHECK(dbl.hits_broken == 1);
+    env_close(&e);
+}
+
 static void test_async_timeout_and_transport_error(void)
 {
     struct env e;
@@ -948,6 +986,7 @@ int main(void)
     RUN(test_async_503_retried);
     RUN(test_async_500_gives_up_after_max_retries);
     RUN(test_async_timeout_and_transport_error);
+    RUN(test_async_write_gate_before_every_attempt);
     RUN(test_async_qps_limit);
     RUN(test_async_max_inflight);
     RUN(test_async_free_cancels_without_callbacks);

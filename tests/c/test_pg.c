@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include "check.h"
 #define PGTEST_PREFIX "pg"
 #include "pgtest.h"
@@ -70,6 +72,39 @@ static void test_connect_errors_are_clear_and_hide_the_password(void)
     CHECK(pg_connect(wrong, 0, err, sizeof err) == NULL);
     CHECK_CONTAINS(err, "no_such_database_sao");
     free(wrong);
+}
+
+/* Issue 16: a server that accepted the connection and then stopped answering
+ * (here: its backend process is stopped; the kernel still acknowledges what
+ * libpq sends) holds a call at most statement_timeout + PG_CALL_MARGIN_MS;
+ * the connection is then closed, and pg_reconnect brings a new one. */
+static void test_silent_server_is_bounded(void)
+{
+    WITH_DB({
+        char err[512];
+        pg_conn *c = pg_connect(test_url, 200, err, sizeof err);
+        CHECK(c != NULL);
+        if (c == NULL)
+            break;
+        PGresult *res = pg_exec(c, "SELECT pg_backend_pid()", 0, NULL, err, sizeof err);
+        CHECK(res != NULL);
+        pid_t backend = res ? (pid_t)atoi(PQgetvalue(res, 0, 0)) : 0;
+        PQclear(res);
+        CHECK(backend > 0 && kill(backend, SIGSTOP) == 0);
+        uint64_t t0 = util_now_ms();
+        res = pg_exec(c, "SELECT 1", 0, NULL, err, sizeof err);
+        uint64_t took = util_now_ms() - t0;
+        kill(backend, SIGCONT);
+        CHECK(res == NULL);
+        CHECK_CONTAINS(err, "did not answer within 5200 ms");
+        CHECK(took >= 5000 && took < 8000);
+        CHECK(!pg_ok(c));
+        CHECK(pg_reconnect(c, err, sizeof err) == 0);
+        res = pg_exec(c, "SELECT 1", 0, NULL, err, sizeof err);
+        CHECK(res != NULL);
+        PQclear(res);
+        pg_close(c);
+    });
 }
 
 static void test_identifiers(void)
@@ -372,6 +407,7 @@ int main(void)
     if (pgtest_init("test_pg") < 0)
         return 1;
     RUN(test_identifiers);
+    RUN(test_silent_server_is_bounded);
     RUN(test_connect_errors_are_clear_and_hide_the_password);
     RUN(test_params_are_never_spliced);
     RUN(test_listen_notify_and_reconnect);

@@ -62,6 +62,9 @@ class Operator:
             "RESYNC_INTERVAL_SECONDS": "30",
             "POD_NAME": f"op-{namespace}-{time.monotonic_ns()}",
         })
+        # each operator its own copy of the last good rules (the default is shared /tmp)
+        full_env["RULES_STATE_DIR"] = str(Path(log_dir or os.environ.get("TEST_LOG_DIR", "/tmp"))
+                                          / f"rules-state-{namespace}-{time.monotonic_ns()}")
         full_env.update(env or {})
         d = Path(log_dir or os.environ.get("TEST_LOG_DIR", "/tmp"))
         d.mkdir(parents=True, exist_ok=True)
