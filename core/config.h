@@ -32,6 +32,9 @@ typedef struct config {
     int loop_stall_s;          /* LOOP_STALL_SECONDS: /healthz fails, Lease not renewed, default 15 */
     int delete_budget;         /* DELETE_BUDGET: deletes per resync interval, default 5 */
     int allow_empty;           /* ALLOW_EMPTY_DESIRED: 1 lets an empty desired set delete all */
+    int delete_hold_percent;   /* DELETE_HOLD_PERCENT: share of workers deletable per window, 0 off */
+    int delete_hold_min;       /* DELETE_HOLD_MIN: deletes per window never held by the share */
+    int delete_hold_window_s;  /* DELETE_HOLD_WINDOW_SECONDS, default 3600 */
     int leader_elect;          /* LEADER_ELECT, default 1 */
     char *lease_name;          /* LEASE_NAME, default sync-airbnb-operator */
     int lease_duration_s;      /* LEASE_DURATION_SECONDS, default 15 */

@@ -92,6 +92,9 @@ typedef struct ctl {
 
     double delete_tokens;
     uint64_t delete_refill_ms;
+    uint64_t *deleted_at;  /* when the deletes of the hold window were sent (ring, oldest first) */
+    size_t ndeleted;
+    char release_seen[128]; /* LEADER_RELEASE_ANNOTATION value already acted on */
     int held_deletes;
     char *hold_reason;
 
@@ -385,6 +388,58 @@ static void set_pass_error(ctl *c, const char *err)
     c->pass_error = err ? xstrdup(err) : NULL;
 }
 
+/* On top of the delete budget (a rate): deleting more than
+ * DELETE_HOLD_PERCENT of the managed workers within the window is held until
+ * a person releases it by annotating the Lease (LEADER_RELEASE_ANNOTATION).
+ * A budget of 5 per 30 s would otherwise delete everything within the hour. */
+static void hold_mass_deletes(ctl *c, plan_result *plan)
+{
+    const config *cfg = c->cfg;
+    if (cfg->delete_hold_percent <= 0)
+        return;
+    uint64_t now = util_now_ms(), window = (uint64_t)cfg->delete_hold_window_s * 1000u;
+    size_t keep = 0;
+    for (size_t i = 0; i < c->ndeleted; i++)
+        if (c->deleted_at[i] + window > now)
+            c->deleted_at[keep++] = c->deleted_at[i];
+    c->ndeleted = keep;
+    char token[128] = "";
+    if (c->leader)
+        leader_release_token(c->leader, token, sizeof token);
+    if (strcmp(token, c->release_seen) != 0) {
+        if (c->ndeleted > 0 || c->held_deletes > 0) {
+            log_info("deletes released by the Lease annotation", "annotation", LEADER_RELEASE_ANNOTATION, "value",
+                     token, NULL);
+            audit_write(c->db_up ? c->db : NULL, cfg->identity, "hold", NULL, NULL,
+                        "deletes released by a person (Lease annotation " LEADER_RELEASE_ANNOTATION ")");
+        }
+        snprintf(c->release_seen, sizeof c->release_seen, "%s", token);
+        c->ndeleted = 0; /* a fresh share */
+    }
+    size_t workers = c->cache ? cache_deployments(c->cache)->len : 0;
+    size_t share = workers * (size_t)cfg->delete_hold_percent / 100u;
+    size_t allowed = share > (size_t)cfg->delete_hold_min ? share : (size_t)cfg->delete_hold_min;
+    size_t left = allowed > c->ndeleted ? allowed - c->ndeleted : 0;
+    for (size_t i = 0; i < plan->n; i++) {
+        action *a = &plan->actions[i];
+        if (a->kind != ACT_DELETE)
+            continue;
+        if (left > 0) {
+            left--;
+            continue;
+        }
+        a->kind = ACT_HOLD;
+        free(a->reason);
+        a->reason = xasprintf("delete held: more than %d%% of the workers (%zu of %zu) deleted within %d s; "
+                              "a person releases it: kubectl annotate lease %s %s=<new value> --overwrite",
+                              cfg->delete_hold_percent, allowed, workers, cfg->delete_hold_window_s,
+                              cfg->lease_name, LEADER_RELEASE_ANNOTATION);
+        plan->held_deletes++;
+        if (plan->hold_reason == NULL)
+            plan->hold_reason = xstrdup(a->reason);
+    }
+}
+
 static void pass(ctl *c)
 {
     if (!ready_to_plan(c))
@@ -484,12 +539,16 @@ static void pass(ctl *c)
         goto out;
     }
     set_pass_error(c, NULL);
+    hold_mass_deletes(c, &plan);
     int writes = 0;
     for (size_t i = 0; i < plan.n; i++) {
         /* Only a delete that was sent uses the budget. */
         int sent = execute(c, &plan.actions[i]);
-        if (sent && plan.actions[i].kind == ACT_DELETE)
+        if (sent && plan.actions[i].kind == ACT_DELETE) {
             c->delete_tokens -= 1;
+            c->deleted_at = xrealloc(c->deleted_at, (c->ndeleted + 1) * sizeof *c->deleted_at);
+            c->deleted_at[c->ndeleted++] = util_now_ms();
+        }
         writes += sent;
     }
     if (plan.deferred > 0) {
@@ -1093,6 +1152,7 @@ int run_main(const config *cfg, int argc, char **argv)
             fprintf(stderr, "run: %s\n", err);
             goto out;
         }
+        publish(c); /* every check present from the first answer (not ready yet) */
         char port[16];
         snprintf(port, sizeof port, "%d", health_port(c->health));
         log_info("health endpoints listening", "addr", cfg->health_addr, "port", port, NULL);
@@ -1204,6 +1264,7 @@ out:
         free(v);
     strmap_free(&c->reported);
     rec_settled_free(&c->settled);
+    free(c->deleted_at);
     free(c->db_error);
     free(c->schema_error);
     free(c->hold_reason);

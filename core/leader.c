@@ -43,6 +43,7 @@ struct leader {
     pthread_cond_t cv;
     int stopping, release; /* under mu */
     char *holder;          /* under mu: holderIdentity last observed, NULL before */
+    char *release_token;   /* under mu: LEADER_RELEASE_ANNOTATION last observed */
     pthread_t thread;
 
     /* Election thread only. */
@@ -141,11 +142,16 @@ static void observe(leader *l, json_value *lease, uint64_t now_ms)
     }
 
     int changed = 0;
+    const char *release = json_string(json_path(lease, "metadata", "annotations", LEADER_RELEASE_ANNOTATION, NULL));
     pthread_mutex_lock(&l->mu);
     if (l->holder == NULL || strcmp(l->holder, r.holder) != 0) {
         free(l->holder);
         l->holder = xstrdup(r.holder);
         changed = 1;
+    }
+    if (release && (l->release_token == NULL || strcmp(l->release_token, release) != 0)) {
+        free(l->release_token);
+        l->release_token = xstrdup(release);
     }
     pthread_mutex_unlock(&l->mu);
     if (changed && *r.holder && strcmp(r.holder, l->identity) != 0)
@@ -450,6 +456,7 @@ static void leader_free(leader *l)
     free(l->observed_key);
     free(l->last_failure);
     free(l->holder);
+    free(l->release_token);
     free(l->namespace);
     free(l->lease_name);
     free(l->identity);
@@ -555,6 +562,14 @@ const char *leader_holder(leader *l, char *out, size_t outlen)
 {
     pthread_mutex_lock(&l->mu);
     util_seterr(out, outlen, "%s", l->holder ? l->holder : "");
+    pthread_mutex_unlock(&l->mu);
+    return out;
+}
+
+const char *leader_release_token(leader *l, char *out, size_t outlen)
+{
+    pthread_mutex_lock(&l->mu);
+    util_seterr(out, outlen, "%s", l->release_token ? l->release_token : "");
     pthread_mutex_unlock(&l->mu);
     return out;
 }

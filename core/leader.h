@@ -58,6 +58,13 @@ int leader_is_leader(const leader *l);
  * not yet read) into out; returns out. Thread-safe. */
 const char *leader_holder(leader *l, char *out, size_t outlen);
 
+/* The annotation a person sets on the Lease to release deletes held for
+ * exceeding DELETE_HOLD_PERCENT (any new value releases once):
+ *   kubectl annotate lease sync-airbnb-operator sync-airbnb.io/release-deletes=$(date +%s) --overwrite */
+#define LEADER_RELEASE_ANNOTATION "sync-airbnb.io/release-deletes"
+/* Copies its value as last observed on the Lease ("" when none) into out. */
+const char *leader_release_token(leader *l, char *out, size_t outlen);
+
 /* Stops the election thread and frees l (NULL is accepted). release = 1:
  * if leader, first drops leadership, then releases the Lease (holderIdentity
  * "", leaseDurationSeconds 1, renewTime now, resourceVersion checked), so

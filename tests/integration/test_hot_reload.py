@@ -226,8 +226,11 @@ def test_configmap_swap_takes_effect_and_rolls_the_workers(tmp_path, pg, cluster
                           10, lambda: op.raw_log()[-3000:], interval=0.02)[0]
         wait_for(lambda: all(env_of(d).get("RULES_ROLLOUT") == value for d in deployments(cluster, namespace).values()),
                  30, lambda: {n: env_of(d) for n, d in deployments(cluster, namespace).items()})
-        updates = [r for r in op.logs() if r.get("msg") == "update" and r.get("deployment") in WORKERS
-                   and log_time(r) >= t_swap - 0.01]
+        # an update is logged when its response arrives, which can be just after the object is visible
+        def updates_logged():
+            return [r for r in op.logs() if r.get("msg") == "update" and r.get("deployment") in WORKERS
+                    and log_time(r) >= t_swap - 0.01]
+        updates = wait_for(lambda: len(u := updates_logged()) >= len(WORKERS) and u, 10, updates_logged)
         assert sorted(r["deployment"] for r in updates) == sorted(WORKERS), updates
         timings.append({
             "swap_to_effect_ms": (log_time(effect) - t_swap) * 1000,
