@@ -275,3 +275,34 @@ def test_plain_file_edit_takes_effect(tmp_path, pg, cluster, namespace, migrated
     wait_for(lambda: all(env_of(d).get("EDITED_IN_PLACE") == "yes" for d in deployments(cluster, namespace).values()),
              30, lambda: {n: env_of(d) for n, d in deployments(cluster, namespace).items()})
     print(f"\nplain edit -> rules in effect: {(log_time(effect) - t_edit) * 1000:.0f} ms")
+
+
+def test_start_up_falls_back_to_the_last_good_rules(tmp_path, pg, cluster, namespace, migrated_db,
+                                                      operator_factory):
+    """A restart while the mounted rules are bad (issue 16): the operator starts on the
+    copy of the last good rules it kept in RULES_STATE_DIR instead of exiting, reports
+    the rejection, and keeps reconciling; the fixed rules take over by hot reload."""
+    good = rules_files()
+    state = tmp_path / "state"
+    cm = ConfigMapDir(tmp_path / "rules", good)
+    env = {"RULES_DIR": str(cm.path), "RULES_STATE_DIR": str(state)}
+    add_accounts(pg, migrated_db, ACCOUNTS)
+    op = operator_factory(env)
+    op.wait_ready()
+    wait_for(lambda: (state / "current" / "rules.lua").exists(), 10)
+    assert op.stop() == 0
+
+    bad = next(c for c in HOSTILE if c.id == "gc-finalizer-loops").files()
+    cm.update(bad)
+    op2 = operator_factory(env)
+    r = op2.wait_ready()
+    assert r["checks"]["rules"]["version"] == rules_version(good), r
+    assert r["checks"]["rules"]["last_error"] == "rejected", r
+    fell_back = [x for x in op2.logs() if x.get("msg") == "rules in RULES_DIR do not load; running on the last good rules"]
+    assert fell_back and "setmetatable: a metatable with __gc" in fell_back[0]["error"], fell_back
+    add_accounts(pg, migrated_db, ["4004"])
+    wait_for(lambda: "sync-airbnb-worker-4004" in deployments(cluster, namespace), 20)
+    assert op2.proc.poll() is None and op2.get("/healthz")[0] == 200
+
+    cm.update(good)
+    wait_for(lambda: op2.readyz()["checks"]["rules"]["last_error"] is None, 40, lambda: op2.readyz()["checks"]["rules"])

@@ -145,3 +145,26 @@ def test_idle_connections_do_not_fail_healthz(operator_factory):
     finally:
         for c in idle:
             c.close()
+
+
+def test_notify_star_is_rate_limited(pg, migrated_db, operator_factory):
+    """Any database role can NOTIFY '*' (issue 16): a loop of them starts at most one
+    full pass per 5 s, the rest are folded into the next one."""
+    op = operator_factory({"RESYNC_INTERVAL_SECONDS": "3600"})
+    op.wait_ready()
+
+    def full_passes():
+        return op.metrics().get('sync_airbnb_operator_reconcile_passes_total{kind="full"}', 0)
+
+    before = full_passes()
+    t0 = time.monotonic()
+    pg.psql("select pg_notify('sync_airbnb_accounts', '*') from generate_series(1, 200)", url=migrated_db)
+    for _ in range(20):
+        pg.psql("notify sync_airbnb_accounts, '*'", url=migrated_db)
+    wait_for(lambda: op.metrics().get("sync_airbnb_operator_full_notifications_deferred_total", 0) >= 1, 10)
+    elapsed = time.monotonic() - t0
+    # one at once, then at most one per 5 s: the deferred one lands after the window
+    wait_for(lambda: full_passes() >= before + 2, 10, lambda: op.get("/metrics")[1])
+    # (+1: a pass start-up had still queued)
+    assert full_passes() <= before + 3 + int(elapsed // 5), (before, full_passes(), elapsed)
+    assert op.metrics()["sync_airbnb_operator_notifications_total"] >= 21
