@@ -84,7 +84,6 @@ static void save_last_good(const char *state, const char *dir)
         return;
     char *next = xasprintf("%s/next", state), *cur = xasprintf("%s/current", state),
          *old = xasprintf("%s/old", state);
-    buf b = {0};
     int ok = mkdir_p(state) == 0 && (remove_flat_dir(next), mkdir(next, 0700) == 0);
     struct dirent **names = NULL;
     int n = ok ? scandir(dir, &names, NULL, alphasort) : -1;
@@ -112,7 +111,6 @@ static void save_last_good(const char *state, const char *dir)
     }
     if (!ok)
         log_warn("cannot keep a copy of the last good rules", "dir", state, "error", strerror(errno), NULL);
-    buf_free(&b);
     free(next);
     free(cur);
     free(old);
