@@ -24,7 +24,7 @@ int luaopen_log(lua_State *L);
 #define REG_ENTRY "sao.entry"
 #define LOADING_MARK "sao.loading"
 #define HOOK_EVERY 1000
-#define CALLS_PER_CLOCK 16 /* the call hook reads the clock every 16 calls */
+#define CALLS_PER_CLOCK 64 /* the call hook reads the clock every 64 calls */
 #define ARRAY_MT "json.array_mt" /* bind_json.c's array marker */
 #define MAX_RESULT_DEPTH 100
 
