@@ -1,7 +1,9 @@
 /* rules: see rules.h. */
+#define _GNU_SOURCE /* renameat2 */
 #include "rules.h"
 
 #include <dirent.h>
+#include <fcntl.h> /* AT_FDCWD */
 #include <errno.h>
 #include <lauxlib.h>
 #include <stdio.h>
@@ -82,8 +84,8 @@ static void save_last_good(const char *state, const char *dir)
 {
     if (state == NULL || *state == '\0')
         return;
-    char *next = xasprintf("%s/next", state), *cur = xasprintf("%s/current", state),
-         *old = xasprintf("%s/old", state);
+    /* per process: two operators sharing a state directory never mix files */
+    char *next = xasprintf("%s/next-%d", state, (int)getpid()), *cur = xasprintf("%s/current", state);
     int ok = mkdir_p(state) == 0 && (remove_flat_dir(next), mkdir(next, 0700) == 0);
     struct dirent **names = NULL;
     int n = ok ? scandir(dir, &names, NULL, alphasort) : -1;
@@ -102,18 +104,18 @@ static void save_last_good(const char *state, const char *dir)
     }
     free(names);
     if (ok) {
-        remove_flat_dir(old);
-        if (rename(cur, old) != 0 && errno != ENOENT)
+        /* current is swapped in one step: a crash never leaves it missing */
+        if (renameat2(AT_FDCWD, next, AT_FDCWD, cur, RENAME_EXCHANGE) == 0)
+            remove_flat_dir(next); /* now the previous copy */
+        else if (errno != ENOENT || rename(next, cur) != 0)
             ok = 0;
-        else if (rename(next, cur) != 0)
-            ok = 0;
-        remove_flat_dir(old);
     }
-    if (!ok)
+    if (!ok) {
         log_warn("cannot keep a copy of the last good rules", "dir", state, "error", strerror(errno), NULL);
+        remove_flat_dir(next);
+    }
     free(next);
     free(cur);
-    free(old);
 }
 
 void rules_set_check(rules *r, rules_check_fn fn, void *ud)
