@@ -91,7 +91,17 @@ state = "$NODE_DIR/containerd-state"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$NODE_DIR/cni"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$NODE_DIR/registries"
 EOF
+  # Images come from tools/image only: a pull (a wrong tag, imagePullPolicy Always)
+  # goes to a closed local port and fails at once, never to a registry.
+  local reg
+  for reg in _default docker.io registry.k8s.io quay.io ghcr.io gcr.io; do
+    mkdir -p "$NODE_DIR/registries/$reg"
+    printf 'server = "http://127.0.0.1:9"\n[host."http://127.0.0.1:9"]\n  capabilities = ["pull", "resolve"]\n' \
+      >"$NODE_DIR/registries/$reg/hosts.toml"
+  done
   cat >"$NODE_DIR/cni/10-sao-pods.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
