@@ -254,9 +254,13 @@ def test_operator_reconciles_from_inside_its_pod(env):
 # ---- real workers --------------------------------------------------------------------
 
 def test_active_account_runs_the_real_app(env):
+    # Two accounts: deactivating the only active one would be an empty desired set,
+    # which the operator holds (DESIGN §5.2).
     env.add_account("310316675")
+    env.add_account("4242")
     pod = wait_for("the worker pod to pass its readiness probe", lambda: ready_pod(env, "310316675"),
                    timeout=300)
+    wait_for("worker 4242 Ready", lambda: ready_pod(env, "4242"), timeout=300)
     c = pod["spec"]["containers"][0]
     assert c["image"] == env.images["worker"].removeprefix("docker.io/library/")
     st = pod["status"]["containerStatuses"][0]
@@ -324,8 +328,7 @@ def env_names(dep: dict) -> set[str]:
 
 
 def test_rules_edit_by_kubectl_apply_reaches_the_workers(env, tmp_path):
-    env.add_account("4242")
-    wait_for("worker 4242 Ready", lambda: ready_pod(env, "4242"), timeout=300)
+    assert ready_pod(env, "4242")
     lua = rules_copy(tmp_path, add_env_var)
     t0 = time.monotonic()
     env.kubectl("apply", "-k", str(lua))

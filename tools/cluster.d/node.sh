@@ -124,12 +124,13 @@ EOF
   ]
 }
 EOF
-  # Pods resolve nothing: no cluster DNS here, and no query leaves the machine.
+  # Pods resolve nothing: their DNS server is their own loopback (clusterDNS below)
+  # and the node's resolv.conf names only loopback too; no query leaves the machine.
   printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$NODE_DIR/resolv.conf"
   # Differences from a stock kubelet, each for this machine (docs/real-node.md):
   # cgroups v1 (hybrid) allowed, swap tolerated, cgroupfs driver (no systemd),
   # syncFrequency 10 s (stock 1 min) so ConfigMap edits reach pods sooner,
-  # eviction thresholds low (a shared disk), no cluster DNS.
+  # eviction thresholds low (a shared disk), cluster DNS = the pod's own loopback.
   cat >"$NODE_DIR/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -152,6 +153,7 @@ authentication:
 authorization:
   mode: Webhook
 clusterDomain: cluster.local
+clusterDNS: ["127.0.0.1"]
 resolvConf: $NODE_DIR/resolv.conf
 podLogsDir: $NODE_DIR/pod-logs
 syncFrequency: 10s
