@@ -40,7 +40,7 @@ static const option_spec options[] = {
      "directory of the Lua rules (default: lua/rules of the installed copy or the checkout)"},
     {"MIGRATIONS_DIR", "migrations-dir", OPT_STRING, OFF(migrations_dir), NULL, 0, 0,
      "directory of the Lua migrations (default: lua/migrations of the installed copy or the checkout)"},
-    {"WORKER_IMAGE", "worker-image", OPT_STRING, OFF(worker_image), "sync-airbnb:latest", 0, 0,
+    {"WORKER_IMAGE", "worker-image", OPT_STRING, OFF(worker_image), "sync-airbnb:0.1.0", 0, 0,
      "image of the worker Deployments"},
     {"RESYNC_INTERVAL_SECONDS", "resync-interval", OPT_INT, OFF(resync_interval_s), "30", 1,
      86400, "full resync period in seconds (the safety net behind LISTEN/NOTIFY)"},

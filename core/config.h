@@ -13,7 +13,7 @@ typedef struct config {
     char *namespace;           /* OPERATOR_NAMESPACE; default pod namespace, else sync-airbnb */
     char *rules_dir;           /* RULES_DIR; default <checkout>/lua/rules or installed path */
     char *migrations_dir;      /* MIGRATIONS_DIR; default next to the rules */
-    char *worker_image;        /* WORKER_IMAGE, default sync-airbnb:latest */
+    char *worker_image;        /* WORKER_IMAGE, default sync-airbnb:0.1.0 */
     int resync_interval_s;     /* RESYNC_INTERVAL_SECONDS, default 30 */
     char *accounts_table;      /* ACCOUNTS_TABLE, default airbnb.accounts (validated identifier) */
     char *accounts_schema;     /* split from accounts_table */

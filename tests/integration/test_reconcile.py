@@ -271,7 +271,7 @@ def test_create_on_active_matches_the_seed_template_and_pods_become_ready(pg, cl
     assert {"app": "sync-airbnb-worker", "account-id": "310316675"}.items() <= tmpl["metadata"]["labels"].items()
     assert re.fullmatch(r"[0-9a-f]{64}", tmpl["metadata"]["annotations"][FINGERPRINT])
     (c,) = tmpl["spec"]["containers"]
-    assert c["image"] == "sync-airbnb:latest"
+    assert c["image"] == "sync-airbnb:0.1.0"
     assert c["command"][0] == "uvicorn", "the image's migrating entrypoint must be bypassed"
     env = {e["name"]: e for e in c["env"]}
     assert env["MODE"]["value"] == "worker" and env["ACCOUNT_ID"]["value"] == "310316675"
@@ -517,7 +517,7 @@ def test_hand_edited_worker_is_restored(pg, api, cluster, namespace, migrated_db
 
     cluster.kubectl("set", "image", f"deployment/{name}", "worker=example.invalid/evil:1", namespace=namespace)
     wait_for(lambda: api.deployment(namespace, name)["spec"]["template"]["spec"]["containers"][0]["image"]
-             == "sync-airbnb:latest", 10, "image change not undone")
+             == "sync-airbnb:0.1.0", 10, "image change not undone")
 
     # The applied-hash annotation edited by hand (metadata only, no new generation).
     cluster.kubectl("annotate", "--overwrite", "deployment", name, "sync-airbnb.io/applied-hash=tampered",
@@ -553,7 +553,7 @@ def test_hand_edits_made_while_the_operator_was_down_are_restored_on_start(pg, a
     wait_for(lambda: api.deployment(namespace, name_of("4301"))["spec"]["replicas"] == 1, 10,
              "scale made while down not undone")
     wait_for(lambda: api.deployment(namespace, name_of("4302"))["spec"]["template"]["spec"]["containers"][0]["image"]
-             == "sync-airbnb:latest", 10, "image change made while down not undone")
+             == "sync-airbnb:0.1.0", 10, "image change made while down not undone")
     wait_full_passes(op, 2)
     # The worker nobody edited was not written to by the operator (its spec
     # generation and the operator's managed fields are as they were; the
