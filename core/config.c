@@ -81,6 +81,11 @@ static const option_spec options[] = {
      "leader-election identity (default: hostname_pid)"},
     {"MIGRATE_LOCK_TIMEOUT_SECONDS", "migrate-lock-timeout", OPT_INT, OFF(migrate_lock_timeout_s),
      "60", 1, 86400, "how long `migrate up` waits for another runner's lock"},
+    {"MIGRATE_CREATE_ACCOUNTS_TABLE", "create-accounts-table", OPT_BOOL,
+     OFF(migrate_create_accounts_table), "false", 0, 0,
+     "`migrate up` creates the accounts table when sync-airbnb's migrations have not (demo, tests)"},
+    {"MIGRATE_WAIT_SECONDS", "migrate-wait", OPT_INT, OFF(migrate_wait_s), "0", 0, 86400,
+     "how long `migrate up` waits for sync-airbnb's migrations to create the accounts table"},
 };
 
 #define NOPTIONS (sizeof options / sizeof options[0])

@@ -36,6 +36,8 @@ typedef struct config {
     int retry_period_s;        /* RETRY_PERIOD_SECONDS, default 2 */
     char *identity;            /* POD_NAME or hostname-pid */
     int migrate_lock_timeout_s;/* MIGRATE_LOCK_TIMEOUT_SECONDS, default 60 */
+    int migrate_create_accounts_table; /* MIGRATE_CREATE_ACCOUNTS_TABLE, default 0 */
+    int migrate_wait_s;        /* MIGRATE_WAIT_SECONDS: wait for the accounts table, default 0 */
     int output_json;           /* -o json */
 } config;
 

@@ -91,13 +91,11 @@ local function http_probe(path, period, timeout, failures)
     }
 end
 
---- Renders the Deployment with a given credentials state (fingerprint.decide);
---- plan uses this to keep the running fingerprint across a cookie rotation.
+--- The Deployment for an account.
 ---@param account table a valid account (validate.account and validate.credentials passed)
 ---@param ctx table|nil {namespace, worker_image}
----@param credentials table {fingerprint, seen, last_sync_at}
 ---@return table deployment
-function M.render(account, ctx, credentials)
+function M.deployment(account, ctx)
     ctx = ctx or {}
     local id = account.account_id
     local name = assert(naming.worker_name(id))
@@ -111,11 +109,7 @@ function M.render(account, ctx, credentials)
             name = name,
             namespace = ctx.namespace or M.default_namespace,
             labels = labels,
-            annotations = {
-                [M.account_id_annotation] = id,
-                [fingerprint.seen_annotation] = credentials.seen,
-                [fingerprint.last_sync_annotation] = credentials.last_sync_at,
-            },
+            annotations = { [M.account_id_annotation] = id },
         },
         spec = {
             replicas = 1,
@@ -127,7 +121,7 @@ function M.render(account, ctx, credentials)
             template = {
                 metadata = {
                     labels = pod_labels,
-                    annotations = { [fingerprint.annotation] = credentials.fingerprint },
+                    annotations = { [fingerprint.annotation] = fingerprint.credentials_fingerprint(account) },
                 },
                 spec = {
                     terminationGracePeriodSeconds = M.termination_grace_period_seconds,
@@ -158,14 +152,6 @@ function M.render(account, ctx, credentials)
             },
         },
     }
-end
-
---- The Deployment for an account that has none yet.
----@param account table a valid account
----@param ctx table|nil {namespace, worker_image}
----@return table deployment
-function M.deployment(account, ctx)
-    return M.render(account, ctx, fingerprint.decide(account, nil))
 end
 
 return M

@@ -488,7 +488,7 @@ def test_cmake_install_has_what_the_image_runs(tmp_path, database_url):
     # MIGRATIONS_DIR are set explicitly, as the image does: the compiled-in default
     # prefers this checkout's lua/ and the configure-time prefix (not this one).
     env = dict(os.environ, RULES_DIR=str(data / "rules"), MIGRATIONS_DIR=str(data / "migrations"),
-               DATABASE_URL=database_url)
+               DATABASE_URL=database_url, MIGRATE_CREATE_ACCOUNTS_TABLE="true")
     env.pop("KUBECONFIG", None)
     r = subprocess.run([str(exe), "check-rules"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and str(data / "rules") in r.stdout, r.stdout + r.stderr
