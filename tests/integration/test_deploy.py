@@ -402,7 +402,7 @@ def test_in_cluster_config_with_exactly_deploy_rbac(cluster, rendered, deploy_ns
 OPERATOR_ROLE_GRANTS = """
 GRANT CONNECT ON DATABASE {db} TO {role};
 GRANT USAGE ON SCHEMA airbnb, sync_airbnb_operator TO {role};
-GRANT SELECT ON airbnb.accounts, sync_airbnb_operator.schema_migrations TO {role};
+GRANT SELECT ON airbnb.accounts, sync_airbnb_operator.schema_migrations, sync_airbnb_operator.credentials_generation TO {role};
 GRANT INSERT ON sync_airbnb_operator.audit_log TO {role};
 GRANT USAGE ON SEQUENCE sync_airbnb_operator.audit_log_id_seq TO {role};
 """
