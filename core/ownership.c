@@ -62,54 +62,41 @@ static void write_union(buf *b, const json_value *x, const json_value *y)
     buf_putc(b, '}');
 }
 
-/* Writes entry e with operation Apply and fieldsV1 united with extra (NULL:
- * as it is). */
-static void write_apply_entry(buf *b, const json_value *e, const json_value *extra)
+/* Appends a "test" op: the entry at index i still has this key and value. */
+static void test_op(buf *b, long i, const char *key, const json_value *value)
 {
-    buf_putc(b, '{');
-    for (size_t i = 0; i < json_len(e); i++) {
-        const char *k = json_key_at(e, i);
-        if (i)
-            buf_putc(b, ',');
-        buf_json_string(b, k, strlen(k));
-        buf_putc(b, ':');
-        if (strcmp(k, "operation") == 0)
-            buf_puts(b, "\"Apply\"");
-        else if (strcmp(k, "fieldsV1") == 0 && extra)
-            write_union(b, json_at(e, i), extra);
-        else
-            json_write(b, json_at(e, i));
-    }
-    buf_putc(b, '}');
+    buf_printf(b, "{\"op\":\"test\",\"path\":\"/metadata/managedFields/%ld/%s\",\"value\":", i, key);
+    json_write(b, value);
+    buf_puts(b, "},");
 }
 
 char *own_upgrade_patch(const json_value *obj)
 {
-    const json_value *meta = json_get(obj, "metadata");
-    const json_value *managed = json_get(meta, "managedFields");
-    const char *rv = json_string(json_get(meta, "resourceVersion"));
+    const json_value *managed = json_get(json_get(obj, "metadata"), "managedFields");
     long update = find_entry(managed, "Update"), apply = find_entry(managed, "Apply");
-    if (update < 0 || rv == NULL)
+    if (update < 0)
         return NULL;
-    const json_value *update_fields = json_get(json_at(managed, (size_t)update), "fieldsV1");
+    const json_value *u = json_at(managed, (size_t)update);
+    /* Only our own entries are touched, each tested to be as read: a status
+     * write by another manager meanwhile does not get in the way, a change
+     * of ours does (then the server answers 422 and the caller reads again). */
     buf b = {0};
-    buf_puts(&b, "[{\"op\":\"test\",\"path\":\"/metadata/resourceVersion\",\"value\":");
-    buf_json_string(&b, rv, strlen(rv));
-    buf_puts(&b, "},{\"op\":\"replace\",\"path\":\"/metadata/managedFields\",\"value\":[");
-    size_t n = 0;
-    for (size_t i = 0; i < json_len(managed); i++) {
-        const json_value *e = json_at(managed, i);
-        if ((long)i == update && apply >= 0)
-            continue; /* merged into the Apply entry */
-        if (n++)
-            buf_putc(&b, ',');
-        if ((long)i == update)
-            write_apply_entry(&b, e, NULL);
-        else if ((long)i == apply)
-            write_apply_entry(&b, e, update_fields);
-        else
-            json_write(&b, e);
+    buf_putc(&b, '[');
+    test_op(&b, update, "manager", json_get(u, "manager"));
+    test_op(&b, update, "operation", json_get(u, "operation"));
+    test_op(&b, update, "fieldsV1", json_get(u, "fieldsV1"));
+    if (apply < 0) {
+        buf_printf(&b, "{\"op\":\"replace\",\"path\":\"/metadata/managedFields/%ld/operation\","
+                       "\"value\":\"Apply\"}]", update);
+        return buf_steal(&b);
     }
-    buf_puts(&b, "]}]");
+    const json_value *a = json_at(managed, (size_t)apply);
+    test_op(&b, apply, "manager", json_get(a, "manager"));
+    test_op(&b, apply, "operation", json_get(a, "operation"));
+    test_op(&b, apply, "fieldsV1", json_get(a, "fieldsV1"));
+    buf_printf(&b, "{\"op\":\"replace\",\"path\":\"/metadata/managedFields/%ld/fieldsV1\",\"value\":",
+               apply);
+    write_union(&b, json_get(a, "fieldsV1"), json_get(u, "fieldsV1"));
+    buf_printf(&b, "},{\"op\":\"remove\",\"path\":\"/metadata/managedFields/%ld\"}]", update);
     return buf_steal(&b);
 }

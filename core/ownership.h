@@ -7,7 +7,7 @@
  * manager. Later applies (operation "Apply") do not remove a field that entry
  * still owns, so a field the rules stop rendering would stay forever. Like
  * client-go's csaupgrade, the operator then moves that entry's fields into
- * its Apply entry with one JSON patch that tests the resourceVersion; from
+ * its Apply entry with one JSON patch that tests both entries; from
  * then on every field it renders is owned by its apply, and a field removed
  * from the rules is removed from the object. */
 #ifndef OWNERSHIP_H
@@ -23,9 +23,10 @@
 int own_has_update_entry(const json_value *meta);
 
 /* The JSON patch (application/json-patch+json) that moves that entry's
- * fields into the Apply entry of OWN_FIELD_MANAGER (or renames it to Apply
- * when there is none), guarded by a test of metadata.resourceVersion; NULL
- * when the object has no such entry. obj is the whole object. Caller frees. */
+ * fields into the Apply entry of OWN_FIELD_MANAGER and removes it (or
+ * renames it to Apply when there is none), guarded by tests that both
+ * entries are still as in obj; NULL when the object has no such entry. obj
+ * is the whole object. Caller frees. */
 char *own_upgrade_patch(const json_value *obj);
 
 #endif

@@ -55,7 +55,8 @@ LEGACY = {
 
 
 def deployment(cluster, ns, name):
-    p = cluster.kubectl("get", "deployment", name, "-o", "json", namespace=ns, check=False)
+    p = cluster.kubectl("get", "deployment", name, "-o", "json", "--show-managed-fields", namespace=ns,
+                        check=False)
     return json.loads(p.stdout) if p.returncode == 0 else None
 
 

@@ -41,6 +41,7 @@ class Proxy(http.server.ThreadingHTTPServer):
         self.posts = []          # paths of the Deployment POSTs seen
         self.dropped = 0         # answers dropped
         self.drop_next_post = True
+        self.failures = []       # (method, path, status, body) of answers >= 400, for messages
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -86,6 +87,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 pass
         else:
             data = resp.read()
+            if resp.status >= 400:
+                with srv.lock:
+                    srv.failures.append((self.command, self.path, resp.status, data[:600], body[:300] if body else b""))
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -142,8 +146,9 @@ def test_create_whose_answer_was_lost_is_recognised_as_created(pg, cluster, name
         assert not [e for e in events if e.get("type") == "Warning"], events
         # Its fields are the apply's too (the create path goes on after the lost answer).
         wait_for(lambda: [m["operation"] for m in json.loads(cluster.kubectl(
-            "get", "deployment", "sync-airbnb-worker-8201", "-o", "json", namespace=namespace).stdout)
+            "get", "deployment", "sync-airbnb-worker-8201", "-o", "json", "--show-managed-fields",
+            namespace=namespace).stdout)
             ["metadata"]["managedFields"] if m["manager"] == "sync-airbnb-operator"] == ["Apply"], 20,
-            "ownership not moved to apply")
+            lambda: f"ownership not moved to apply: {proxy.failures}")
     finally:
         assert op.stop() == 0, op.raw_log()[-3000:]
