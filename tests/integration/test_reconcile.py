@@ -281,12 +281,23 @@ def test_create_on_active_matches_the_seed_template_and_pods_become_ready(pg, cl
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "sync-airbnb-db", "key": "url"}
     assert c["resources"] == {"requests": {"memory": "512Mi", "cpu": "250m"},
                               "limits": {"memory": "1Gi", "cpu": "500m"}}
-    rp, lp = c["readinessProbe"], c["livenessProbe"]
-    assert (rp["httpGet"]["path"], rp["httpGet"]["port"], rp["initialDelaySeconds"], rp["periodSeconds"],
-            rp["timeoutSeconds"]) == ("/health/ready", 8000, 10, 10, 5)
-    assert (lp["httpGet"]["path"], lp["httpGet"]["port"], lp["initialDelaySeconds"], lp["periodSeconds"],
-            lp["timeoutSeconds"]) == ("/health", 8000, 30, 30, 5)
+    # Probes on 8000 (issue 15: a startup probe gives the Python start up to 120 s).
+    rp, lp, sp = c["readinessProbe"], c["livenessProbe"], c["startupProbe"]
+    assert (rp["httpGet"]["path"], rp["httpGet"]["port"], rp["periodSeconds"], rp["timeoutSeconds"]) == \
+        ("/health/ready", 8000, 10, 5)
+    assert (lp["httpGet"]["path"], lp["httpGet"]["port"], lp["periodSeconds"], lp["timeoutSeconds"]) == \
+        ("/health", 8000, 30, 5)
+    assert (sp["httpGet"]["path"], sp["periodSeconds"] * sp["failureThreshold"]) == ("/health", 120)
     assert not (tmpl["spec"].get("securityContext") or {}).get("runAsNonRoot")
+    # One worker per account at a time, the 300 s drain covered, no token, few ReplicaSets.
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert tmpl["spec"]["terminationGracePeriodSeconds"] == 330
+    assert tmpl["spec"]["automountServiceAccountToken"] is False
+    assert spec["revisionHistoryLimit"] == 2
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert tmpl["spec"]["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert env["AIRBNB_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "sync-airbnb-api", "key": "api-key"}
+    assert env["PGAPPNAME"]["value"] == "sync-airbnb-worker"
 
     # The inactive account gets nothing; the pods of the created worker turn Ready (kwok).
     assert set(api.deployments(namespace)) == {name}
