@@ -201,10 +201,12 @@ static void forget_report(ctl *c, const char *kind, const char *key)
 /* ---- executing actions --------------------------------------------------- */
 
 /* What a request in flight is for. A create whose outcome is uncertain (its
- * POST timed out, or got 409) is followed by a GET (VERIFY); a Deployment
+ * POST timed out, or got 409) is followed by a GET (VERIFY). A Deployment
  * whose fields our POST still owns gets them moved to our apply
- * (ownership.h) by a JSON patch (OWN_PATCH), after a GET when there is no
- * fresh copy at hand (OWN_GET). */
+ * (ownership.h) before its first update: a GET (OWN_GET), then a JSON patch
+ * (OWN_PATCH). Not right after the create: that would double the requests
+ * of a mass creation (KUBE_QPS bounds them), and until the first update
+ * nothing the rules render has been dropped from the object anyway. */
 enum write_stage { STAGE_WRITE, STAGE_VERIFY, STAGE_OWN_GET, STAGE_OWN_PATCH };
 
 typedef struct write_req {
@@ -352,18 +354,17 @@ static int write_step(ctl *c, write_req *w, const kube_response *resp, const cha
         int again = 0;
         if (obj && w->stage == STAGE_OWN_GET) {
             again = own_upgrade(w, obj);
-            if (!again)
-                enqueue(c, w->account_id); /* nothing (left) to move */
         } else if (obj) {
             obs_deploy *d = cache_parse_deployment(obj);
-            if (d) {
+            obs_deploy *old = d ? strmap_get(cache_deployments(c->cache), d->name) : NULL;
+            if (old) { /* (gone meanwhile: the watch said so; do not bring it back) */
                 /* metadata only: what was applied is still applied */
-                obs_deploy *old = strmap_get(cache_deployments(c->cache), d->name);
-                d->applied_generation = old ? old->applied_generation : 0;
+                d->applied_generation = old->applied_generation;
                 cache_upsert_deployment(c->cache, d);
+            } else if (d) {
+                obs_deploy_free(d);
             }
             log_info("moved the fields our create owned to our apply", "deployment", w->name, NULL);
-            enqueue(c, w->account_id); /* the update it waited for, if any */
         } else if (resp && (resp->status == 409 || resp->status == 422) && w->attempts < 3) {
             again = own_upgrade(w, NULL); /* changed meanwhile: a fresh copy */
         } else if (!resp || resp->status != 404) {
@@ -372,6 +373,9 @@ static int write_step(ctl *c, write_req *w, const kube_response *resp, const cha
             fail_later(c, w->account_id);
         }
         json_free(obj);
+        if (!again) /* the update it waited for, or whatever happened to it meanwhile
+                     * (events for a name in flight are not planned) */
+            enqueue(c, w->account_id);
         return again;
     }
 
@@ -381,7 +385,6 @@ static int write_step(ctl *c, write_req *w, const kube_response *resp, const cha
         if (obj && ours(obj)) {
             /* An earlier attempt did create it (the answer was lost). */
             write_succeeded(c, w, obj);
-            again = own_upgrade(w, obj);
         } else if (obj) {
             char *reason = xasprintf("cannot create %s: a Deployment of that name exists and is not managed "
                                      "by sync-airbnb-operator; leaving it alone (%s)", w->name, w->failure);
@@ -404,9 +407,8 @@ static int write_step(ctl *c, write_req *w, const kube_response *resp, const cha
     if (ok) {
         json_value *obj = json_parse(resp->body, resp->len, NULL, 0);
         write_succeeded(c, w, obj);
-        int again = w->kind == ACT_CREATE && obj && own_upgrade(w, obj);
         json_free(obj);
-        return again;
+        return 0;
     }
     if (resp && w->kind == ACT_DELETE && resp->status == 404) {
         cache_remove_deployment(c->cache, w->name); /* already gone */

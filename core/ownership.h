@@ -6,10 +6,10 @@
  * its fields under an "Update" managedFields entry of the operator's field
  * manager. Later applies (operation "Apply") do not remove a field that entry
  * still owns, so a field the rules stop rendering would stay forever. Like
- * client-go's csaupgrade, the operator then moves that entry's fields into
- * its Apply entry with one JSON patch that tests both entries; from
- * then on every field it renders is owned by its apply, and a field removed
- * from the rules is removed from the object. */
+ * client-go's csaupgrade, before the first update of such a Deployment the
+ * operator moves that entry's fields into its Apply entry with one JSON patch
+ * that tests both entries; from then on every field it renders is owned by
+ * its apply, and a field removed from the rules is removed from the object. */
 #ifndef OWNERSHIP_H
 #define OWNERSHIP_H
 
