@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "ownership.h"
 #include "util.h"
 
 #define PAGE_LIMIT 500
@@ -121,6 +122,7 @@ obs_deploy *cache_parse_deployment(const json_value *obj)
 #undef PACK
     const char *mb = json_string(json_path(meta, "labels", MANAGED_BY_LABEL, NULL));
     d->managed = mb && strcmp(mb, MANAGED_BY_VALUE) == 0;
+    d->update_owned = d->managed && own_has_update_entry(meta);
     d->generation = (long)json_number(json_get(meta, "generation"), 0);
     /* A hint for first sight (upsert): edited by hand, so not what we applied. */
     if (d->generation > 1 && foreign_spec_edit(meta))

@@ -31,6 +31,8 @@ typedef struct obs_deploy {
     long generation, observed_generation;
     long applied_generation; /* generation our last apply produced; 0 unknown */
     int managed;             /* carries the managed-by label */
+    int update_owned;        /* our POST's "Update" managedFields entry is still there
+                              * (ownership.h): moved to our apply before the next update */
     int replicas, ready_replicas, updated_replicas, available_replicas;
     int seen;                /* relist sweep mark */
 } obs_deploy;

@@ -45,7 +45,7 @@ static const option_spec options[] = {
      "where `run` keeps a copy of the last good rules, loaded at start-up when RULES_DIR's do not load"},
     {"MIGRATIONS_DIR", "migrations-dir", OPT_STRING, OFF(migrations_dir), NULL, 0, 0,
      "directory of the Lua migrations (default: lua/migrations of the installed copy or the checkout)"},
-    {"WORKER_IMAGE", "worker-image", OPT_STRING, OFF(worker_image), "sync-airbnb:latest", 0, 0,
+    {"WORKER_IMAGE", "worker-image", OPT_STRING, OFF(worker_image), "sync-airbnb:0.1.0", 0, 0,
      "image of the worker Deployments"},
     {"RESYNC_INTERVAL_SECONDS", "resync-interval", OPT_INT, OFF(resync_interval_s), "30", 1,
      86400, "full resync period in seconds (the safety net behind LISTEN/NOTIFY)"},
@@ -94,6 +94,11 @@ static const option_spec options[] = {
      "leader-election identity (default: hostname_pid)"},
     {"MIGRATE_LOCK_TIMEOUT_SECONDS", "migrate-lock-timeout", OPT_INT, OFF(migrate_lock_timeout_s),
      "60", 1, 86400, "how long `migrate up` waits for another runner's lock"},
+    {"MIGRATE_CREATE_ACCOUNTS_TABLE", "create-accounts-table", OPT_BOOL,
+     OFF(migrate_create_accounts_table), "false", 0, 0,
+     "`migrate up` creates the accounts table when sync-airbnb's migrations have not (demo, tests)"},
+    {"MIGRATE_WAIT_SECONDS", "migrate-wait", OPT_INT, OFF(migrate_wait_s), "0", 0, 86400,
+     "how long `migrate up` waits for sync-airbnb's migrations to create the accounts table"},
 };
 
 #define NOPTIONS (sizeof options / sizeof options[0])

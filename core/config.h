@@ -15,7 +15,7 @@ typedef struct config {
     char *rules_state_dir;     /* RULES_STATE_DIR: a copy of the last good rules (start-up fallback) */
     char *builtin_rules_dir;   /* the rules installed with the binary (not an option) */
     char *migrations_dir;      /* MIGRATIONS_DIR; default next to the rules */
-    char *worker_image;        /* WORKER_IMAGE, default sync-airbnb:latest */
+    char *worker_image;        /* WORKER_IMAGE, default sync-airbnb:0.1.0 */
     int resync_interval_s;     /* RESYNC_INTERVAL_SECONDS, default 30 */
     char *accounts_table;      /* ACCOUNTS_TABLE, default airbnb.accounts (validated identifier) */
     char *accounts_schema;     /* split from accounts_table */
@@ -42,6 +42,8 @@ typedef struct config {
     int retry_period_s;        /* RETRY_PERIOD_SECONDS, default 2 */
     char *identity;            /* POD_NAME or hostname-pid */
     int migrate_lock_timeout_s;/* MIGRATE_LOCK_TIMEOUT_SECONDS, default 60 */
+    int migrate_create_accounts_table; /* MIGRATE_CREATE_ACCOUNTS_TABLE, default 0 */
+    int migrate_wait_s;        /* MIGRATE_WAIT_SECONDS: wait for the accounts table, default 0 */
     int output_json;           /* -o json */
 } config;
 

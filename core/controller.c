@@ -25,6 +25,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "migrate.h"
+#include "ownership.h"
 #include "pg.h"
 #include "reconcile.h"
 #include "rules.h"
@@ -205,11 +206,43 @@ static void forget_report(ctl *c, const char *kind, const char *key)
 
 /* ---- executing actions --------------------------------------------------- */
 
+/* What a request in flight is for. A create whose outcome is uncertain (its
+ * POST timed out, or got 409) is followed by a GET (VERIFY). A Deployment
+ * whose fields our POST still owns gets them moved to our apply
+ * (ownership.h) before its first update: a GET (OWN_GET), then a JSON patch
+ * (OWN_PATCH). Not right after the create: that would double the requests
+ * of a mass creation (KUBE_QPS bounds them), and until the first update
+ * nothing the rules render has been dropped from the object anyway. */
+enum write_stage { STAGE_WRITE, STAGE_VERIFY, STAGE_OWN_GET, STAGE_OWN_PATCH };
+
 typedef struct write_req {
     ctl *c;
     act_kind kind;
+    enum write_stage stage;
+    int attempts;  /* ownership: patches tried */
     char *account_id, *name, *reason;
+    char *failure; /* VERIFY: what happened to the create, reported if it did not happen */
 } write_req;
+
+static write_req *write_req_new(ctl *c, const action *a)
+{
+    write_req *w = xcalloc(1, sizeof *w);
+    w->c = c;
+    w->kind = a->kind;
+    w->account_id = a->account_id ? xstrdup(a->account_id) : NULL;
+    w->name = xstrdup(a->name);
+    w->reason = xstrdup(a->reason);
+    return w;
+}
+
+static void write_req_free(write_req *w)
+{
+    free(w->account_id);
+    free(w->name);
+    free(w->reason);
+    free(w->failure);
+    free(w);
+}
 
 static void enqueue(ctl *c, const char *account_id)
 {
@@ -235,69 +268,194 @@ static void fail_later(ctl *c, const char *account_id)
     b->next_ms = util_now_ms() + delay;
 }
 
+static void on_write_done(const kube_response *resp, const char *terr, void *ud);
+
+/* Sends w's next request (w stays in flight under its name). Returns 0, or
+ * -1 when nothing was sent (leadership lost, the client closing). */
+static int send_stage(write_req *w, const char *method, const char *ctype, const char *body)
+{
+    ctl *c = w->c;
+    if (!is_leader(c))
+        return -1;
+    char *path = xasprintf("/apis/apps/v1/namespaces/%s/deployments/%s%s", c->cfg->namespace, w->name,
+                           strcmp(method, "GET") == 0 ? "" : "?fieldManager=" OWN_FIELD_MANAGER);
+    int rc = kube_async_request(c->ka, method, path, ctype, body, body ? strlen(body) : 0,
+                                c->cfg->kube_timeout_ms, on_write_done, w);
+    free(path);
+    if (rc == 0)
+        strmap_put(&c->inflight, w->name, w);
+    return rc;
+}
+
+/* Moves the fields our POST owns to our apply, from obj when it is a fresh
+ * copy (a create's response), else after a GET. Returns 1 if a request went
+ * out for it. */
+static int own_upgrade(write_req *w, const json_value *obj)
+{
+    if (obj == NULL) {
+        w->stage = STAGE_OWN_GET;
+        return send_stage(w, "GET", NULL, NULL) == 0;
+    }
+    char *patch = own_upgrade_patch(obj);
+    if (patch == NULL)
+        return 0;
+    w->stage = STAGE_OWN_PATCH;
+    w->attempts++;
+    int sent = send_stage(w, "PATCH", "application/json-patch+json", patch) == 0;
+    free(patch);
+    return sent;
+}
+
+/* 1 if the object carries what only our applies put there: the managed-by
+ * label and the applied-hash annotation. */
+static int ours(const json_value *obj)
+{
+    const json_value *meta = json_get(obj, "metadata");
+    const char *mb = json_string(json_path(meta, "labels", MANAGED_BY_LABEL, NULL));
+    return mb && strcmp(mb, MANAGED_BY_VALUE) == 0 &&
+           json_string(json_path(meta, "annotations", APPLIED_HASH_ANNOTATION, NULL)) != NULL;
+}
+
+/* A write (or a create found done by VERIFY) succeeded with this object. */
+static void write_succeeded(ctl *c, write_req *w, const json_value *obj)
+{
+    const char *what = rec_action_name(w->kind);
+    obs_deploy *d = obj ? cache_parse_deployment(obj) : NULL;
+    if (w->account_id && backlog_left(c) && strmap_get(&c->pending, w->account_id) == NULL)
+        /* Settle it in the pass that continues the backlog (no kick of its own). */
+        strmap_put(&c->pending, w->account_id, (void *)1);
+    if (d) {
+        if (w->stage == STAGE_WRITE)
+            d->applied_generation = d->generation;
+        report(c, what, w->account_id, w->name, d->uid, w->reason, 0);
+        cache_upsert_deployment(c->cache, d);
+    } else {
+        report(c, what, w->account_id, w->name, NULL, w->reason, 0);
+    }
+    free(strmap_del(&c->backoff, w->account_id ? w->account_id : ""));
+    forget_report(c, "error", w->name);
+}
+
+static void write_failed(ctl *c, write_req *w, const char *reason)
+{
+    if (first_report(c, "error", w->name, reason))
+        report(c, "error", w->account_id, w->name, NULL, reason, 1);
+    fail_later(c, w->account_id);
+}
+
+/* The next step of w after resp/terr. Returns 1 when w went on with another
+ * request (still in flight), 0 when it is finished. */
+static int write_step(ctl *c, write_req *w, const kube_response *resp, const char *terr)
+{
+    const char *what = rec_action_name(w->kind);
+    if (resp == NULL && terr && strncmp(terr, "not the leader", 14) == 0) {
+        /* The write gate refused it (leadership lost before it was sent):
+         * nothing happened; the next leader plans it again. */
+        log_info("write not sent: leadership lost", "deployment", w->name, "action", what, NULL);
+        return 0;
+    }
+    int ok = resp && resp->status >= 200 && resp->status < 300;
+    char err[512];
+    if (resp)
+        kube_response_error(resp, err, sizeof err);
+    else
+        snprintf(err, sizeof err, "%s", terr ? terr : "request failed");
+
+    if (w->stage == STAGE_OWN_GET || w->stage == STAGE_OWN_PATCH) {
+        json_value *obj = ok ? json_parse(resp->body, resp->len, NULL, 0) : NULL;
+        int again = 0;
+        if (obj && w->stage == STAGE_OWN_GET) {
+            again = own_upgrade(w, obj);
+        } else if (obj) {
+            obs_deploy *d = cache_parse_deployment(obj);
+            obs_deploy *old = d ? strmap_get(cache_deployments(c->cache), d->name) : NULL;
+            if (old) { /* (gone meanwhile: the watch said so; do not bring it back) */
+                /* metadata only: what was applied is still applied */
+                d->applied_generation = old->applied_generation;
+                cache_upsert_deployment(c->cache, d);
+            } else if (d) {
+                obs_deploy_free(d);
+            }
+            log_info("moved the fields our create owned to our apply", "deployment", w->name, NULL);
+        } else if (resp && (resp->status == 409 || resp->status == 422) && w->attempts < 3) {
+            again = own_upgrade(w, NULL); /* changed meanwhile: a fresh copy */
+        } else if (!resp || resp->status != 404) {
+            log_warn("cannot move the fields our create owned to our apply; retrying later", "deployment",
+                     w->name, "error", err, NULL);
+            fail_later(c, w->account_id);
+        }
+        json_free(obj);
+        if (!again) /* the update it waited for, or whatever happened to it meanwhile
+                     * (events for a name in flight are not planned) */
+            enqueue(c, w->account_id);
+        return again;
+    }
+
+    if (w->stage == STAGE_VERIFY) {
+        json_value *obj = ok ? json_parse(resp->body, resp->len, NULL, 0) : NULL;
+        int again = 0;
+        if (obj && ours(obj)) {
+            /* An earlier attempt did create it (the answer was lost). */
+            write_succeeded(c, w, obj);
+        } else if (obj) {
+            char *reason = xasprintf("cannot create %s: a Deployment of that name exists and is not managed "
+                                     "by sync-airbnb-operator; leaving it alone (%s)", w->name, w->failure);
+            write_failed(c, w, reason);
+            free(reason);
+        } else {
+            write_failed(c, w, w->failure); /* 404: it did not happen; or we cannot tell */
+        }
+        json_free(obj);
+        return again;
+    }
+
+    if (ok && w->kind == ACT_DELETE) {
+        cache_remove_deployment(c->cache, w->name);
+        report(c, what, w->account_id, w->name, NULL, w->reason, 0);
+        free(strmap_del(&c->backoff, w->account_id ? w->account_id : ""));
+        forget_report(c, "error", w->name);
+        return 0;
+    }
+    if (ok) {
+        json_value *obj = json_parse(resp->body, resp->len, NULL, 0);
+        write_succeeded(c, w, obj);
+        json_free(obj);
+        return 0;
+    }
+    if (resp && w->kind == ACT_DELETE && resp->status == 404) {
+        cache_remove_deployment(c->cache, w->name); /* already gone */
+        return 0;
+    }
+    if (w->kind == ACT_CREATE && (resp == NULL || resp->status == 409)) {
+        /* A timed-out POST may have been applied, and a 409 may be its own
+         * earlier attempt: look before reporting. */
+        w->failure = xasprintf("create %s failed: %s", w->name, err);
+        w->stage = STAGE_VERIFY;
+        if (send_stage(w, "GET", NULL, NULL) == 0)
+            return 1;
+        write_failed(c, w, w->failure);
+        return 0;
+    }
+    char *reason = xasprintf("%s %s failed: %s", what, w->name, err);
+    write_failed(c, w, reason);
+    free(reason);
+    return 0;
+}
+
 static void on_write_done(const kube_response *resp, const char *terr, void *ud)
 {
     write_req *w = ud;
     ctl *c = w->c;
     strmap_del(&c->inflight, w->name);
-    const char *what = rec_action_name(w->kind);
-    if (resp && resp->status >= 200 && resp->status < 300) {
-        if (w->kind == ACT_DELETE) {
-            cache_remove_deployment(c->cache, w->name);
-            report(c, what, w->account_id, w->name, NULL, w->reason, 0);
-        } else {
-            char err[128];
-            json_value *obj = json_parse(resp->body, resp->len, err, sizeof err);
-            obs_deploy *d = obj ? cache_parse_deployment(obj) : NULL;
-            json_free(obj);
-            const char *uid = NULL;
-            if (w->account_id && backlog_left(c) && strmap_get(&c->pending, w->account_id) == NULL)
-                /* Settle it in the pass that continues the backlog (no kick of its own). */
-                strmap_put(&c->pending, w->account_id, (void *)1);
-            if (d) {
-                d->applied_generation = d->generation;
-                uid = d->uid;
-                report(c, what, w->account_id, w->name, uid, w->reason, 0);
-                cache_upsert_deployment(c->cache, d);
-            } else {
-                report(c, what, w->account_id, w->name, NULL, w->reason, 0);
-            }
-        }
-        free(strmap_del(&c->backoff, w->account_id ? w->account_id : ""));
-        forget_report(c, "error", w->name);
-    } else if (resp && w->kind == ACT_DELETE && resp->status == 404) {
-        cache_remove_deployment(c->cache, w->name); /* already gone */
-    } else if (resp == NULL && terr && strncmp(terr, "not the leader", 14) == 0) {
-        /* Leadership was lost before it was sent: nothing happened; the next
-         * leader plans it again. */
-        log_info("write not sent: leadership lost", "deployment", w->name, "action", what, NULL);
-    } else {
-        char err[512];
-        if (resp)
-            kube_response_error(resp, err, sizeof err);
-        else
-            snprintf(err, sizeof err, "%s", terr ? terr : "request failed");
-        char *reason;
-        if (resp && resp->status == 409 && w->kind == ACT_CREATE)
-            reason = xasprintf("cannot create %s: a Deployment of that name exists and is not managed by "
-                               "sync-airbnb-operator; leaving it alone (%s)", w->name, err);
-        else
-            reason = xasprintf("%s %s failed: %s", what, w->name, err);
-        if (first_report(c, "error", w->name, reason))
-            report(c, "error", w->account_id, w->name, NULL, reason, 1);
-        free(reason);
-        fail_later(c, w->account_id);
-    }
+    if (write_step(c, w, resp, terr))
+        return; /* w went on with its next request */
     if (w->account_id && strmap_del(&c->requeue, w->account_id))
         enqueue(c, w->account_id);
     if ((c->full_pending || backlog_left(c)) && c->inflight.len < PLAN_CHUNK / 2)
         kick_after(c, FOLLOWUP_MS);
     if (!write_backlog(c))
         event_queue_flush(&c->events);
-    free(w->account_id);
-    free(w->name);
-    free(w->reason);
-    free(w);
+    write_req_free(w);
     /* /readyz follows within a second (on_tick): publishing here would walk
      * the whole cache once per write. */
 }
@@ -328,6 +486,17 @@ static int execute(ctl *c, const action *a)
     if (!is_leader(c))
         return 0;
     forget_report(c, "hold", a->name);
+    const obs_deploy *live = a->kind == ACT_UPDATE ? strmap_get(cache_deployments(c->cache), a->name) : NULL;
+    if (live && live->update_owned) {
+        /* Our POST still owns fields: move them to our apply first, so that
+         * this apply removes what the rules no longer render; the account
+         * is planned again once that is done. */
+        write_req *w = write_req_new(c, a);
+        if (own_upgrade(w, NULL))
+            return 1;
+        write_req_free(w);
+        return 0;
+    }
     char *path = NULL;
     const char *method, *ctype = NULL, *body = NULL;
     char *delete_body = NULL;
@@ -354,12 +523,7 @@ static int execute(ctl *c, const action *a)
         body = delete_body;
         break;
     }
-    write_req *w = xcalloc(1, sizeof *w);
-    w->c = c;
-    w->kind = a->kind;
-    w->account_id = a->account_id ? xstrdup(a->account_id) : NULL;
-    w->name = xstrdup(a->name);
-    w->reason = xstrdup(a->reason);
+    write_req *w = write_req_new(c, a);
     strmap_put(&c->inflight, a->name, w);
     kube_async_request(c->ka, method, path, ctype, body, body ? strlen(body) : 0, cfg->kube_timeout_ms,
                        on_write_done, w);
@@ -1232,13 +1396,8 @@ out:
     /* write_req of requests still in flight are freed with the map below */
     size_t it = 0;
     void *v;
-    while (strmap_next(&c->inflight, &it, NULL, &v)) {
-        write_req *w = v;
-        free(w->account_id);
-        free(w->name);
-        free(w->reason);
-        free(w);
-    }
+    while (strmap_next(&c->inflight, &it, NULL, &v))
+        write_req_free(v);
     event_queue_free(&c->events); /* never posted (no loop left): only when start-up failed */
     if (c->ka)
         kube_async_free(c->ka);

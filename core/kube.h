@@ -158,9 +158,10 @@ typedef void (*kube_done_cb)(const kube_response *resp, const char *transport_er
 /* Queues a request; takes a copy of everything. Token-bucket QPS/burst limit
  * and max_inflight; retries 429 and 503 honouring Retry-After (capped at 60 s),
  * and other 5xx and transport errors with exponential backoff + jitter, up to
- * max_retries; other statuses go straight to done. Note that a POST whose
- * attempt timed out may have been applied: callers treat 409 on create as
- * "exists". done is always called exactly once (unless kube_async_free comes
+ * max_retries; other statuses go straight to done. A POST is repeated only
+ * when it never reached the server (no connection) or the server asked for
+ * it (429, or a 5xx with Retry-After): a POST whose attempt timed out may
+ * have been applied, so it goes to done, and the caller finds out. done is always called exactly once (unless kube_async_free comes
  * first), never from inside this call. Returns 0, or -1 if a is closing. */
 int kube_async_request(kube_async *a, const char *method, const char *path, const char *content_type,
                        const char *body, size_t len, int timeout_ms, kube_done_cb done, void *ud);

@@ -312,6 +312,24 @@ static int on_curl_timer(CURLM *m, long timeout_ms, void *userp)
 
 /* ---- requests ---------------------------------------------------------- */
 
+/* Whether a request may be sent again after this attempt, like client-go:
+ * a POST is not idempotent, so after a failure that may have come after the
+ * server accepted it (a timeout, a dropped connection, a 500) it is not
+ * repeated; the caller finds out what happened (controller.c, a create's
+ * GET). It is when the request never reached the server (no connection) or
+ * the server said to (429, or a 5xx with Retry-After). Every other verb the
+ * operator sends is safe to repeat: GET, apply PATCHes, JSON patches that
+ * test the resourceVersion, DELETEs with a uid precondition. */
+static int may_repeat(const struct xfer *x, CURLcode rc, long status)
+{
+    if (strcmp(x->method, "POST") != 0)
+        return 1;
+    if (rc != CURLE_OK)
+        return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+               rc == CURLE_COULDNT_RESOLVE_PROXY;
+    return status == 429 || x->retry_after_s >= 0;
+}
+
 /* An attempt of a request ended (the easy handle is out of the multi). */
 static void request_done(kube_async *a, struct xfer *x, CURLcode rc)
 {
@@ -343,7 +361,7 @@ static void request_done(kube_async *a, struct xfer *x, CURLcode rc)
         delay = backoff_ms(a, x->attempt);
     }
 
-    if (retry && x->attempt < a->lim.max_retries) {
+    if (retry && x->attempt < a->lim.max_retries && may_repeat(x, rc, status)) {
         char st[24], at[24], dl[24];
         snprintf(st, sizeof st, "%ld", status);
         snprintf(at, sizeof at, "%d", x->attempt + 1);

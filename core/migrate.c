@@ -5,6 +5,7 @@
 #include <lua.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "luahost.h"
@@ -23,11 +24,18 @@ static const char bootstrap_sql[] =
     "    applied_at timestamptz NOT NULL DEFAULT now()\n"
     ");\n";
 
+/* What a migration needs of the accounts table (its field accounts_table):
+ * nothing; that it exists ("required": it attaches a trigger); or that it
+ * exists or may be created ("create": 003, only with
+ * MIGRATE_CREATE_ACCOUNTS_TABLE). Not part of the checksum. */
+enum table_need { NEED_NONE, NEED_TABLE, NEED_CREATE };
+
 typedef struct migration {
     char *id;
     char *description;
     char *sql; /* rendered for the configured accounts table */
     char checksum[65];
+    enum table_need need;
 } migration;
 
 typedef struct applied_row {
@@ -42,7 +50,10 @@ typedef struct plan {
     int nfiles;
     applied_row *rows;
     int nrows;
-    int table_exists; /* schema_migrations exists */
+    int table_exists;    /* schema_migrations exists */
+    int accounts_exists; /* the accounts table exists */
+    int may_create;      /* MIGRATE_CREATE_ACCOUNTS_TABLE */
+    char *accounts_table; /* for messages (owned) */
 } plan;
 
 enum state { ST_APPLIED, ST_PENDING, ST_CHANGED };
@@ -62,6 +73,7 @@ static void plan_free(plan *p)
         free(p->rows[i].applied_at);
     }
     free(p->rows);
+    free(p->accounts_table);
     memset(p, 0, sizeof *p);
 }
 
@@ -150,14 +162,25 @@ static int collect_migrations(lua_State *L)
         if (lua_type(L, 7) != LUA_TSTRING || (lua_tolstring(L, 7, &len), len == 0) ||
             strlen(lua_tostring(L, 7)) != len)
             return luaL_error(L, "%s.lua: up(ctx) must return non-empty SQL text", id);
+        int need = lua_getfield(L, m, "accounts_table"); /* 8 */
+        if (need == LUA_TNIL) {
+            lua_pop(L, 1);
+            lua_pushliteral(L, "");
+        } else if (need != LUA_TSTRING || (strcmp(lua_tostring(L, 8), "required") != 0 &&
+                                           strcmp(lua_tostring(L, 8), "create") != 0)) {
+            return luaL_error(L, "%s.lua: field accounts_table must be nil, \"required\" or "
+                                 "\"create\"", id);
+        }
 
-        lua_createtable(L, 3, 0);
+        lua_createtable(L, 4, 0);
         lua_pushvalue(L, id_at);
         lua_rawseti(L, -2, 1);
         lua_pushvalue(L, 6);
         lua_rawseti(L, -2, 2);
         lua_pushvalue(L, 7);
         lua_rawseti(L, -2, 3);
+        lua_pushvalue(L, 8);
+        lua_rawseti(L, -2, 4);
         lua_rawseti(L, out, i);
         lua_settop(L, out);
     }
@@ -214,11 +237,18 @@ static int load_migrations(const config *cfg, plan *p, char *err, size_t errlen)
         m->id = raw_string(L, 1);
         m->description = raw_string(L, 2);
         m->sql = raw_string(L, 3);
+        char *need = raw_string(L, 4);
+        m->need = strcmp(need, "required") == 0 ? NEED_TABLE
+                  : strcmp(need, "create") == 0 ? NEED_CREATE
+                                                 : NEED_NONE;
+        free(need);
         lua_pop(L, 1);
         util_sha256_hex(m->sql, strlen(m->sql), m->checksum);
         p->nfiles = i + 1;
     }
     lua_pop(L, 1);
+    p->may_create = cfg->migrate_create_accounts_table;
+    p->accounts_table = xasprintf("%s.%s", cfg->accounts_schema, cfg->accounts_relname);
     rc = 0;
 out:
     luahost_free(h);
@@ -239,8 +269,25 @@ static int history_exists(pg_conn *c, int *exists, char *err, size_t errlen)
     return 0;
 }
 
+/* Whether the configured accounts table exists now. */
+static int accounts_table_exists(pg_conn *c, const plan *p, int *exists, char *err, size_t errlen)
+{
+    char *quoted = NULL, *dot = strchr(p->accounts_table, '.');
+    quoted = xasprintf("\"%.*s\".\"%s\"", (int)(dot - p->accounts_table), p->accounts_table, dot + 1);
+    const char *params[] = {quoted};
+    PGresult *res = pg_exec(c, "SELECT to_regclass($1) IS NOT NULL", 1, params, err, errlen);
+    free(quoted);
+    if (res == NULL)
+        return -1;
+    *exists = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return 0;
+}
+
 static int read_history(pg_conn *c, plan *p, char *err, size_t errlen)
 {
+    if (accounts_table_exists(c, p, &p->accounts_exists, err, errlen) != 0)
+        return -1;
     if (history_exists(c, &p->table_exists, err, errlen) != 0)
         return -1;
     if (!p->table_exists)
@@ -288,6 +335,27 @@ static enum state state_of(const plan *p, const migration *m)
     return strcmp(r->checksum, m->checksum) == 0 ? ST_APPLIED : ST_CHANGED;
 }
 
+/* Whether m cannot be applied yet: it needs the accounts table, which does
+ * not exist (and may not be created). */
+static int blocked(const plan *p, const migration *m)
+{
+    if (m->need == NEED_NONE || p->accounts_exists)
+        return 0;
+    return !(m->need == NEED_CREATE && p->may_create);
+}
+
+/* One line saying why m waits (a static buffer: used at once). */
+static const char *waiting_message(const plan *p, const migration *m)
+{
+    static char msg[512];
+    snprintf(msg, sizeof msg,
+             "waiting for the accounts table %s: sync-airbnb's migrations (alembic upgrade head) "
+             "have not created it yet, and %s needs it (MIGRATE_CREATE_ACCOUNTS_TABLE=true creates "
+             "it instead, for a demo or tests only)",
+             p->accounts_table, m->id);
+    return msg;
+}
+
 /* Where the database stands. For HEAD_PENDING and HEAD_DIVERGED, err says
  * why in one line (for DIVERGED, a message `up` refuses with). */
 static enum head assess(const plan *p, int *npending, char *err, size_t errlen)
@@ -322,8 +390,16 @@ static enum head assess(const plan *p, int *npending, char *err, size_t errlen)
     if (npending)
         *npending = pending;
     if (pending) {
-        util_seterr(err, errlen, "%d migration%s pending, first %s", pending,
-                    pending == 1 ? "" : "s", first_pending->id);
+        const migration *waiting = NULL;
+        for (int i = 0; i < p->nfiles && waiting == NULL; i++)
+            if (state_of(p, &p->files[i]) == ST_PENDING && blocked(p, &p->files[i]))
+                waiting = &p->files[i];
+        if (waiting)
+            util_seterr(err, errlen, "%s; %d migration%s pending, first %s", waiting_message(p, waiting),
+                        pending, pending == 1 ? "" : "s", first_pending->id);
+        else
+            util_seterr(err, errlen, "%d migration%s pending, first %s", pending,
+                        pending == 1 ? "" : "s", first_pending->id);
         return HEAD_PENDING;
     }
     return HEAD_AT;
@@ -414,9 +490,18 @@ int migrate_up(pg_conn *c, const config *cfg, int *applied, char *err, size_t er
     for (int i = 0; i < p.nfiles; i++) {
         if (state_of(&p, &p.files[i]) != ST_PENDING)
             continue;
+        /* In order: nothing after a migration that has to wait is applied. */
+        if (blocked(&p, &p.files[i])) {
+            util_seterr(err, errlen, "%s", waiting_message(&p, &p.files[i]));
+            rc = 1;
+            goto out;
+        }
         if (apply_one(c, &p.files[i], err, errlen) != 0)
             goto out;
         done++;
+        if (p.files[i].need == NEED_CREATE &&
+            accounts_table_exists(c, &p, &p.accounts_exists, err, errlen) != 0)
+            goto out;
     }
     if (done == 0)
         log_info("database schema is at head; nothing to apply", NULL);
@@ -547,8 +632,14 @@ static void usage(FILE *f)
           "  check   exit 0 when the schema is at head, 3 when migrations are\n"
           "          pending, 1 on any error; prints one line\n"
           "\n"
+          "The accounts table is sync-airbnb's: migrations that need it wait until\n"
+          "its own migrations (alembic upgrade head) created it: `up` applies the\n"
+          "others, waits up to MIGRATE_WAIT_SECONDS, and exits 4 if it is still\n"
+          "missing. MIGRATE_CREATE_ACCOUNTS_TABLE=true creates it (demo, tests).\n"
+          "\n"
           "Uses DATABASE_URL, MIGRATIONS_DIR, ACCOUNTS_TABLE, DB_STATEMENT_TIMEOUT_MS,\n"
-          "MIGRATE_LOCK_TIMEOUT_SECONDS. See docs/migrations.md.\n",
+          "MIGRATE_LOCK_TIMEOUT_SECONDS, MIGRATE_WAIT_SECONDS,\n"
+          "MIGRATE_CREATE_ACCOUNTS_TABLE. See docs/migrations.md.\n",
           f);
 }
 
@@ -599,8 +690,27 @@ int migrate_main(const config *cfg, int argc, char **argv)
         return MIGRATE_EXIT_ERROR;
     }
     if (strcmp(cmd, "up") == 0) {
-        int n;
-        if (migrate_up(c, cfg, &n, err, sizeof err) != 0) {
+        int n, up, logged = 0;
+        uint64_t give_up = util_now_ms() + (uint64_t)cfg->migrate_wait_s * 1000;
+        /* Applies what it can, then waits (without the lock) for sync-airbnb's
+         * migrations to create the accounts table, and goes on. */
+        while ((up = migrate_up(c, cfg, &n, err, sizeof err)) == 1 && util_now_ms() < give_up) {
+            if (!logged) {
+                char secs[16];
+                snprintf(secs, sizeof secs, "%d", cfg->migrate_wait_s);
+                log_info("waiting for sync-airbnb's migrations to create the accounts table",
+                         "reason", err, "timeout_s", secs, NULL);
+            }
+            logged = 1;
+            usleep(1000 * 1000);
+        }
+        if (up == 1) {
+            log_warn("migrate up stopped: the accounts table does not exist", "reason", err, NULL);
+            fprintf(stderr, "migrate up: %s\n", err);
+            rc = MIGRATE_EXIT_WAITING;
+            goto out;
+        }
+        if (up != 0) {
             log_error("migrate up failed", "error", err, NULL);
             fprintf(stderr, "migrate up: %s\n", err);
             goto out;

@@ -25,6 +25,7 @@
 #define MIGRATE_EXIT_ERROR 1
 #define MIGRATE_EXIT_USAGE 2
 #define MIGRATE_EXIT_PENDING 3 /* `migrate check`: migrations pending */
+#define MIGRATE_EXIT_WAITING 4 /* `migrate up`: the accounts table never appeared */
 
 /* `migrate up|status|check [-o json]`: argv holds the words after "migrate".
  * Connects with cfg->database_url, prints results to stdout and errors as
@@ -32,9 +33,12 @@
 int migrate_main(const config *cfg, int argc, char **argv);
 
 /* Applies the pending migrations on c (lock, bootstrap, one transaction per
- * migration). *applied (if not NULL) receives how many were applied.
- * Returns 0, or -1 with one clear line in err (lock timeout, a changed or
- * unknown migration, or "migration <id> failed: <PostgreSQL message>"). */
+ * migration), in order. *applied (if not NULL) receives how many were
+ * applied. Returns 0; 1 when it stopped at a migration that needs the
+ * accounts table, which does not exist (and MIGRATE_CREATE_ACCOUNTS_TABLE is
+ * off): err says so, the migrations before it are applied; or -1 with one
+ * clear line in err (lock timeout, a changed or unknown migration, or
+ * "migration <id> failed: <PostgreSQL message>"). */
 int migrate_up(pg_conn *c, const config *cfg, int *applied, char *err, size_t errlen);
 
 /* Writes the state of every migration to out: a table (ID, STATE, APPLIED_AT)

@@ -24,14 +24,20 @@ static const char *const account_columns[] = {"account_id", "customer_id", "airb
 #define NCOLUMNS (sizeof account_columns / sizeof account_columns[0])
 static const char *const credential_columns[] = {"airbnb_cookie", "x_client_version", "user_agent"};
 
+/* credentials_generation: credential changes made by anyone but the worker
+ * (migration 005_credentials_generation), read in the same statement as the
+ * row so the two are one snapshot. */
 char *rec_accounts_sql(const config *cfg, int partial)
 {
     char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);
     char *sql = xasprintf(
-        "SELECT account_id::text AS account_id, customer_id::text AS customer_id, airbnb_cookie, "
-        "x_client_version, user_agent, is_active, last_sync_at::text AS last_sync_at, "
-        "updated_at::text AS updated_at, deleted_at::text AS deleted_at FROM %s.%s%s",
-        s, t, partial ? " WHERE account_id::text = ANY($1::text[])" : "");
+        "SELECT a.account_id::text AS account_id, a.customer_id::text AS customer_id, a.airbnb_cookie, "
+        "a.x_client_version, a.user_agent, a.is_active, a.last_sync_at::text AS last_sync_at, "
+        "a.updated_at::text AS updated_at, a.deleted_at::text AS deleted_at, "
+        "coalesce(g.generation, 0)::text AS credentials_generation FROM %s.%s a "
+        "LEFT JOIN sync_airbnb_operator.credentials_generation g "
+        "ON g.account_key = sha256(convert_to(a.account_id::text, 'UTF8'))%s",
+        s, t, partial ? " WHERE a.account_id::text = ANY($1::text[])" : "");
     free(s);
     free(t);
     return sql;

@@ -7,6 +7,7 @@
 return {
   id = "003_accounts_table",
   description = "the accounts table, created only if missing",
+  accounts_table = "create",
   up = function(ctx)
     return ([[
 DO $sao$

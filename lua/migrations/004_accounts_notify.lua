@@ -13,6 +13,7 @@
 return {
   id = "004_accounts_notify",
   description = "NOTIFY sync_airbnb_accounts with the account id on insert/update/delete",
+  accounts_table = "required",
   up = function(ctx)
     return ([[
 CREATE OR REPLACE FUNCTION %s.notify_account_change() RETURNS trigger

@@ -25,6 +25,7 @@ function M.account(id, changes)
         is_active = true,
         last_sync_at = "2025-01-01 05:00:00+00",
         updated_at = "2025-01-01 05:00:00+00",
+        credentials_generation = "0",
     }
     for field, value in pairs(changes or {}) do
         if value == false and field ~= "is_active" then
@@ -46,6 +47,8 @@ M.names = {
     { id = "a/b", name = "sync-airbnb-worker-a-b-c14cddc033", label = "a-b-c14cddc033" },
 }
 
+-- The worker's own sync: a rotated cookie and last_sync_at (the trigger does
+-- not count it, so credentials_generation stays).
 local ROTATED = { airbnb_cookie = "example-cookie-2", last_sync_at = "2025-01-02 05:00:00+00",
     updated_at = "2025-01-02 05:00:00+00" }
 
@@ -80,15 +83,17 @@ M.plans = {
         description = "the worker's own cookie rotation does not roll it; an admin change does",
         steps = {
             { accounts = { account("104") }, expect = { { action = "create", name = "sync-airbnb-worker-104" } } },
-            { accounts = { account("104", ROTATED) }, expect = {
-                { action = "update", name = "sync-airbnb-worker-104", rolls = false } } },
-            { accounts = { account("104", { airbnb_cookie = "example-cookie-admin",
-                last_sync_at = ROTATED.last_sync_at, updated_at = "2025-01-02 09:00:00+00" }) }, expect = {
+            -- the worker's cookie commit, then its last_sync_at commit: nothing to do
+            { accounts = { account("104", { airbnb_cookie = ROTATED.airbnb_cookie }) }, expect = {} },
+            { accounts = { account("104", ROTATED) }, expect = {} },
+            -- an admin's cookie change, even one equal to an earlier value: rolls
+            { accounts = { account("104", { airbnb_cookie = "example-cookie-1", last_sync_at = ROTATED.last_sync_at,
+                updated_at = "2025-01-02 09:00:00+00", credentials_generation = "1" }) }, expect = {
                 { action = "update", name = "sync-airbnb-worker-104", rolls = true } } },
-            { accounts = { account("104", { airbnb_cookie = "example-cookie-admin",
+            { accounts = { account("104", { airbnb_cookie = "example-cookie-3", credentials_generation = "1",
                 last_sync_at = "2025-01-03 05:00:00+00", updated_at = "2025-01-03 05:00:00+00" }) }, expect = {} },
-            { accounts = { account("104", { airbnb_cookie = "example-cookie-admin", user_agent = "Mozilla/5.0 (new)",
-                last_sync_at = "2025-01-03 05:00:00+00" }) }, expect = {
+            { accounts = { account("104", { airbnb_cookie = "example-cookie-3", user_agent = "Mozilla/5.0 (new)",
+                credentials_generation = "2", last_sync_at = "2025-01-03 05:00:00+00" }) }, expect = {
                 { action = "update", name = "sync-airbnb-worker-104", rolls = true } } },
         },
     },

@@ -1,42 +1,45 @@
 -- fingerprint: when a credential change rolls the worker.
 --
--- The worker reads its credentials from the database only at start-up, so an
--- admin change to them must restart it: the pod template carries a hash of
--- the credential fields (annotation sync-airbnb.io/credentials-fingerprint),
--- and a new hash rolls the pods.
+-- The worker reads its credentials from the database only at start-up, so a
+-- change to them by anyone else must restart it: the pod template carries a
+-- hash (annotation sync-airbnb.io/credentials-fingerprint), and a new hash
+-- rolls the pods.
 --
--- But the worker itself writes a rotated airbnb_cookie after every sync, in
--- the same UPDATE that bumps last_sync_at (DESIGN.md §2). Rolling on that
--- would restart every worker daily for nothing. So the Deployment (not the
--- pod template; changing it restarts nothing) also records:
---   sync-airbnb.io/credentials-seen  "<stable>.<rotated>": short hashes of
---       the fields the worker never writes and of those it rotates, as last
---       seen;
---   sync-airbnb.io/last-sync-at      last_sync_at when they were seen.
--- A change confined to the rotated fields, arriving with a last_sync_at that
--- moved since it was recorded, is the worker's own rotation: recorded with a
--- metadata-only update, the pods keep running. Any other credential change
--- rolls. A change of only last_sync_at/updated_at changes nothing at all.
+-- But the worker itself writes a rotated airbnb_cookie after every sync (and
+-- last_sync_at in a separate commit: services/insights.py). Rolling on that
+-- would restart every worker daily for nothing, and no rule can tell the two
+-- writers apart from the row's values or timing. The database can: the
+-- worker's sessions carry application_name "sync-airbnb-worker" (PGAPPNAME,
+-- deployment.lua), and the operator's trigger (migration
+-- 005_credentials_generation) counts every change of a credential column
+-- made by any other session into sync_airbnb_operator.credentials_generation.
+-- The core hands that count to the rules as account.credentials_generation.
 --
--- To roll on every cookie change, set M.worker_rotated_fields = {}.
--- To stop rolling on cookie changes at all, drop "airbnb_cookie" from M.fields.
+-- So the fingerprint hashes the account id, that generation, and the
+-- credential fields the worker never writes (M.fields). The cookie itself is
+-- not hashed: the worker's own rotation changes nothing here, an admin's
+-- cookie change bumps the generation. It is right whatever the order or
+-- timing of the worker's commits, for concurrent admin and worker writes,
+-- and for changes made while the operator is down (the generation is in the
+-- database, the fingerprint on the Deployment).
+--
+-- To roll on every cookie change (the worker's too), add "airbnb_cookie" to
+-- M.fields. To roll only on the generation, set M.fields = {}.
 local hash = require("hash")
 
 local ipairs, type = ipairs, type
-local string_format, string_match, string_sub = string.format, string.match, string.sub
+local string_format, string_match = string.format, string.match
 local table_concat = table.concat
 
 local M = {}
 
--- Credential fields hashed into the fingerprint. A change to any of them by
--- anyone but the worker rolls the worker.
-M.fields = { "x_client_version", "user_agent", "airbnb_cookie" }
--- The subset the worker rewrites itself after each sync.
-M.worker_rotated_fields = { "airbnb_cookie" }
+-- Credential fields hashed as they are: the worker never writes them.
+M.fields = { "x_client_version", "user_agent" }
+-- The column the core adds to every account row: how many times a session
+-- other than the worker's changed a credential column (text, "0" if never).
+M.generation_field = "credentials_generation"
 
 M.annotation = "sync-airbnb.io/credentials-fingerprint"
-M.seen_annotation = "sync-airbnb.io/credentials-seen"
-M.last_sync_annotation = "sync-airbnb.io/last-sync-at"
 
 -- sha256 over length-prefixed pieces, so ("ab", "c") and ("a", "bc") differ.
 -- Credential values go into the hash and nowhere else.
@@ -48,8 +51,16 @@ local function digest(tag, account, fields)
     if type(account) ~= "table" or type(account.account_id) ~= "string" then
         error("credentials fingerprint: account_id must be a string", 0)
     end
+    local generation = account[M.generation_field]
+    if generation == nil then
+        generation = "0" -- no change counted yet (or a core that does not pass it)
+    elseif type(generation) ~= "string" or not string_match(generation, "^%d+$") then
+        error(string_format("%s must be a string of digits or NULL, got %s", M.generation_field,
+            type(generation)), 0)
+    end
     add(tag)
     add(account.account_id)
+    add(generation)
     for _, field in ipairs(fields) do
         local value = account[field]
         add(field)
@@ -64,82 +75,21 @@ local function digest(tag, account, fields)
     return hash.sha256(table_concat(pieces))
 end
 
---- sha256 (hex) over the account id and the fields in M.fields.
+--- sha256 (hex) over the account id, its credentials generation and the
+--- fields in M.fields.
 ---@param account table an account row
 ---@return string hex
 function M.credentials_fingerprint(account)
-    return digest("sync-airbnb/credentials/v1", account, M.fields)
-end
-
---- The value of the credentials-seen annotation: 16 hex of the stable
---- fields' hash, '.', 16 hex of the worker-rotated fields' hash.
----@param account table
----@return string
-function M.seen(account)
-    local rotated_set = {}
-    for _, field in ipairs(M.worker_rotated_fields) do
-        rotated_set[field] = true
-    end
-    local stable, rotated = {}, {}
-    for _, field in ipairs(M.fields) do
-        local list = rotated_set[field] and rotated or stable
-        list[#list + 1] = field
-    end
-    return string_sub(digest("sync-airbnb/stable/v1", account, stable), 1, 16) .. "."
-        .. string_sub(digest("sync-airbnb/rotated/v1", account, rotated), 1, 16)
-end
-
-local function stable_part(seen)
-    return string_match(seen, "^([^.]*)%.")
-end
-
---- What the Deployment should record for this account, given what it records
---- now. Returns {fingerprint, seen, last_sync_at, change} where change is
----   "new"             no Deployment yet: everything from the account;
----   "none"            credentials as last seen: everything carried over;
----   "worker_rotation" only rotated fields changed and last_sync_at moved:
----                     seen/last_sync_at updated, fingerprint kept (no roll);
----   "credentials"     any other change: everything from the account (rolls
----                     unless the pods already run this fingerprint).
----@param account table a valid, active account
----@param observed table|nil the observed Deployment (see plan.lua)
----@return table state
-function M.decide(account, observed)
-    local current = {
-        fingerprint = M.credentials_fingerprint(account),
-        seen = M.seen(account),
-        last_sync_at = account.last_sync_at or "",
-    }
-    if observed == nil then
-        current.change = "new"
-        return current
-    end
-    local annotations = observed.annotations or {}
-    local seen = annotations[M.seen_annotation]
-    local recorded_sync = annotations[M.last_sync_annotation]
-    local running = observed.fingerprint
-    if type(running) ~= "string" or type(seen) ~= "string" or type(recorded_sync) ~= "string" then
-        current.change = "credentials" -- nothing (usable) recorded: start from the account
-        return current
-    end
-    if seen == current.seen then
-        return { fingerprint = running, seen = seen, last_sync_at = recorded_sync, change = "none" }
-    end
-    if stable_part(seen) == stable_part(current.seen) and recorded_sync ~= current.last_sync_at then
-        return { fingerprint = running, seen = current.seen, last_sync_at = current.last_sync_at,
-            change = "worker_rotation" }
-    end
-    current.change = "credentials"
-    return current
+    return digest("sync-airbnb/credentials/v2", account, M.fields)
 end
 
 --- Whether the pods run the credentials the rules consider current (for
---- `status`): true after a recorded worker rotation too.
+--- `status`).
 ---@param account table a valid, active account
 ---@param observed table the observed Deployment
 ---@return boolean
 function M.in_sync(account, observed)
-    return M.decide(account, observed).fingerprint == observed.fingerprint
+    return M.credentials_fingerprint(account) == observed.fingerprint
 end
 
 return M

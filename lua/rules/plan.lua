@@ -95,8 +95,7 @@ end
 -- Renders one active account against its observed Deployment (or nil).
 -- Returns the action or nil for nothing to do; raises on a rule error.
 local function reconcile_account(account, observed, ctx)
-    local state = fingerprint.decide(account, observed)
-    local object = deployment.render(account, ctx, state)
+    local object = deployment.deployment(account, ctx)
     local desired_hash = hash.sha256(json.encode(object))
     local changed = observed == nil or observed.applied_hash ~= desired_hash
     if not changed and not observed.drifted then
@@ -112,10 +111,9 @@ local function reconcile_account(account, observed, ctx)
             object = object, desired_hash = desired_hash }
     end
     local reasons = {}
-    if state.change == "credentials" and state.fingerprint ~= observed.fingerprint then
+    local running = (object.spec.template.metadata.annotations or {})[fingerprint.annotation]
+    if observed.fingerprint ~= nil and running ~= observed.fingerprint then
         reasons[#reasons + 1] = "credentials changed (rolls the worker)"
-    elseif state.change == "worker_rotation" then
-        reasons[#reasons + 1] = "worker rotated its cookie (recorded, no rollout)"
     elseif changed then
         reasons[#reasons + 1] = "desired Deployment changed"
     end

@@ -12,14 +12,15 @@
 --   plan(accounts, observed, ctx)-> actions, summary
 --       accounts: array of rows {account_id, customer_id, airbnb_cookie,
 --         x_client_version, user_agent, is_active, last_sync_at, updated_at,
---         deleted_at} (strings, is_active boolean, nil for SQL NULL)
+--         deleted_at, credentials_generation} (strings, is_active boolean,
+--         nil for SQL NULL; credentials_generation counts the credential
+--         changes made by sessions other than the worker's, "0" if none)
 --       observed: managed Deployments keyed by name: {name, account_id
 --         (annotation sync-airbnb.io/account-id), applied_hash (annotation
 --         sync-airbnb.io/applied-hash), fingerprint (pod template annotation
 --         sync-airbnb.io/credentials-fingerprint), annotations (the
 --         Deployment's metadata.annotations, at least those under
---         sync-airbnb.io/: fingerprint.lua reads credentials-seen and
---         last-sync-at), generation, drifted, replicas, ready_replicas}
+--         sync-airbnb.io/), generation, drifted, replicas, ready_replicas}
 --       ctx: {namespace, worker_image, now}
 --       actions, sorted by name:
 --         {action="create"|"update", account_id, name, reason, object, desired_hash}

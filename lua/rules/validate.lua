@@ -14,7 +14,8 @@ local M = {}
 -- Columns the worker needs to sync; an active account without them is an error.
 M.credential_fields = { "airbnb_cookie", "x_client_version", "user_agent" }
 -- Columns that are strings, or nil for SQL NULL.
-M.optional_string_fields = { "customer_id", "last_sync_at", "updated_at", "deleted_at" }
+M.optional_string_fields = { "customer_id", "last_sync_at", "updated_at", "deleted_at",
+    "credentials_generation" }
 
 --- The shape every account row must have, active or not: a string id, a
 --- boolean is_active and string-or-nil timestamps.

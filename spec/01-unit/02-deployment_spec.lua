@@ -34,11 +34,59 @@ describe("deployment", function()
         end
     end)
 
-    it("has the seed's container: name, image, env, resources and probes", function()
+    it("has the seed's container name, image (pinned by ctx), resources and env first", function()
         assert.equal(1, #object.spec.template.spec.containers)
-        for _, field in ipairs({ "name", "image", "env", "resources", "readinessProbe", "livenessProbe" }) do
+        for _, field in ipairs({ "name", "image", "resources" }) do
             assert.same(seed_container[field], container[field], field)
         end
+        for i, var in ipairs(seed_container.env) do
+            assert.same(var, container.env[i])
+        end
+    end)
+
+    it("probes /health and /health/ready on 8000, with a startup probe for a Python start", function()
+        assert.same({ path = "/health/ready", port = 8000 }, container.readinessProbe.httpGet)
+        assert.same({ path = "/health", port = 8000 }, container.livenessProbe.httpGet)
+        assert.same({ path = "/health", port = 8000 }, container.startupProbe.httpGet)
+        local startup = container.startupProbe
+        assert.is_true(startup.periodSeconds * startup.failureThreshold >= 120)
+        assert.is_nil(container.livenessProbe.initialDelaySeconds) -- the startup probe gates it
+    end)
+
+    local function env_var(name)
+        for _, var in ipairs(container.env) do
+            if var.name == name then
+                return var
+            end
+        end
+    end
+
+    it("takes AIRBNB_API_KEY from Secret sync-airbnb-api key api-key", function()
+        assert.same({ name = "AIRBNB_API_KEY",
+            valueFrom = { secretKeyRef = { name = "sync-airbnb-api", key = "api-key" } } }, env_var("AIRBNB_API_KEY"))
+    end)
+
+    it("satisfies the app's import-time legacy variables with placeholders, not the account's values", function()
+        for _, name in ipairs({ "AIRBNB_COOKIE", "X_CLIENT_VERSION" }) do
+            local var = env_var(name)
+            assert.equal("unused-legacy-placeholder", var.value, name)
+            assert.is_nil(var.valueFrom)
+        end
+        assert.not_equal(account.airbnb_cookie, env_var("AIRBNB_COOKIE").value)
+    end)
+
+    it("names the worker's database sessions (PGAPPNAME) for the credentials trigger", function()
+        assert.equal("sync-airbnb-worker", env_var("PGAPPNAME").value)
+    end)
+
+    it("never runs two workers of one account: Recreate, and a grace period over the 300 s drain", function()
+        assert.same({ type = "Recreate" }, object.spec.strategy)
+        assert.is_true(object.spec.template.spec.terminationGracePeriodSeconds >= 300 + 30)
+    end)
+
+    it("keeps few old ReplicaSets and mounts no ServiceAccount token", function()
+        assert.is_true(object.spec.revisionHistoryLimit >= 1 and object.spec.revisionHistoryLimit <= 2)
+        assert.is_false(object.spec.template.spec.automountServiceAccountToken)
     end)
 
     it("takes DATABASE_URL from Secret sync-airbnb-db key url, never inline", function()
@@ -58,10 +106,12 @@ describe("deployment", function()
         assert.same({ { name = "http", containerPort = 8000 } }, container.ports)
     end)
 
-    it("does not force runAsNonRoot (the image runs as root)", function()
-        assert.is_nil(object.spec.template.spec.securityContext)
-        assert.is_nil(container.securityContext)
+    it("hardens what a root image allows, without forcing runAsNonRoot", function()
+        assert.same({ seccompProfile = { type = "RuntimeDefault" } }, object.spec.template.spec.securityContext)
+        assert.same({ allowPrivilegeEscalation = false, capabilities = { drop = { "ALL" } } },
+            container.securityContext)
         assert.is_nil(json.encode(object):find("runAsNonRoot", 1, true))
+        assert.is_nil(json.encode(object):find("runAsUser", 1, true))
     end)
 
     it("annotates the raw account id and the credentials fingerprint", function()
@@ -88,7 +138,7 @@ describe("deployment", function()
         assert.equal("registry/x:1", custom.spec.template.spec.containers[1].image)
         local default = rules.deployment(account)
         assert.equal("sync-airbnb", default.metadata.namespace)
-        assert.equal("sync-airbnb:latest", default.spec.template.spec.containers[1].image)
+        assert.equal("sync-airbnb:0.1.0", default.spec.template.spec.containers[1].image)
     end)
 
     it("passes the raw id to ACCOUNT_ID and the annotation even when the name is hashed", function()

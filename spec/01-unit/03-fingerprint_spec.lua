@@ -1,6 +1,7 @@
 -- The rollout decision for credential changes (lua/rules/fingerprint.lua):
--- an admin change rolls the worker, the worker's own cookie rotation and
--- bare last_sync_at/updated_at changes do not.
+-- a change counted in credentials_generation (made by anyone but the worker,
+-- decided by the database trigger) rolls the worker; the worker's own cookie
+-- rotation and bare last_sync_at/updated_at changes do not.
 local helpers = require("spec.helpers")
 local accounts = require("spec.fixtures.accounts")
 local rules = require("rules")
@@ -42,11 +43,24 @@ describe("credentials_fingerprint", function()
         assert.equal(value, rules.credentials_fingerprint(helpers.copy(account)))
     end)
 
-    it("changes with each credential field", function()
+    it("changes with the credentials generation and the fields the worker never writes", function()
         local base = rules.credentials_fingerprint(account)
-        for _, field in ipairs({ "airbnb_cookie", "x_client_version", "user_agent" }) do
+        for _, field in ipairs({ "x_client_version", "user_agent" }) do
             assert.are_not.equal(base, rules.credentials_fingerprint(changed(account, { [field] = "other" })), field)
         end
+        assert.are_not.equal(base, rules.credentials_fingerprint(changed(account, { credentials_generation = "1" })))
+        assert.equal(base, rules.credentials_fingerprint(changed(account, { credentials_generation = "0" })),
+            "no generation is generation 0")
+    end)
+
+    it("does not hash the cookie itself: the worker rotates it", function()
+        assert.equal(rules.credentials_fingerprint(account),
+            rules.credentials_fingerprint(changed(account, { airbnb_cookie = "fake-cookie-rotated" })))
+    end)
+
+    it("refuses a generation that is not a string of digits", function()
+        assert.has_error(function() rules.credentials_fingerprint(changed(account, { credentials_generation = 1 })) end)
+        assert.has_error(function() rules.credentials_fingerprint(changed(account, { credentials_generation = "x" })) end)
     end)
 
     it("ignores last_sync_at, updated_at and the other columns", function()
@@ -65,7 +79,7 @@ describe("credentials_fingerprint", function()
     it("hashes a NULL field apart from the empty string, for nullable fields added to fingerprint.fields", function()
         local saved = fingerprint.fields
         finally(function() fingerprint.fields = saved end)
-        fingerprint.fields = { "x_client_version", "user_agent", "airbnb_cookie", "customer_id" }
+        fingerprint.fields = { "x_client_version", "user_agent", "customer_id" }
         local without = helpers.copy(account)
         without.customer_id = nil
         local null = rules.credentials_fingerprint(without)
@@ -83,23 +97,38 @@ end)
 
 describe("credential changes", function()
     local before = accounts.row("310316675", {
-        last_sync_at = "2025-10-23 05:00:00+00", updated_at = "2025-10-23 05:00:00+00" })
+        last_sync_at = "2025-10-23 05:00:00+00", updated_at = "2025-10-23 05:00:00+00",
+        credentials_generation = "3" })
 
-    it("an admin change to airbnb_cookie rolls the worker", function()
+    it("an admin change to airbnb_cookie (the trigger bumped the generation) rolls the worker", function()
         local action, rolls = transition(before, changed(before, {
-            airbnb_cookie = "fake-cookie-from-admin", updated_at = "2025-10-23 09:30:00+00" }))
+            airbnb_cookie = "fake-cookie-from-admin", updated_at = "2025-10-23 09:30:00+00",
+            credentials_generation = "4" }))
         assert.equal("update", action.action)
         assert.is_true(rolls)
         assert.equal("credentials changed (rolls the worker)", action.reason)
     end)
 
-    it("the worker's own rotation (cookie + last_sync_at + updated_at) does not roll it", function()
-        local action, rolls = transition(before, changed(before, {
-            airbnb_cookie = "fake-cookie-rotated", last_sync_at = "2025-10-24 05:00:03+00",
-            updated_at = "2025-10-24 05:00:03+00" }))
-        assert.equal("update", action.action)
-        assert.is_false(rolls)
-        assert.equal("worker rotated its cookie (recorded, no rollout)", action.reason)
+    it("the worker's own rotation, in either of its two commits, changes nothing", function()
+        -- services/insights.py: update_account_cookies, then update_last_sync
+        local cookie_commit = changed(before, { airbnb_cookie = "fake-cookie-rotated",
+            updated_at = "2025-10-24 05:00:02+00" })
+        local sync_commit = changed(cookie_commit, { last_sync_at = "2025-10-24 05:00:03+00",
+            updated_at = "2025-10-24 05:00:03+00" })
+        assert.is_nil((transition(before, cookie_commit)))
+        assert.is_nil((transition(before, sync_commit)))
+        assert.is_nil((transition(cookie_commit, sync_commit)))
+    end)
+
+    it("an admin cookie change after a sync that left the cookie unchanged rolls", function()
+        local synced = changed(before, { last_sync_at = "2025-10-24 05:00:03+00", updated_at = "2025-10-24 05:00:03+00" })
+        local _, _, observed = transition(before, synced)
+        local admin = changed(synced, { airbnb_cookie = "fake-cookie-from-admin",
+            updated_at = "2025-10-24 10:00:00+00", credentials_generation = "4" })
+        local actions = rules.plan({ admin }, observed, CTX)
+        assert.equal(1, #actions)
+        assert.are_not.equal(observed[actions[1].name].fingerprint,
+            actions[1].object.spec.template.metadata.annotations[FINGERPRINT])
     end)
 
     it("a change of only last_sync_at/updated_at changes nothing at all", function()
@@ -109,7 +138,7 @@ describe("credential changes", function()
         assert.is_nil((transition(before, changed(before, { updated_at = "2025-10-24 11:00:00+00" }))))
     end)
 
-    it("an x_client_version or user_agent change rolls the worker", function()
+    it("an x_client_version or user_agent change rolls the worker, even without a generation", function()
         for _, field in ipairs({ "x_client_version", "user_agent" }) do
             local action, rolls = transition(before, changed(before, { [field] = "fake-new-" .. field }))
             assert.equal("update", action.action, field)
@@ -117,60 +146,42 @@ describe("credential changes", function()
         end
     end)
 
-    it("a header change rolls even when it arrives together with a sync", function()
-        local _, rolls = transition(before, changed(before, {
-            airbnb_cookie = "fake-cookie-rotated", user_agent = "Mozilla/5.0 (fake new agent)",
-            last_sync_at = "2025-10-24 05:00:03+00" }))
+    it("several admin changes while the operator was down roll once", function()
+        local action, rolls, observed = transition(before, changed(before, {
+            airbnb_cookie = "fake-cookie-admin-3", credentials_generation = "7" }))
         assert.is_true(rolls)
+        assert.equal("update", action.action)
+        assert.same({}, (rules.plan({ changed(before, { airbnb_cookie = "fake-cookie-admin-3",
+            credentials_generation = "7" }) }, observed, CTX)))
     end)
 
-    it("an admin cookie change after a recorded rotation still rolls", function()
-        local rotated = changed(before, { airbnb_cookie = "fake-cookie-rotated",
-            last_sync_at = "2025-10-24 05:00:03+00", updated_at = "2025-10-24 05:00:03+00" })
-        local _, _, observed = transition(before, rotated)
-        local admin = changed(rotated, { airbnb_cookie = "fake-cookie-from-admin",
-            updated_at = "2025-10-24 10:00:00+00" })
-        local actions = rules.plan({ admin }, observed, CTX)
-        assert.equal(1, #actions)
-        local name = actions[1].name
-        assert.are_not.equal(observed[name].fingerprint,
-            actions[1].object.spec.template.metadata.annotations[FINGERPRINT])
-    end)
-
-    it("a recorded rotation leaves nothing to do on the next pass", function()
-        local rotated = changed(before, { airbnb_cookie = "fake-cookie-rotated",
-            last_sync_at = "2025-10-24 05:00:03+00", updated_at = "2025-10-24 05:00:03+00" })
-        local _, _, observed = transition(before, rotated)
-        assert.same({}, (rules.plan({ rotated }, observed, CTX)))
-        assert.is_true(rules.credentials_in_sync(rotated, observed[rules.worker_name("310316675")]))
-    end)
-
-    it("rolls on a rotation too when worker_rotated_fields is emptied (the documented switch)", function()
-        local saved = fingerprint.worker_rotated_fields
-        finally(function() fingerprint.worker_rotated_fields = saved end)
-        local _, rolls_before = transition(before, changed(before, {
-            airbnb_cookie = "fake-cookie-rotated", last_sync_at = "2025-10-24 05:00:03+00" }))
-        fingerprint.worker_rotated_fields = {}
-        local _, rolls_after = transition(before, changed(before, {
-            airbnb_cookie = "fake-cookie-rotated", last_sync_at = "2025-10-24 05:00:03+00" }))
+    it("rolls on every cookie change when airbnb_cookie is added to fields (the documented switch)", function()
+        local saved = fingerprint.fields
+        finally(function() fingerprint.fields = saved end)
+        local rotated = changed(before, { airbnb_cookie = "fake-cookie-rotated" })
+        local _, rolls_before = transition(before, rotated)
+        fingerprint.fields = { "x_client_version", "user_agent", "airbnb_cookie" }
+        local _, rolls_after = transition(before, rotated)
         assert.is_false(rolls_before)
         assert.is_true(rolls_after)
     end)
 
-    it("a Deployment from rules that recorded nothing is brought up to date without a roll", function()
+    it("a Deployment from older rules is brought up to date; its new fingerprint rolls it once", function()
         local name = rules.worker_name("310316675")
         local observed = rules.observed_after((rules.plan({ before }, {}, CTX)), {})
-        observed[name].annotations = { ["sync-airbnb.io/account-id"] = "310316675" }
         observed[name].applied_hash = "applied-by-older-rules"
         local actions = rules.plan({ before }, observed, CTX)
         assert.equal("update", actions[1].action)
         assert.equal("desired Deployment changed", actions[1].reason)
-        assert.equal(observed[name].fingerprint, actions[1].object.spec.template.metadata.annotations[FINGERPRINT])
+        observed[name].fingerprint = "fingerprint-of-older-rules"
+        actions = rules.plan({ before }, observed, CTX)
+        assert.equal("credentials changed (rolls the worker)", actions[1].reason)
+        assert.is_true(rules.credentials_in_sync(before, rules.observed_after(actions, observed)[name]))
     end)
 
     it("never puts a credential value in an object, annotation or reason", function()
         local rows = {
-            changed(before, { airbnb_cookie = "fake-cookie-from-admin" }),
+            changed(before, { airbnb_cookie = "fake-cookie-from-admin", credentials_generation = "4" }),
             changed(before, { airbnb_cookie = "fake-cookie-rotated", last_sync_at = "2025-10-24 05:00:03+00" }),
             changed(before, { user_agent = "fake-agent-new" }),
         }

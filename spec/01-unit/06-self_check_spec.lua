@@ -44,11 +44,11 @@ describe("self_check", function()
 
     it("fails on a broken plan example, naming scenario and step", function()
         local ok, err = rules.self_check(CTX, examples_with(function(e)
-            e.plans[3].steps[2].expect[1].rolls = true
+            e.plans[3].steps[4].expect[1].rolls = false
         end))
         assert.is_nil(ok)
         assert.matches('plan example "the worker\'s own cookie rotation does not roll it; an admin change does", '
-            .. "step 2: update sync%-airbnb%-worker%-104 .*expected rolls=true, got rolls=false", err)
+            .. "step 4: update sync%-airbnb%-worker%-104 .*expected rolls=false, got rolls=true", err)
     end)
 
     it("fails when an expected action is missing or extra", function()

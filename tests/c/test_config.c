@@ -28,7 +28,7 @@ static void test_defaults(void)
     char err[256];
     CHECK(load(0, NULL, &c, err, sizeof err) == 0);
     CHECK(c.resync_interval_s == 30);
-    CHECK_STR(c.worker_image, "sync-airbnb:latest");
+    CHECK_STR(c.worker_image, "sync-airbnb:0.1.0");
     CHECK_STR(c.accounts_schema, "airbnb");
     CHECK_STR(c.accounts_relname, "accounts");
     CHECK_STR(c.health_addr, ":8080");

@@ -866,6 +866,7 @@ static void test_notify_payloads_through_the_trigger(void)
     cfg.accounts_relname = "accounts";
     cfg.db_timeout_ms = 10000;
     cfg.migrate_lock_timeout_s = 30;
+    cfg.migrate_create_accounts_table = 1;
 
     pg_conn *w = url ? pg_connect(url, 10000, err, sizeof err) : NULL;
     pg_conn *l = url ? pg_connect(url, 10000, err, sizeof err) : NULL;

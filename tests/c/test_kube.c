@@ -645,12 +645,47 @@ static void test_async_500_gives_up_after_max_retries(void)
     kube_limits lim = {.max_retries = 2, .backoff_base_ms = 10, .backoff_max_ms = 40};
     env_open(&e, server_url, &lim);
     dbl.hits_broken = 0;
-    kube_async_request(e.a, "POST", "/broken", NULL, "{}", 2, 2000, on_done, &res);
+    kube_async_request(e.a, "PATCH", "/broken", NULL, "{}", 2, 2000, on_done, &res);
     run_until(&e, &res.done, 1, 3000);
     CHECK(res.done == 1);
     CHECK(res.status == 500);
     CHECK_STR(res.reason, "InternalError");
     CHECK(dbl.hits_broken == 3); /* first attempt + 2 retries */
+    env_close(&e);
+}
+
+/* A POST (not idempotent) is not repeated after a failure that may have come
+ * after the server accepted it (a 500, a timeout); it is when the server asked
+ * for it (429 + Retry-After) or no connection was ever made. */
+static void test_async_post_repeated_only_when_known_not_to_have_happened(void)
+{
+    struct env e;
+    struct result broken = {0}, slow = {0}, later = {0}, refused = {0};
+    kube_limits lim = {.max_retries = 2, .backoff_base_ms = 10, .backoff_max_ms = 40};
+    env_open(&e, server_url, &lim);
+    kube_stats_reset();
+    dbl.hits_broken = 0;
+    dbl.hits_retry_after = 0;
+    kube_async_request(e.a, "POST", "/broken", NULL, "{}", 2, 2000, on_done, &broken);
+    kube_async_request(e.a, "POST", "/slow", NULL, "{}", 2, 250, on_done, &slow);
+    kube_async_request(e.a, "POST", "/retry-after", NULL, "{}", 2, 2000, on_done, &later);
+    run_until(&e, &broken.done, 1, 3000);
+    run_until(&e, &slow.done, 1, 3000);
+    run_until(&e, &later.done, 1, 5000);
+    CHECK(broken.status == 500);
+    CHECK(dbl.hits_broken == 1);
+    CHECK_STR(slow.err, "POST /slow: timed out after 250 ms");
+    CHECK(stat_count("POST", 0) == 1);
+    CHECK(later.status == 200 && dbl.hits_retry_after == 2);
+    env_close(&e);
+
+    kube_limits lim1 = {.max_retries = 1, .backoff_base_ms = 10};
+    env_open(&e, "http://127.0.0.1:1", &lim1);
+    kube_stats_reset();
+    kube_async_request(e.a, "POST", "/x", NULL, "{}", 2, 1000, on_done, &refused);
+    run_until(&e, &refused.done, 1, 3000);
+    CHECK(refused.done == 1 && refused.err[0] != '\0');
+    CHECK(stat_count("POST", 0) == 2); /* connection refused: never sent, so repeated */
     env_close(&e);
 }
 
@@ -673,7 +708,8 @@ static void test_async_write_gate_before_every_attempt(void)
     kube_async_set_write_gate(e.a, write_gate, NULL);
     dbl.hits_broken = 0;
     gate_open = 1;
-    kube_async_request(e.a, "POST", "/broken?in=/deployments", NULL, "{}", 2, 2000, on_done, &res);
+    /* a DELETE: repeated after a 500 (a POST is not) */
+    kube_async_request(e.a, "DELETE", "/broken?in=/deployments", NULL, NULL, 0, 2000, on_done, &res);
     run_until(&e, &dbl.hits_broken, 1, 3000); /* the first attempt went out (500) */
     CHECK(dbl.hits_broken == 1 && res.done == 0);
     gate_open = 0;
@@ -988,6 +1024,7 @@ int main(void)
     RUN(test_async_429_retry_after_honoured);
     RUN(test_async_503_retried);
     RUN(test_async_500_gives_up_after_max_retries);
+    RUN(test_async_post_repeated_only_when_known_not_to_have_happened);
     RUN(test_async_timeout_and_transport_error);
     RUN(test_async_write_gate_before_every_attempt);
     RUN(test_async_qps_limit);

@@ -24,7 +24,7 @@
 #include "util.h"
 
 #define REAL_DIR SAO_SOURCE_DIR "/lua/migrations"
-#define NREAL 4 /* migrations in lua/migrations */
+#define NREAL 5 /* migrations in lua/migrations */
 
 static char tmproot[] = "/tmp/sao-migrate-XXXXXX";
 
@@ -41,6 +41,7 @@ static config test_config(const char *dir)
     c.accounts_relname = "accounts";
     c.db_timeout_ms = 10000;
     c.migrate_lock_timeout_s = 30;
+    c.migrate_create_accounts_table = 1; /* most tests start from an empty database */
     return c;
 }
 
@@ -131,7 +132,8 @@ static char *migrations_copy(const char *name, const char *const *extra_ids)
         closedir(d);
     buf init = {0};
     buf_puts(&init, "return {\n  \"001_operator_schema\", \"002_audit_log\", "
-                    "\"003_accounts_table\", \"004_accounts_notify\",\n");
+                    "\"003_accounts_table\", \"004_accounts_notify\", "
+                    "\"005_credentials_generation\",\n");
     for (int i = 0; extra_ids && extra_ids[i]; i++)
         buf_printf(&init, "  \"%s\",\n", extra_ids[i]);
     buf_puts(&init, "}\n");
@@ -201,8 +203,8 @@ static void test_fresh_database_migrates_to_head(void)
         if (c == NULL)
             break;
         CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 0);
-        CHECK_CONTAINS(err, "4 migrations pending, first 001_operator_schema");
-        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "4 migrations pending", "check", NULL, NULL);
+        CHECK_CONTAINS(err, "5 migrations pending, first 001_operator_schema");
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "5 migrations pending", "check", NULL, NULL);
 
         int applied = -1;
         CHECK(migrate_up(c, &cfg, &applied, err, sizeof err) == 0);
@@ -214,7 +216,7 @@ static void test_fresh_database_migrates_to_head(void)
         CHECK_SCALAR(c, "SELECT string_agg(id || ':' || length(checksum), ',' ORDER BY id) "
                         "FROM sync_airbnb_operator.schema_migrations",
                      "001_operator_schema:64,002_audit_log:64,003_accounts_table:64,"
-                     "004_accounts_notify:64");
+                     "004_accounts_notify:64,005_credentials_generation:64");
         CHECK_SCALAR(c, "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes "
                         "WHERE schemaname = 'sync_airbnb_operator' AND tablename = 'audit_log'",
                      "audit_log_account_id_at_idx,audit_log_at_idx,audit_log_pkey");
@@ -233,20 +235,20 @@ static void test_fresh_database_migrates_to_head(void)
                      "created_at timestamp with time zone NO, "
                      "updated_at timestamp with time zone NO, "
                      "deleted_at timestamp with time zone YES");
-        CHECK_SCALAR(c, "SELECT tgname FROM pg_trigger WHERE tgrelid = 'airbnb.accounts'::regclass "
-                        "AND NOT tgisinternal",
-                     "sync_airbnb_operator_notify");
+        CHECK_SCALAR(c, "SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger "
+                        "WHERE tgrelid = 'airbnb.accounts'::regclass AND NOT tgisinternal",
+                     "sync_airbnb_operator_credentials,sync_airbnb_operator_notify");
 
         CHECK(migrate_captured(&cfg, "status", NULL, NULL, &out) == 0);
-        CHECK_CONTAINS(out, "ID                   STATE    APPLIED_AT");
-        CHECK_CONTAINS(out, "001_operator_schema  applied  20");
-        CHECK_CONTAINS(out, "004_accounts_notify  applied  20");
+        CHECK_CONTAINS(out, "ID                          STATE    APPLIED_AT");
+        CHECK_CONTAINS(out, "001_operator_schema         applied  20");
+        CHECK_CONTAINS(out, "004_accounts_notify         applied  20");
         free(out);
         CHECK(migrate_captured(&cfg, "status", "-o", "json", &out) == 0);
         CHECK_CONTAINS(out, "{\"at_head\":true,\"migrations\":[{\"id\":\"001_operator_schema\"");
         CHECK_CONTAINS(out, "\"state\":\"applied\"");
         free(out);
-        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_OK, "schema at head (4 migrations applied)",
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_OK, "schema at head (5 migrations applied)",
                       "check", NULL, NULL);
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_OK, "nothing to apply", "up", NULL, NULL);
         CHECK(migrate_captured(&cfg, "sideways", NULL, NULL, &out) == MIGRATE_EXIT_USAGE);
@@ -386,6 +388,48 @@ static void adopt_existing(const char *ddl, const char *insert)
     });
 }
 
+/* Without MIGRATE_CREATE_ACCOUNTS_TABLE the app's table is never created:
+ * `up` applies the operator's own objects, stops at 003 and says why; once
+ * sync-airbnb created the table, the rest (the triggers) attaches. */
+static void test_waits_for_the_apps_accounts_table(void)
+{
+    WITH_DB({
+        config cfg = test_config(REAL_DIR);
+        cfg.migrate_create_accounts_table = 0;
+        char err[1024];
+        pg_conn *c = connect_test();
+        if (c == NULL)
+            break;
+        int applied = -1;
+        CHECK(migrate_up(c, &cfg, &applied, err, sizeof err) == 1);
+        CHECK(applied == 2);
+        CHECK_CONTAINS(err, "waiting for the accounts table airbnb.accounts: sync-airbnb's migrations "
+                            "(alembic upgrade head) have not created it yet, and 003_accounts_table needs it");
+        CHECK_SCALAR(c, "SELECT to_regclass('airbnb.accounts') IS NULL", "t");
+        CHECK_SCALAR(c, "SELECT string_agg(id, ',' ORDER BY id) FROM sync_airbnb_operator.schema_migrations",
+                     "001_operator_schema,002_audit_log");
+        CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 0);
+        CHECK_CONTAINS(err, "waiting for the accounts table airbnb.accounts");
+        CHECK_CONTAINS(err, "3 migrations pending, first 003_accounts_table");
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_WAITING, "waiting for the accounts table", "up", NULL, NULL);
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "waiting for the accounts table", "check", NULL, NULL);
+
+        CHECK(exec_ok(c, current_accounts) == 0); /* sync-airbnb's migrations ran */
+        char *before = accounts_snapshot(c);
+        CHECK(migrate_up(c, &cfg, &applied, err, sizeof err) == 0);
+        CHECK(applied == 3);
+        char *after = accounts_snapshot(c);
+        CHECK_STR(after, before);
+        free(before);
+        free(after);
+        CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 1);
+        CHECK_SCALAR(c, "SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger "
+                        "WHERE tgrelid = 'airbnb.accounts'::regclass AND NOT tgisinternal",
+                     "sync_airbnb_operator_credentials,sync_airbnb_operator_notify");
+        pg_close(c);
+    });
+}
+
 static void test_existing_accounts_table_current_columns_untouched(void)
 {
     adopt_existing(current_accounts,
@@ -408,9 +452,9 @@ static void test_two_runners_at_once(void)
 {
     WITH_DB({
         /* A slow extra migration makes sure the runs overlap. */
-        const char *extra[] = {"005_slow", NULL};
+        const char *extra[] = {"006_slow", NULL};
         char *dir = migrations_copy("concurrent", extra);
-        write_migration(dir, "005_slow",
+        write_migration(dir, "006_slow",
                         "SELECT pg_sleep(1); CREATE TABLE sync_airbnb_operator.slow (id int);");
         config cfg = test_config(dir);
         pid_t pids[2];
@@ -430,7 +474,7 @@ static void test_two_runners_at_once(void)
         pg_conn *c = connect_test();
         if (c != NULL) {
             CHECK_SCALAR(c, "SELECT count(*) || ' ' || count(DISTINCT id) FROM "
-                            "sync_airbnb_operator.schema_migrations", "5 5");
+                            "sync_airbnb_operator.schema_migrations", "6 6");
             char err[512];
             CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 1);
             pg_close(c);
@@ -463,9 +507,9 @@ static void test_lock_wait_is_bounded(void)
 static void test_failing_migration_leaves_no_partial_change(void)
 {
     WITH_DB({
-        const char *extra[] = {"005_bad", NULL};
+        const char *extra[] = {"006_bad", NULL};
         char *dir = migrations_copy("failing", extra);
-        write_migration(dir, "005_bad",
+        write_migration(dir, "006_bad",
                         "CREATE TABLE sync_airbnb_operator.half_done (id int);\n"
                         "INSERT INTO sync_airbnb_operator.audit_log (action) VALUES ('create');\n"
                         "CREATE TABLEX oops (id int);\n");
@@ -480,25 +524,25 @@ static void test_failing_migration_leaves_no_partial_change(void)
             int applied = -1;
             CHECK(migrate_up(c, &cfg, &applied, err, sizeof err) == -1);
             CHECK(applied == (round == 0 ? NREAL : 0));
-            CHECK_CONTAINS(err, "migration 005_bad failed and was rolled back: syntax error at "
+            CHECK_CONTAINS(err, "migration 006_bad failed and was rolled back: syntax error at "
                                 "or near \"TABLEX\"");
-            CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "4");
+            CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "5");
             CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations "
-                            "WHERE id = '005_bad'", "0");
+                            "WHERE id = '006_bad'", "0");
             CHECK_SCALAR(c, "SELECT to_regclass('sync_airbnb_operator.half_done')", "<null>");
             CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.audit_log", "0");
         }
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_ERROR,
-                      "migrate up: migration 005_bad failed and was rolled back",
+                      "migrate up: migration 006_bad failed and was rolled back",
                       "up", NULL, NULL);
-        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "1 migration pending, first 005_bad",
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "1 migration pending, first 006_bad",
                       "check", NULL, NULL);
 
         /* A migration may not end the runner's transaction itself. */
-        write_migration(dir, "005_bad", "CREATE TABLE sync_airbnb_operator.t1 (id int); COMMIT;");
+        write_migration(dir, "006_bad", "CREATE TABLE sync_airbnb_operator.t1 (id int); COMMIT;");
         CHECK(migrate_up(c, &cfg, NULL, err, sizeof err) == -1);
         CHECK_CONTAINS(err, "COMMIT/ROLLBACK are not allowed");
-        CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "4");
+        CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "5");
         pg_close(c);
         free(dir);
     });
@@ -532,7 +576,7 @@ static void test_changed_and_unknown_migrations_are_refused(void)
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_ERROR,
                       "migrate check: migration 002_audit_log was changed",
                       "check", NULL, NULL);
-        CHECK_MIGRATE(&cfg, 0, "002_audit_log        changed", "status", NULL, NULL);
+        CHECK_MIGRATE(&cfg, 0, "002_audit_log               changed", "status", NULL, NULL);
         write_file(dir, "002_audit_log.lua", text ? text : "");
         CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 1);
 
@@ -644,6 +688,7 @@ static void test_binary_migrate_up_and_check(void)
     WITH_DB({
         setenv("DATABASE_URL", test_url, 1);
         setenv("MIGRATIONS_DIR", REAL_DIR, 1);
+        setenv("MIGRATE_CREATE_ACCOUNTS_TABLE", "true", 1);
         char *cmd = xasprintf("'%s' migrate check 2>&1", bin);
         FILE *f = popen(cmd, "r");
         char line[512] = "";
@@ -670,6 +715,7 @@ static void test_binary_migrate_up_and_check(void)
         free(cmd);
         unsetenv("DATABASE_URL");
         unsetenv("MIGRATIONS_DIR");
+        unsetenv("MIGRATE_CREATE_ACCOUNTS_TABLE");
     });
 }
 
@@ -716,6 +762,7 @@ int main(void)
     RUN(test_accounts_table_elsewhere);
     RUN(test_existing_accounts_table_current_columns_untouched);
     RUN(test_existing_accounts_table_older_columns_untouched);
+    RUN(test_waits_for_the_apps_accounts_table);
     RUN(test_two_runners_at_once);
     RUN(test_lock_wait_is_bounded);
     RUN(test_failing_migration_leaves_no_partial_change);

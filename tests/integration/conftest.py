@@ -85,8 +85,10 @@ from operator_harness import Operator, run_cli  # noqa: E402
 
 @pytest.fixture
 def migrated_db(database_url) -> str:
-    """A fresh database with the operator's migrations applied (and the accounts table)."""
-    run_cli("migrate", "up", env={"DATABASE_URL": database_url}, check=True)
+    """A fresh database with the operator's migrations applied (and the accounts table,
+    created by the operator because this test tells it to: MIGRATE_CREATE_ACCOUNTS_TABLE)."""
+    run_cli("migrate", "up", env={"DATABASE_URL": database_url, "MIGRATE_CREATE_ACCOUNTS_TABLE": "true"},
+            check=True)
     return database_url
 
 

@@ -402,7 +402,7 @@ def test_in_cluster_config_with_exactly_deploy_rbac(cluster, rendered, deploy_ns
 OPERATOR_ROLE_GRANTS = """
 GRANT CONNECT ON DATABASE {db} TO {role};
 GRANT USAGE ON SCHEMA airbnb, sync_airbnb_operator TO {role};
-GRANT SELECT ON airbnb.accounts, sync_airbnb_operator.schema_migrations TO {role};
+GRANT SELECT ON airbnb.accounts, sync_airbnb_operator.schema_migrations, sync_airbnb_operator.credentials_generation TO {role};
 GRANT INSERT ON sync_airbnb_operator.audit_log TO {role};
 GRANT USAGE ON SEQUENCE sync_airbnb_operator.audit_log_id_seq TO {role};
 """
@@ -488,7 +488,7 @@ def test_cmake_install_has_what_the_image_runs(tmp_path, database_url):
     # MIGRATIONS_DIR are set explicitly, as the image does: the compiled-in default
     # prefers this checkout's lua/ and the configure-time prefix (not this one).
     env = dict(os.environ, RULES_DIR=str(data / "rules"), MIGRATIONS_DIR=str(data / "migrations"),
-               DATABASE_URL=database_url)
+               DATABASE_URL=database_url, MIGRATE_CREATE_ACCOUNTS_TABLE="true")
     env.pop("KUBECONFIG", None)
     r = subprocess.run([str(exe), "check-rules"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and str(data / "rules") in r.stdout, r.stdout + r.stderr

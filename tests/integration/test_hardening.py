@@ -160,7 +160,7 @@ OUTAGE_SECONDS = 30
 def test_database_outage_no_delete_then_resync_and_relisten(pg, cluster, kubeconfig, namespace,
                                                               private_pg):
     url = private_pg.url
-    run_cli("migrate", "up", env={"DATABASE_URL": url}, check=True)
+    run_cli("migrate", "up", env={"DATABASE_URL": url, "MIGRATE_CREATE_ACCOUNTS_TABLE": "true"}, check=True)
     add_accounts(pg, url, ["o1", "o2", "o3"])
     # A long resync interval: after the outage, only the reconnect's own full resync
     # (or a NOTIFY) can explain a reconciled change.

@@ -2,7 +2,8 @@
 control plane (kwok nodes) and PostgreSQL, one fresh namespace and database per test.
 
 Covers the seed's acceptance criteria and more: create / delete / soft delete / restore,
-credential rollout, the worker's own cookie rotation, no update for last_sync_at alone,
+credential rollout, the worker's own cookie rotation (told apart by its application_name),
+no update for last_sync_at alone,
 pods Ready, unmanaged look-alikes left alone, hand-deleted and hand-edited workers
 restored, odd account ids, 200 accounts in one transaction, NOTIFY latency, a no-op
 resync, log + audit + Event per action, no credential anywhere, bad input (NULL/empty
@@ -22,10 +23,12 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import re
 import shutil
 import ssl
 import statistics
+import subprocess
 import time
 import urllib.parse
 
@@ -271,19 +274,30 @@ def test_create_on_active_matches_the_seed_template_and_pods_become_ready(pg, cl
     assert {"app": "sync-airbnb-worker", "account-id": "310316675"}.items() <= tmpl["metadata"]["labels"].items()
     assert re.fullmatch(r"[0-9a-f]{64}", tmpl["metadata"]["annotations"][FINGERPRINT])
     (c,) = tmpl["spec"]["containers"]
-    assert c["image"] == "sync-airbnb:latest"
+    assert c["image"] == "sync-airbnb:0.1.0"
     assert c["command"][0] == "uvicorn", "the image's migrating entrypoint must be bypassed"
     env = {e["name"]: e for e in c["env"]}
     assert env["MODE"]["value"] == "worker" and env["ACCOUNT_ID"]["value"] == "310316675"
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "sync-airbnb-db", "key": "url"}
     assert c["resources"] == {"requests": {"memory": "512Mi", "cpu": "250m"},
                               "limits": {"memory": "1Gi", "cpu": "500m"}}
-    rp, lp = c["readinessProbe"], c["livenessProbe"]
-    assert (rp["httpGet"]["path"], rp["httpGet"]["port"], rp["initialDelaySeconds"], rp["periodSeconds"],
-            rp["timeoutSeconds"]) == ("/health/ready", 8000, 10, 10, 5)
-    assert (lp["httpGet"]["path"], lp["httpGet"]["port"], lp["initialDelaySeconds"], lp["periodSeconds"],
-            lp["timeoutSeconds"]) == ("/health", 8000, 30, 30, 5)
+    # Probes on 8000 (issue 15: a startup probe gives the Python start up to 120 s).
+    rp, lp, sp = c["readinessProbe"], c["livenessProbe"], c["startupProbe"]
+    assert (rp["httpGet"]["path"], rp["httpGet"]["port"], rp["periodSeconds"], rp["timeoutSeconds"]) == \
+        ("/health/ready", 8000, 10, 5)
+    assert (lp["httpGet"]["path"], lp["httpGet"]["port"], lp["periodSeconds"], lp["timeoutSeconds"]) == \
+        ("/health", 8000, 30, 5)
+    assert (sp["httpGet"]["path"], sp["periodSeconds"] * sp["failureThreshold"]) == ("/health", 120)
     assert not (tmpl["spec"].get("securityContext") or {}).get("runAsNonRoot")
+    # One worker per account at a time, the 300 s drain covered, no token, few ReplicaSets.
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert tmpl["spec"]["terminationGracePeriodSeconds"] == 330
+    assert tmpl["spec"]["automountServiceAccountToken"] is False
+    assert spec["revisionHistoryLimit"] == 2
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert tmpl["spec"]["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert env["AIRBNB_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "sync-airbnb-api", "key": "api-key"}
+    assert env["PGAPPNAME"]["value"] == "sync-airbnb-worker"
 
     # The inactive account gets nothing; the pods of the created worker turn Ready (kwok).
     assert set(api.deployments(namespace)) == {name}
@@ -389,10 +403,11 @@ def test_only_last_sync_at_and_updated_at_change_nothing(pg, cluster, api, names
 
 def test_workers_own_cookie_rotation_does_not_roll_but_an_admin_change_then_does(
         pg, cluster, api, namespace, migrated_db, start):
-    """fingerprint.lua / docs/rules.md: a cookie change that comes with a moved
-    last_sync_at (the worker's UPDATE after each sync) is recorded in the Deployment's
-    metadata without touching the pod template; a cookie change with last_sync_at
-    unchanged is an admin's and rolls."""
+    """fingerprint.lua / docs/rules.md: the worker's sessions carry application_name
+    sync-airbnb-worker (PGAPPNAME); its cookie and last_sync_at commits are not counted
+    by the credentials trigger and change nothing at all. The same cookie change made
+    by any other session (here psql) is an admin's and rolls. (test_app_credentials.py
+    drives the same with the app's own code.)"""
     insert(pg, migrated_db, "keep", "3201")
     op = start(RESYNC_INTERVAL_SECONDS=1)
     name = name_of("3201")
@@ -400,29 +415,28 @@ def test_workers_own_cookie_rotation_does_not_roll_but_an_admin_change_then_does
     fp0 = fingerprint_of(d0)
     wait_rolled_out(cluster, api, namespace, name, fp0, 1)
     (pod,) = ready_pods(cluster, namespace, name)
+    settled(cluster, api, namespace, name)
+    before = api.deployment(namespace, name)
 
-    for n in (2, 3):  # two daily syncs, each rotating the cookie in one UPDATE
-        sql(pg, migrated_db, f"update airbnb.accounts set airbnb_cookie = {q(cookie('3201', n))},"
-                             f" last_sync_at = now() + interval '{n} days', updated_at = now()"
-                             " where account_id = '3201'")
-        wait_for(lambda: len(audit_of(pg, migrated_db, "3201", "update")) == n - 1, 10,
-                 lambda: f"rotation {n} not recorded: {audit_of(pg, migrated_db, '3201')}")
+    worker = dict(os.environ, PGAPPNAME="sync-airbnb-worker")
+    for n in (2, 3):  # two daily syncs: the rotated cookie, then last_sync_at, two commits
+        for statement in (f"update airbnb.accounts set airbnb_cookie = {q(cookie('3201', n))},"
+                          " updated_at = now() where account_id = '3201'",
+                          "update airbnb.accounts set last_sync_at = now(), updated_at = now()"
+                          " where account_id = '3201'"):
+            subprocess.run([pg.psql_path, "-X", "-v", "ON_ERROR_STOP=1", migrated_db, "-c", statement],
+                           env=worker, check=True, capture_output=True)
     sentinel(pg, migrated_db, api, namespace, "s1")
     wait_full_passes(op, 2)
 
     d1 = api.deployment(namespace, name)
     assert fingerprint_of(d1) == fp0, "the worker's own rotation rolled it"
-    # (A Deployment's generation counts annotation changes too, so it moved; the pod
-    # template did not: one ReplicaSet, the same pod.)
+    assert d1["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert len(replicasets_of(cluster, namespace, name)) == 1
     assert [p["metadata"]["uid"] for p in ready_pods(cluster, namespace, name)] == [pod["metadata"]["uid"]]
-    assert d1["metadata"]["annotations"]["sync-airbnb.io/last-sync-at"] != \
-        d0["metadata"]["annotations"]["sync-airbnb.io/last-sync-at"]
-    updates = audit_of(pg, migrated_db, "3201", "update")
-    assert all("no rollout" in u["reason"] for u in updates), updates
-    assert len(updates) == 2, "more updates than rotations"
+    assert not audit_of(pg, migrated_db, "3201", "update")
 
-    # Now an admin sets a new cookie (last_sync_at untouched): that rolls.
+    # Now an admin sets a new cookie: that rolls.
     sql(pg, migrated_db, f"update airbnb.accounts set airbnb_cookie = {q(cookie('3201', 9))},"
                          " updated_at = now() where account_id = '3201'")
     d2 = wait_for(lambda: (d := api.deployment(namespace, name)) and fingerprint_of(d) != fp0 and d, 10,
@@ -517,7 +531,7 @@ def test_hand_edited_worker_is_restored(pg, api, cluster, namespace, migrated_db
 
     cluster.kubectl("set", "image", f"deployment/{name}", "worker=example.invalid/evil:1", namespace=namespace)
     wait_for(lambda: api.deployment(namespace, name)["spec"]["template"]["spec"]["containers"][0]["image"]
-             == "sync-airbnb:latest", 10, "image change not undone")
+             == "sync-airbnb:0.1.0", 10, "image change not undone")
 
     # The applied-hash annotation edited by hand (metadata only, no new generation).
     cluster.kubectl("annotate", "--overwrite", "deployment", name, "sync-airbnb.io/applied-hash=tampered",
@@ -553,7 +567,7 @@ def test_hand_edits_made_while_the_operator_was_down_are_restored_on_start(pg, a
     wait_for(lambda: api.deployment(namespace, name_of("4301"))["spec"]["replicas"] == 1, 10,
              "scale made while down not undone")
     wait_for(lambda: api.deployment(namespace, name_of("4302"))["spec"]["template"]["spec"]["containers"][0]["image"]
-             == "sync-airbnb:latest", 10, "image change made while down not undone")
+             == "sync-airbnb:0.1.0", 10, "image change made while down not undone")
     wait_full_passes(op, 2)
     # The worker nobody edited was not written to by the operator (its spec
     # generation and the operator's managed fields are as they were; the

@@ -156,7 +156,7 @@ def test_plan_errors_exit_1(kubeconfig, namespace, database_url, tmp_path):
     # a fresh database: run would wait for the migrations, plan says so
     p = run_cli("plan", env=env)
     assert p.returncode == 1 and p.stderr.startswith("plan: the database schema is not at head"), p.stderr
-    run_cli("migrate", "up", env=env, check=True)
+    run_cli("migrate", "up", env=dict(env, MIGRATE_CREATE_ACCOUNTS_TABLE="true"), check=True)
     assert run_cli("plan", env=env).returncode == 0
     p = run_cli("plan", env=dict(env, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none"))
     assert p.returncode == 1 and p.stderr.startswith("plan: database: "), p.stderr

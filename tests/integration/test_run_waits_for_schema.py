@@ -15,7 +15,8 @@ def test_run_waits_for_migrations_then_reconciles(pg, cluster, kubeconfig, names
         assert ready["checks"]["database"]["ok"] is True
         assert op.proc.poll() is None, "the operator must keep waiting, not exit"
 
-        run_cli("migrate", "up", env={"DATABASE_URL": database_url}, check=True)
+        run_cli("migrate", "up", env={"DATABASE_URL": database_url, "MIGRATE_CREATE_ACCOUNTS_TABLE": "true"},
+                check=True)
         pg.psql("insert into airbnb.accounts(account_id, airbnb_cookie, x_client_version, user_agent, is_active)"
                 " values ('w1', 'cookie-w1-0000', 'v1', 'ua', true)", url=database_url)
         op.wait_ready(timeout=20)

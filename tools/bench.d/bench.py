@@ -91,6 +91,7 @@ class Env:
             c.execute(f'CREATE DATABASE "{name}"')
         url = self.db_url(name)
         subprocess.run([self.binary, "migrate", "up"], env={**os.environ, "DATABASE_URL": url,
+                                                              "MIGRATE_CREATE_ACCOUNTS_TABLE": "true",
                                                               "LOG_LEVEL": "warn"}, check=True)
         return url
 
