@@ -111,6 +111,22 @@ def ready_pod(env: Env, account_id: str) -> dict | None:
     return pods[0] if len(pods) == 1 and ready(pods[0]) else None
 
 
+def json_stream(stream):
+    """The JSON documents `kubectl get -w -o json` writes one after another, as they come."""
+    dec = json.JSONDecoder()
+    buf = ""
+    for chunk in iter(lambda: stream.read(1), ""):
+        buf += chunk
+        while True:
+            buf = buf.lstrip()
+            try:
+                doc, end = dec.raw_decode(buf)
+            except ValueError:
+                break
+            buf = buf[end:]
+            yield doc
+
+
 class PodWatch:
     """`kubectl get pods -w` for one account: every pod seen, and how many existed at once."""
 
@@ -126,24 +142,14 @@ class PodWatch:
         self.thread.start()
 
     def _read(self):
-        dec = json.JSONDecoder()
-        buf = ""
-        for chunk in iter(lambda: self.proc.stdout.read(1), ""):
-            buf += chunk
-            while True:
-                buf = buf.lstrip()
-                try:
-                    ev, end = dec.raw_decode(buf)
-                except ValueError:
-                    break
-                buf = buf[end:]
-                uid = ev["object"]["metadata"]["uid"]
-                self.seen.add(uid)
-                if ev["type"] == "DELETED":
-                    self.live.discard(uid)
-                else:
-                    self.live.add(uid)
-                self.max_live = max(self.max_live, len(self.live))
+        for ev in json_stream(self.proc.stdout):
+            uid = ev["object"]["metadata"]["uid"]
+            self.seen.add(uid)
+            if ev["type"] == "DELETED":
+                self.live.discard(uid)
+            else:
+                self.live.add(uid)
+            self.max_live = max(self.max_live, len(self.live))
 
     def stop(self):
         self.proc.terminate()

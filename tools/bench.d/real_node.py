@@ -53,21 +53,11 @@ class ReadyWatch:
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
-        dec = json.JSONDecoder()
-        buf = ""
-        for chunk in iter(lambda: self.proc.stdout.read(1), ""):
-            buf += chunk
-            while True:
-                buf = buf.lstrip()
-                try:
-                    pod, end = dec.raw_decode(buf)
-                except ValueError:
-                    break
-                buf = buf[end:]
-                if e2e.ready(pod):
-                    acct = pod["metadata"]["labels"].get("account-id")
-                    with self.lock:
-                        self.ready_at.setdefault(acct, time.monotonic())
+        for pod in e2e.json_stream(self.proc.stdout):
+            if e2e.ready(pod):
+                acct = pod["metadata"]["labels"].get("account-id")
+                with self.lock:
+                    self.ready_at.setdefault(acct, time.monotonic())
 
     def stop(self):
         self.proc.terminate()
