@@ -1192,7 +1192,13 @@ static void publish(ctl *c)
                c->db_up ? "true" : "false");
     json_kv_str(&b, "error", c->db_error ? "unavailable" : NULL);
     buf_printf(&b, "},\"schema\":{\"at_head\":%s,", c->schema_ok ? "true" : "false");
-    json_kv_str(&b, "reason", c->schema_error ? "waiting_for_migrations" : NULL);
+    /* A code, not the text (the log has it): which of the two waits this is. */
+    const char *schema_reason = NULL;
+    if (c->schema_error)
+        schema_reason = strncmp(c->schema_error, MIGRATE_WAITING_FOR_ACCOUNTS,
+                                strlen(MIGRATE_WAITING_FOR_ACCOUNTS)) == 0
+                            ? "waiting_for_accounts_table" : "waiting_for_migrations";
+    json_kv_str(&b, "reason", schema_reason);
     buf_printf(&b, "},\"kubernetes\":{\"synced\":%s,\"watching\":%s,", synced ? "true" : "false",
                c->cache && cache_watching(c->cache) ? "true" : "false");
     json_kv_str(&b, "error", c->cache && cache_last_error(c->cache) ? "api_error" : NULL);

@@ -349,7 +349,7 @@ static const char *waiting_message(const plan *p, const migration *m)
 {
     static char msg[512];
     snprintf(msg, sizeof msg,
-             "waiting for the accounts table %s: sync-airbnb's migrations (alembic upgrade head) "
+             MIGRATE_WAITING_FOR_ACCOUNTS " %s: sync-airbnb's migrations (alembic upgrade head) "
              "have not created it yet, and %s needs it (MIGRATE_CREATE_ACCOUNTS_TABLE=true creates "
              "it instead, for a demo or tests only)",
              p->accounts_table, m->id);

@@ -54,4 +54,8 @@ int migrate_status(pg_conn *c, const config *cfg, FILE *out, int json, char *err
  * migration-loading error, in err). Read-only; never takes the lock. */
 int migrate_at_head(pg_conn *c, const config *cfg, char *err, size_t errlen);
 
+/* How err of migrate_at_head begins when a pending migration waits for the app's
+ * accounts table (sync-airbnb's migrations have not run yet). */
+#define MIGRATE_WAITING_FOR_ACCOUNTS "waiting for the accounts table"
+
 #endif

@@ -155,9 +155,10 @@ def test_operator_run_is_not_ready_while_it_waits_for_the_apps_table(pg, databas
     op = Operator.start(database_url=url, kubeconfig=kubeconfig, namespace=namespace)
     try:
         def waiting():
+            # /readyz serves a code; the log says it in words.
             r = op.readyz()
-            return r["ready"] is False and "waiting for the accounts table airbnb.accounts" in \
-                str(r["checks"]["schema"])
+            return r["ready"] is False and r["checks"]["schema"]["reason"] == "waiting_for_accounts_table" \
+                and "waiting for the accounts table airbnb.accounts" in op.raw_log()
         wait_for(waiting, 20, lambda: op.readyz())
         app_first_migration_and_the_rest(pg, url)
         run_cli("migrate", "up", env={"DATABASE_URL": url}, check=True)

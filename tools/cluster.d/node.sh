@@ -205,7 +205,12 @@ node_iptables_clean() {
   done
 }
 
-ctd_ok() { ctr --address "$CTD_SOCK" version; }
+# Answering is not enough: the kubelet exits at once if the CRI service is still
+# initialising ("server is not initialized yet"), which it marks right after it logs
+# that it starts its streaming server (containerd 1.6, pkg/cri/server/service.go Run).
+ctd_ok() {
+  ctr --address "$CTD_SOCK" version && grep -q "Start streaming server" "$LOGS/containerd.log"
+}
 kubelet_ok() { curl -fsS --max-time 2 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"; }
 proxy_ok() { curl -fsS --max-time 2 "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"; }
 real_node_ready() {
@@ -218,7 +223,7 @@ node_up() {
   node_write_configs
   node_net_up
   log "starting containerd (socket $CTD_SOCK)"
-  start_component containerd containerd --config "$NODE_DIR/containerd.toml" --log-level warn
+  start_component containerd containerd --config "$NODE_DIR/containerd.toml" --log-level info
   wait_ready containerd 60 "containerd" ctd_ok
   # The pod sandbox image is built locally (tools/image): nothing is ever pulled.
   "$ROOT/tools/image" load --address "$CTD_SOCK" pause >>"$LOGS/containerd.log" 2>&1 \
