@@ -244,7 +244,8 @@ node_up() {
 }
 
 # node_down: removes every pod, container, sandbox, network namespace, mount,
-# iptables rule and cgroup the node made. Best effort at each step, then checks.
+# iptables rule and cgroup the node made (also what a killed run left). Best effort at
+# each step; tests/e2e's last test checks that nothing is left.
 node_down() {
   [ -d "$NODE_DIR" ] || return 0
   local apiserver_up=0
