@@ -113,6 +113,8 @@ ACTION_ANCHOR = "                action.account_id, action.name = id, name\n"
 LABELS_ANCHOR = "    local labels = assert(naming.labels(id))\n"
 ENV_ANCHOR = "function M.env(account)\n"
 MODE_ENV_ANCHOR = '        { name = "MODE", value = "worker" },\n'
+# What check-rules and a reload both say when a rule runs past its time budget.
+BUDGET = r"deployment\.lua:\d+: stopped: exceeded the time budget"
 
 HOSTILE = [
     Hostile("syntax-error", {"deployment.lua": [("local M = {}\n", "local M = {\n")]},
@@ -203,19 +205,19 @@ HOSTILE = [
             r"deployment\.lua:\d+: .*metadata\.name", r"deployment\.lua:\d+: .*metadata\.name"),
     Hostile("backtracking-pattern",
             {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    string.find(string.rep('a', 50000), '.-.-.-.-.-.-.-.-b')\n")]},
-            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+            BUDGET, BUDGET),
     Hostile("gsub-backtracking",
             {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    string.gsub(string.rep('a', 20000), '.-.-.-.-.-b', 'x')\n")]},
-            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+            BUDGET, BUDGET),
     Hostile("empty-rep-forever",
             {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    for _ = 1, 1e12 do string.rep('', 1 << 60) end\n")]},
-            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+            BUDGET, BUDGET),
     Hostile("table-move-endless",
             {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    table.move({}, 1, 1 << 50, 1)\n")]},
-            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+            BUDGET, BUDGET),
     Hostile("table-remove-lying-len",
             {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    table.remove(setmetatable({}, { __len = function() return 1 << 50 end }), 1)\n")]},
-            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+            BUDGET, BUDGET),
     Hostile("concat-c-metamethod",
             {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    table.concat(setmetatable({}, { __index = rawlen }), '', 1, 1 << 40)\n")]},
             r"deployment\.lua:\d+: (stopped: exceeded the time budget|not enough memory)",
@@ -225,7 +227,7 @@ HOSTILE = [
             r"deployment\.lua:\d+: .*stopped: exceeded the time budget", r"deployment\.lua:\d+: .*stopped: exceeded the time budget"),
     Hostile("sort-comparator-loops",
             {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + f"    table.sort({{3, 2, 1}}, {LOOP})\n")]},
-            r"deployment\.lua:\d+: stopped: exceeded the time budget", r"deployment\.lua:\d+: stopped: exceeded the time budget"),
+            BUDGET, BUDGET),
     Hostile("json-encode-shared-subtables",
             {"deployment.lua": [(ENV_ANCHOR, ENV_ANCHOR + "    local t = {} for _ = 1, 64 do t = { t, t } end\n"
                                              "    require('json').encode(t)\n")]},
