@@ -5,6 +5,7 @@
  * it, plus the pin that the C canonical encoder and the spec fake
  * (spec/fakes/json.lua) give the same desired_hash. */
 #include <lauxlib.h>
+#include <stdint.h>
 #include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +120,30 @@ static const action *find(const plan_result *p, act_kind k, const char *account_
     return NULL;
 }
 
+/* The safety filter over in's rows and observed objects, as the planner sets it up. */
+typedef struct filter {
+    strmap by_id;
+    scrub_set *secrets;
+    safety_ctx ctx;
+} filter;
+
+static void filter_init(filter *f, input *in)
+{
+    memset(f, 0, sizeof *f);
+    f->by_id.borrowed_keys = 1;
+    for (int i = 0; i < in->nrows; i++)
+        strmap_put(&f->by_id, in->cells[i * NCOLS], (void *)(intptr_t)(i + 1));
+    f->secrets = safety_secrets(&in->rows, NULL);
+    f->ctx = (safety_ctx){.cfg = &cfg, .rows = &in->rows, .id_col = 0, .by_id = &f->by_id,
+                          .observed = &in->observed, .secrets = f->secrets};
+}
+
+static void filter_free(filter *f)
+{
+    scrub_set_free(f->secrets);
+    strmap_free(&f->by_id);
+}
+
 /* ---- §5.1: a database error never causes a delete --------------------------------- */
 
 /* A partial pass whose count of active accounts failed (active_total -1):
@@ -227,21 +252,18 @@ static void test_invariant_3_only_managed_deployments_in_our_namespace(void)
     observe(&in, deploy("hand-made", "1", 0, "5"));          /* not labelled managed-by */
     observe(&in, deploy("sync-airbnb-worker-2", "2", 1, "6")); /* account 2's */
     input_done(&in);
-    strmap by_id = STRMAP_BORROWED;
-    strmap_put(&by_id, "1", (void *)1);
-    strmap_put(&by_id, "2", (void *)2);
-    scrub_set *secrets = safety_secrets(&in.rows, NULL);
-    safety_ctx s = {.cfg = &cfg, .rows = &in.rows, .id_col = 0, .by_id = &by_id, .observed = &in.observed,
-                    .secrets = secrets};
+    filter f;
+    filter_init(&f, &in);
+    safety_ctx *s = &f.ctx;
     plan_result out = {0};
-    safety_admit(&s, &(proposal){.kind = "delete", .account_id = "1", .name = "hand-made"}, &out);
-    safety_admit(&s, &(proposal){.kind = "update", .account_id = "1", .name = "nobody-knows-me",
+    safety_admit(s, &(proposal){.kind = "delete", .account_id = "1", .name = "hand-made"}, &out);
+    safety_admit(s, &(proposal){.kind = "update", .account_id = "1", .name = "nobody-knows-me",
                                  .encode = fixed_object, .encode_ud = OBJECT("nobody-knows-me", "")},
                  &out);
-    safety_admit(&s, &(proposal){.kind = "create", .account_id = "1", .name = "sync-airbnb-worker-2",
+    safety_admit(s, &(proposal){.kind = "create", .account_id = "1", .name = "sync-airbnb-worker-2",
                                  .encode = fixed_object, .encode_ud = OBJECT("sync-airbnb-worker-2", "")},
                  &out);
-    safety_admit(&s, &(proposal){.kind = "create", .account_id = "1", .name = "Bad_Name"}, &out);
+    safety_admit(s, &(proposal){.kind = "create", .account_id = "1", .name = "Bad_Name"}, &out);
     CHECK(out.n == 4);
     CHECK(count(&out, ACT_ERROR) == 4);
     CHECK_CONTAINS(out.actions[0].reason, "not a Deployment managed by this operator");
@@ -250,7 +272,7 @@ static void test_invariant_3_only_managed_deployments_in_our_namespace(void)
     CHECK_CONTAINS(out.actions[3].reason, "invalid Deployment name");
     rec_plan_free(&out);
     /* A create the filter admits: namespace and managed-by are ours, whatever the rules said. */
-    safety_admit(&s, &(proposal){.kind = "create", .account_id = "1", .name = "sync-airbnb-worker-1",
+    safety_admit(s, &(proposal){.kind = "create", .account_id = "1", .name = "sync-airbnb-worker-1",
                                  .desired_hash = "h1", .encode = fixed_object,
                                  .encode_ud = OBJECT("sync-airbnb-worker-1", "")},
                  &out);
@@ -261,8 +283,7 @@ static void test_invariant_3_only_managed_deployments_in_our_namespace(void)
     CHECK_STR(json_string(json_path(v, "metadata", "annotations", APPLIED_HASH_ANNOTATION, NULL)), "h1");
     json_free(v);
     rec_plan_free(&out);
-    scrub_set_free(secrets);
-    strmap_free(&by_id);
+    filter_free(&f);
     input_free(&in);
 }
 
@@ -273,31 +294,28 @@ static void test_invariant_4_credentials_never_leave(void)
     input in = {0};
     add_row(&in, "1", 1, COOKIE);
     input_done(&in);
-    strmap by_id = STRMAP_BORROWED;
-    strmap_put(&by_id, "1", (void *)1);
-    scrub_set *secrets = safety_secrets(&in.rows, NULL);
-    safety_ctx s = {.cfg = &cfg, .rows = &in.rows, .id_col = 0, .by_id = &by_id, .observed = &in.observed,
-                    .secrets = secrets};
+    filter f;
+    filter_init(&f, &in);
+    safety_ctx *s = &f.ctx;
     plan_result out = {0};
     /* in an annotation, JSON-escaped differently than in the row: found on the decoded strings */
-    safety_admit(&s, &(proposal){.kind = "create", .account_id = "1", .name = "sync-airbnb-worker-1",
+    safety_admit(s, &(proposal){.kind = "create", .account_id = "1", .name = "sync-airbnb-worker-1",
                                  .encode = fixed_object,
                                  .encode_ud = OBJECT("sync-airbnb-worker-1", ",\"annotations\":{\"c\":\"x" COOKIE "y\"}")},
                  &out);
     /* in a name a hold would post an Event about: the name is dropped */
-    safety_admit(&s, &(proposal){.kind = "hold", .account_id = "1", .name = "x" COOKIE, .reason = "held"}, &out);
+    safety_admit(s, &(proposal){.kind = "hold", .account_id = "1", .name = "x" COOKIE, .reason = "held"}, &out);
     CHECK(out.n == 2);
     CHECK(out.n >= 1 && out.actions[0].kind == ACT_ERROR && out.actions[0].body == NULL);
     CHECK_CONTAINS(out.n >= 1 ? out.actions[0].reason : NULL, "contains a credential value");
     CHECK(out.n >= 2 && out.actions[1].kind == ACT_HOLD && out.actions[1].name == NULL);
     /* in a reason: scrubbed */
     char *reason = xstrdup("the cookie " COOKIE " expired");
-    safety_scrub(secrets, &reason);
+    safety_scrub(f.secrets, &reason);
     CHECK_STR(reason, "the cookie " SCRUB_MARK " expired");
     free(reason);
     rec_plan_free(&out);
-    scrub_set_free(secrets);
-    strmap_free(&by_id);
+    filter_free(&f);
     input_free(&in);
 }
 
@@ -393,26 +411,23 @@ static void test_invariant_8_rules_cannot_make_it_write_a_credential(void)
     input in = {0};
     add_row(&in, "1", 1, COOKIE);
     input_done(&in);
-    strmap by_id = STRMAP_BORROWED;
-    strmap_put(&by_id, "1", (void *)1);
-    scrub_set *secrets = safety_secrets(&in.rows, NULL);
-    safety_ctx s = {.cfg = &cfg, .rows = &in.rows, .id_col = 0, .by_id = &by_id, .observed = &in.observed,
-                    .secrets = secrets};
+    filter f;
+    filter_init(&f, &in);
+    safety_ctx *s = &f.ctx;
     plan_result out = {0};
-    safety_admit(&s, &(proposal){.kind = "create", .account_id = "made-up-id", .name = "sync-airbnb-worker-9",
+    safety_admit(s, &(proposal){.kind = "create", .account_id = "made-up-id", .name = "sync-airbnb-worker-9",
                                  .encode = fixed_object, .encode_ud = OBJECT("sync-airbnb-worker-9", "")},
                  &out);
-    safety_admit(&s, &(proposal){.kind = "create", .account_id = "1", .name = "sync-airbnb-worker-1",
+    safety_admit(s, &(proposal){.kind = "create", .account_id = "1", .name = "sync-airbnb-worker-1",
                                  .encode = fixed_object, .encode_ud = OBJECT("another-name", "")},
                  &out);
-    safety_admit(&s, &(proposal){.kind = "rm -rf", .account_id = "1", .name = "sync-airbnb-worker-1"}, &out);
+    safety_admit(s, &(proposal){.kind = "rm -rf", .account_id = "1", .name = "sync-airbnb-worker-1"}, &out);
     CHECK(out.n == 3 && count(&out, ACT_ERROR) == 3 && out.refused == 3);
     CHECK_CONTAINS(out.n > 0 ? out.actions[0].reason : NULL, "names no account id of the input rows");
     CHECK_CONTAINS(out.n > 1 ? out.actions[1].reason : NULL, "metadata.name differs");
     CHECK_CONTAINS(out.n > 2 ? out.actions[2].reason : NULL, "unknown action");
     rec_plan_free(&out);
-    scrub_set_free(secrets);
-    strmap_free(&by_id);
+    filter_free(&f);
     input_free(&in);
 }
 
