@@ -157,6 +157,7 @@ static void on_write_outcome(const write_outcome *o, void *ud)
             watch_fail_later(c->watch, o->account_id);
         break;
     }
+    expect_write_done(&c->expect, o->name);
     if (o->replan)
         plan_again(c, o->account_id, o->name);
     if (o->account_id && strmap_del(&c->requeue, o->account_id))
@@ -392,6 +393,8 @@ static void on_cache_change(enum cache_kind kind, const char *name, const void *
     if (kind != CACHE_DEPLOYMENT)
         return;
     const obs_deploy *o = old, *n = now;
+    if (n && writer_busy(c->writer, name))
+        expect_seen(&c->expect, name, n->resource_version); /* the echo may beat the answer */
     char *account = NULL;
     int was_delete = 0;
     /* The cache owns n; what only we know (the generation our apply made)

@@ -493,6 +493,17 @@ static void test_write_is_expected_until_its_echo(void)
     CHECK(expect_observe(&e, "sync-airbnb-worker-1", NULL, &account, &was_delete) == EXPECT_MET);
     CHECK(was_delete == 1);
     free(account);
+    /* the echo and a later status update both came before the answer */
+    obs_deploy *later = deploy("sync-airbnb-worker-1", "1", 1, "111");
+    expect_seen(&e, "sync-airbnb-worker-1", 110);
+    expect_seen(&e, "sync-airbnb-worker-1", 111);
+    CHECK(expect_write(&e, "sync-airbnb-worker-1", "1", 110, 4, 0, later, 0) == 0);
+    CHECK(later->applied_generation == 4);
+    expect_write_done(&e, "sync-airbnb-worker-1");
+    CHECK(expect_write(&e, "sync-airbnb-worker-1", "1", 110, 4, 0, later, 0) == 1); /* forgotten: now waited for */
+    CHECK(expect_observe(&e, "sync-airbnb-worker-1", NULL, &account, &was_delete) == EXPECT_MET);
+    free(account);
+    obs_deploy_free(later);
     /* one that never comes lapses */
     CHECK(expect_write(&e, "sync-airbnb-worker-2", NULL, 7, 0, 0, NULL, 1000) == 1);
     CHECK(expect_expire(&e, 1000 + EXPECT_TIMEOUT_MS - 1, NULL, NULL) == 0);
