@@ -588,10 +588,11 @@ static void jo_before(json_out *o)
         o->after_key = 0;
         return;
     }
-    if (o->depth > 0 && o->comma[o->depth - 1])
-        buf_putc(o->b, ',');
-    if (o->depth > 0)
+    if (o->depth > 0 && o->depth <= JSON_OUT_DEPTH) {
+        if (o->comma[o->depth - 1])
+            buf_putc(o->b, ',');
         o->comma[o->depth - 1] = 1;
+    }
 }
 
 void jo_init(json_out *o, buf *b)

@@ -50,8 +50,10 @@ void json_write(buf *b, const json_value *v);
 
 /* Writing JSON without a DOM: the documents the core builds (the /readyz
  * document, DeleteOptions...) go through these, so keys and strings are
- * always escaped and commas always placed. Nesting up to JSON_OUT_DEPTH. */
-#define JSON_OUT_DEPTH 32
+ * always escaped and commas always placed. Nesting up to JSON_OUT_DEPTH
+ * (deeper levels are written without their commas tracked: nothing the core
+ * writes comes near it; fieldsV1 trees of a Deployment are ~15 deep). */
+#define JSON_OUT_DEPTH 128
 typedef struct json_out {
     buf *b;
     int depth, after_key;
