@@ -2,7 +2,6 @@
 #include "ownership.h"
 
 #include <stdio.h>
-
 #include <string.h>
 
 #include "util.h"
