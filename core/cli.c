@@ -18,6 +18,7 @@
 #include "migrate.h"
 #include "pg.h"
 #include "reconcile.h"
+#include "yamlout.h"
 
 #define BOOLOID 16
 #define CLI_CHECK_ROWS 256 /* accounts a reload check plans over, as run's PLAN_CHUNK */
@@ -136,8 +137,7 @@ static int view_kube(cli_view *v, char *err, size_t errlen)
         return 0;
     char lerr[512];
     kube_config_free(&v->kcfg);
-    int rc = v->cfg->kubeconfig ? kube_config_load_kubeconfig(v->cfg->kubeconfig, &v->kcfg, lerr, sizeof lerr)
-                                : kube_config_in_cluster(&v->kcfg, lerr, sizeof lerr);
+    int rc = kube_config_resolve(v->cfg->kubeconfig, v->cfg->kube_context, &v->kcfg, lerr, sizeof lerr);
     if (rc == 0)
         v->kube = kube_client_new(&v->kcfg, lerr, sizeof lerr);
     if (v->kube == NULL) {
@@ -397,7 +397,7 @@ int plan_main(const config *cfg, int argc, char **argv)
     if (cfg->output_json) {
         buf b = {0};
         plan_write_json(&b, &p, &c, rules_version(v->rules), cfg);
-        printf("%s\n", b.data);
+        yamlout_print(stdout, b.data, cfg->output_yaml);
         buf_free(&b);
     } else {
         plan_print_table(&p, &c, rules_version(v->rules));
@@ -780,7 +780,7 @@ int status_main(const config *cfg, int argc, char **argv)
     if (cfg->output_json) {
         buf b = {0};
         status_write_json(&b, &s, cfg);
-        printf("%s\n", b.data);
+        yamlout_print(stdout, b.data, cfg->output_yaml);
         buf_free(&b);
     } else {
         status_print_table(&s);

@@ -9,7 +9,8 @@
 
 typedef struct config {
     char *database_url;        /* DATABASE_URL (may be NULL until a command needs it) */
-    char *kubeconfig;          /* KUBECONFIG; NULL → in-cluster service account */
+    char *kubeconfig;          /* KUBECONFIG (a ':' list); NULL → in-cluster, else ~/.kube/config */
+    char *kube_context;        /* KUBE_CONTEXT / --context; NULL → the current-context */
     char *namespace;           /* OPERATOR_NAMESPACE; default pod namespace, else sync-airbnb */
     char *rules_dir;           /* RULES_DIR; default <checkout>/lua/rules or installed path */
     char *rules_state_dir;     /* RULES_STATE_DIR: a copy of the last good rules (start-up fallback) */
@@ -44,7 +45,8 @@ typedef struct config {
     int migrate_lock_timeout_s;/* MIGRATE_LOCK_TIMEOUT_SECONDS, default 60 */
     int migrate_create_accounts_table; /* MIGRATE_CREATE_ACCOUNTS_TABLE, default 0 */
     int migrate_wait_s;        /* MIGRATE_WAIT_SECONDS: wait for the accounts table, default 0 */
-    int output_json;           /* -o json */
+    int output_json;           /* -o json or -o yaml: the JSON document ... */
+    int output_yaml;           /* ... printed as YAML (-o yaml) */
 } config;
 
 /* Fills defaults, then the environment, then argv flags starting at argv[0]

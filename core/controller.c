@@ -1302,8 +1302,7 @@ int run_main(const config *cfg, int argc, char **argv)
     declare_metrics();
     uv_loop_init(&c->loop);
 
-    int kerr = cfg->kubeconfig ? kube_config_load_kubeconfig(cfg->kubeconfig, &c->kcfg, err, sizeof err)
-                               : kube_config_in_cluster(&c->kcfg, err, sizeof err);
+    int kerr = kube_config_resolve(cfg->kubeconfig, cfg->kube_context, &c->kcfg, err, sizeof err);
     if (kerr < 0) {
         fprintf(stderr, "run: %s\n", err);
         goto out;
