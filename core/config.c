@@ -413,6 +413,16 @@ void config_free(config *c)
     c->accounts_schema = c->accounts_relname = c->builtin_rules_dir = NULL;
 }
 
+int config_flag_at(size_t i, const char **flag, const char **help, int *takes_value)
+{
+    if (i >= NOPTIONS)
+        return 0;
+    *flag = options[i].flag;
+    *help = options[i].help;
+    *takes_value = options[i].type != OPT_BOOL;
+    return 1;
+}
+
 void config_print_help(void *stream)
 {
     FILE *f = stream;

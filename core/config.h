@@ -58,6 +58,9 @@ int config_load(config *c, int argc, char **argv, char ***rest, int *nrest, char
 void config_free(config *c);
 /* Checks DATABASE_URL is present and parses (libpq conninfo or URI). */
 int config_require_database(const config *c, char *err, size_t errlen);
+/* The i-th flag (name without "--", help line, whether it takes a value);
+ * 0 past the last. For `completion`, which must offer the flags --help lists. */
+int config_flag_at(size_t i, const char **flag, const char **help, int *takes_value);
 /* Prints the flag/environment reference (used by every subcommand's --help). */
 void config_print_help(void *stream);
 

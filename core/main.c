@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "completion.h"
 #include "config.h"
 #include "log.h"
 #include "pg.h"
@@ -21,6 +22,7 @@ int repl_main(const config *cfg, int argc, char **argv) __attribute__((weak));
 typedef int (*command_fn)(const config *cfg, int argc, char **argv);
 
 static int version_main(const config *cfg, int argc, char **argv);
+static int completion_main(const config *cfg, int argc, char **argv);
 
 typedef struct command {
     const char *name;
@@ -75,6 +77,14 @@ static const command commands[] = {
      "Piped stdin: no banner or prompts, stops at the first error with exit 1:\n"
      "  echo 'print(#plan())' | sync-airbnb-operator repl\n",
      &repl_ref, NULL},
+    {"completion", "completion bash|zsh", "print a shell completion script",
+     "Completes commands, flags, -o values, files and kubeconfig contexts (--context,\n"
+     "read with kubectl when it is installed).\n"
+     "  bash:  source <(sync-airbnb-operator completion bash)\n"
+     "         or save it in /etc/bash_completion.d/sync-airbnb-operator\n"
+     "  zsh:   source <(sync-airbnb-operator completion zsh)\n"
+     "         or save it as _sync-airbnb-operator in a directory of $fpath\n",
+     NULL, completion_main},
     {"version", "version", "print the version", "", NULL, version_main},
 };
 
@@ -102,6 +112,19 @@ static int version_main(const config *cfg, int argc, char **argv)
 {
     (void)cfg, (void)argc, (void)argv;
     printf("sync-airbnb-operator %s (%s)\n", SAO_VERSION, LUA_RELEASE);
+    return 0;
+}
+
+static int completion_main(const config *cfg, int argc, char **argv)
+{
+    (void)cfg;
+    completion_command list[NCOMMANDS];
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        list[i] = (completion_command){commands[i].name, commands[i].summary};
+    if (argc != 1 || completion_write(stdout, argv[0], list, NCOMMANDS) < 0) {
+        fprintf(stderr, "usage: sync-airbnb-operator completion bash|zsh\n");
+        return 2;
+    }
     return 0;
 }
 
