@@ -18,6 +18,7 @@
 #include "migrate.h"
 #include "pg.h"
 #include "reconcile.h"
+#include "rules_check.h"
 #include "yamlout.h"
 
 #define BOOLOID 16
@@ -67,9 +68,12 @@ static int check_live(cli_view *v, luahost *candidate, char *err, size_t errlen)
     char lerr[512];
     if (read_live(v, &observed, &accounts, lerr, sizeof lerr) < 0)
         return 0;
-    plan_input in = {.accounts = accounts, .observed = &observed, .full = 1, .active_total = -1,
+    acct_rows rows;
+    rows_from_pgresult(&rows, accounts);
+    plan_input in = {.accounts = &rows, .observed = &observed, .full = 1, .active_total = -1,
                      .delete_allowance = 0, .settled = NULL, .max_rows = CLI_CHECK_ROWS};
     int rc = rec_check_plan(v->rules, candidate, v->cfg, &in, err, errlen);
+    rows_free(&rows);
     PQclear(accounts);
     cache_free_deployments(&observed);
     return rc;
@@ -291,9 +295,12 @@ static int make_plan(cli_view *v, plan_result *out, char *err, size_t errlen)
     /* A full pass with the whole delete budget (run's bucket holds at most
      * DELETE_BUDGET, so this is the most it could delete now) over every
      * account: run hands them to the rules in chunks, over several passes. */
-    plan_input in = {.accounts = accounts, .observed = &observed, .full = 1, .active_total = -1,
+    acct_rows rows;
+    rows_from_pgresult(&rows, accounts);
+    plan_input in = {.accounts = &rows, .observed = &observed, .full = 1, .active_total = -1,
                      .delete_allowance = cfg->delete_budget, .settled = NULL, .max_rows = 0};
     int rc = rec_plan(r, cfg, &in, out, err, errlen);
+    rows_free(&rows);
     PQclear(accounts);
     cache_free_deployments(&observed);
     return rc;
@@ -492,18 +499,22 @@ static int worker_name(rules *r, const config *cfg, const char *id, char *out, s
 static void fingerprint_state(rules *r, const config *cfg, const PGresult *res, int row, acct_row *a)
 {
     lua_State *L = luahost_state(rules_host(r));
+    acct_rows rows;
+    rows_from_pgresult(&rows, res);
     if (push_rule(r, "credentials_fingerprint") == 0) {
-        rec_push_account(L, res, row);
+        rec_push_account(L, &rows, row);
         if (call_rule(r, cfg, "credentials_fingerprint", 1) == 0) {
             if (lua_type(L, -1) == LUA_TSTRING)
                 snprintf(a->expected, sizeof a->expected, "%s", lua_tostring(L, -1));
             lua_pop(L, 1);
         }
     }
-    if (a->d->fingerprint == NULL)
+    if (a->d->fingerprint == NULL) {
+        rows_free(&rows);
         return;
+    }
     if (push_rule(r, "credentials_in_sync") == 0) {
-        rec_push_account(L, res, row);
+        rec_push_account(L, &rows, row);
         rec_push_observed(L, a->d);
         if (call_rule(r, cfg, "credentials_in_sync", 2) == 0) {
             if (lua_type(L, -1) == LUA_TBOOLEAN)
@@ -513,6 +524,7 @@ static void fingerprint_state(rules *r, const config *cfg, const PGresult *res, 
     } else if (a->expected[0]) {
         a->in_sync = strcmp(a->expected, a->d->fingerprint) == 0;
     }
+    rows_free(&rows);
 }
 
 static void sum_pods(status_view *s)

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "json.h"
 #include "metrics.h"
 #include "scrub.h"
 #include "util.h"
@@ -50,6 +51,35 @@ struct health {
     int ready, alive, port;
 };
 
+/* Appends ",key:value" for each member of obj (an object) not named skip1/skip2. */
+static void write_members(buf *b, const json_value *obj, const char *skip1, const char *skip2)
+{
+    for (size_t i = 0; json_typeof(obj) == JSON_OBJECT && i < json_len(obj); i++) {
+        const char *k = json_key_at(obj, i);
+        if (strcmp(k, skip1) == 0 || (skip2 && strcmp(k, skip2) == 0))
+            continue;
+        buf_putc(b, ',');
+        buf_json_string(b, k, strlen(k));
+        buf_putc(b, ':');
+        json_write(b, json_at(obj, i));
+    }
+}
+
+/* The last document with "ready":false and a "loop" check in front of its
+ * checks: a reader finds every check it knows, and the stall. */
+static char *stalled_document(const char *doc, unsigned long stalled_ms)
+{
+    json_value *v = json_parse(doc, strlen(doc), NULL, 0);
+    buf b = {0};
+    buf_printf(&b, "{\"ready\":false,\"checks\":{\"loop\":{\"stalled_ms\":%lu}", stalled_ms);
+    write_members(&b, json_get(v, "checks"), "loop", NULL);
+    buf_putc(&b, '}');
+    write_members(&b, v, "ready", "checks");
+    buf_putc(&b, '}');
+    json_free(v);
+    return buf_steal(&b);
+}
+
 static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, const char *ctype,
                                char *body, size_t len)
 {
@@ -82,16 +112,16 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         return respond(conn, 200, "text/plain", xstrdup("ok\n"), 3);
     }
     if (strcmp(url, "/readyz") == 0) {
-        if (!health_loop_alive()) { /* the document is as old as the stall */
-            char *msg = xasprintf("{\"ready\":false,\"checks\":{\"loop\":{\"stalled_ms\":%lu}}}",
-                                  health_beat_age_ms());
-            return respond(conn, 503, "application/json", msg, strlen(msg));
-        }
         pthread_mutex_lock(&h->lock);
-        char *body = xstrdup(h->ready_json ? h->ready_json : "{\"ready\":false,\"checks\":{}}");
+        char *doc = xstrdup(h->ready_json ? h->ready_json : "{\"ready\":false,\"checks\":{}}");
         int ready = h->ready;
         pthread_mutex_unlock(&h->lock);
-        return respond(conn, ready ? 200 : 503, "application/json", body, strlen(body));
+        if (!health_loop_alive()) { /* the document is as old as the stall: not ready, and why */
+            char *msg = stalled_document(doc, health_beat_age_ms());
+            free(doc);
+            return respond(conn, 503, "application/json", msg, strlen(msg));
+        }
+        return respond(conn, ready ? 200 : 503, "application/json", doc, strlen(doc));
     }
     if (strcmp(url, "/metrics") == 0) {
         buf b = {0};
@@ -118,7 +148,7 @@ static struct MHD_Daemon *start_daemon(health *h, unsigned flags, const struct s
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HEALTH_PER_IP, MHD_OPTION_END);
 }
 
-health *health_start(const char *addr, char *err, size_t errlen)
+health *health_start(const char *addr, const char *first_json, char *err, size_t errlen)
 {
     const char *colon = strrchr(addr, ':');
     if (colon == NULL) {
@@ -154,6 +184,8 @@ health *health_start(const char *addr, char *err, size_t errlen)
     health *h = xcalloc(1, sizeof *h);
     pthread_mutex_init(&h->lock, NULL);
     h->alive = 1;
+    /* In place before the daemon answers anything: every check from the first answer. */
+    h->ready_json = first_json ? scrub_dup(first_json) : NULL;
     if (v4) {
         h->daemon = start_daemon(h, 0, (struct sockaddr *)&sin);
     } else if (v6) {
@@ -168,6 +200,7 @@ health *health_start(const char *addr, char *err, size_t errlen)
     if (h->daemon == NULL) {
         util_seterr(err, errlen, "HEALTH_ADDR: cannot listen on %s (address in use?)", addr);
         pthread_mutex_destroy(&h->lock);
+        free(h->ready_json);
         free(h);
         return NULL;
     }
