@@ -19,6 +19,7 @@
 #include "pg.h"
 #include "reconcile.h"
 #include "rules_check.h"
+#include "worker_state.h"
 #include "yamlout.h"
 
 #define BOOLOID 16
@@ -300,6 +301,7 @@ static int make_plan(cli_view *v, plan_result *out, char *err, size_t errlen)
     plan_input in = {.accounts = &rows, .observed = &observed, .full = 1, .active_total = -1,
                      .delete_allowance = cfg->delete_budget, .settled = NULL, .max_rows = 0};
     int rc = rec_plan(r, cfg, &in, out, err, errlen);
+    out->paused = (int)wstate_count_paused(&observed);
     rows_free(&rows);
     PQclear(accounts);
     cache_free_deployments(&observed);
@@ -320,7 +322,7 @@ static void plan_write_json(buf *b, const plan_result *p, const plan_counts *c, 
     buf_putc(b, '{');
     for (int k = ACT_CREATE; k <= ACT_ERROR; k++)
         buf_printf(b, "\"%s\":%d,", rec_action_name((act_kind)k), c->by_kind[k]);
-    buf_printf(b, "\"desired\":%d,\"observed\":%d}", p->desired, p->observed);
+    buf_printf(b, "\"desired\":%d,\"observed\":%d,\"paused\":%d}", p->desired, p->observed, p->paused);
     json_key(b, 0, "hold_reason");
     json_str(b, p->hold_reason);
     json_key(b, 0, "actions");
@@ -336,6 +338,8 @@ static void plan_write_json(buf *b, const plan_result *p, const plan_counts *c, 
         json_str(b, a->name);
         json_key(b, 0, "reason");
         json_str(b, a->reason);
+        if (a->paused)
+            buf_puts(b, ",\"paused\":true");
         if (a->body) { /* the object as it would be applied (JSON already) */
             json_key(b, 0, "desired_hash");
             json_str(b, a->desired_hash);
@@ -381,7 +385,10 @@ static void plan_print_table(const plan_result *p, const plan_counts *c, const c
     if (c->by_kind[ACT_HOLD] || c->by_kind[ACT_ERROR])
         printf("; %d held, %d errors (listed, not pending: `run` cannot execute them)", c->by_kind[ACT_HOLD],
                c->by_kind[ACT_ERROR]);
-    printf("; %d active accounts, %d managed Deployments; rules %.12s\n", p->desired, p->observed, version);
+    printf("; %d active accounts, %d managed Deployments", p->desired, p->observed);
+    if (p->paused)
+        printf(" (%d paused: " PAUSED_ANNOTATION ")", p->paused);
+    printf("; rules %.12s\n", version);
 }
 
 int plan_main(const config *cfg, int argc, char **argv)
@@ -662,6 +669,8 @@ static void status_write_row(buf *b, const status_view *s, const acct_row *a)
         json_key(b, 0, "account_id"); /* the annotation, if any */
         json_str(b, a->d->account_id);
     }
+    json_key(b, 0, "paused");
+    buf_puts(b, wstate_paused(a->d) ? "true" : "false");
     json_key(b, 0, "ready_pods");
     buf_printf(b, "%d", pods->ready);
     json_key(b, 0, "replicas");
@@ -735,7 +744,8 @@ static void status_print_table(const status_view *s)
     table t = {.ncols = 7};
     table_row(&t, (const char *[]){"ACCOUNT", "ACTIVE", "DEPLOYMENT", "READY", "RESTARTS", "FINGERPRINT",
                                    "LAST_SYNC_AT"});
-    int active = 0, ready = 0, workers = 0;
+    int active = 0, ready = 0, workers = 0, paused = 0;
+    char named[128];
     for (size_t i = 0; i < s->naccounts; i++) {
         const acct_row *a = &s->rows[i];
         int deleted = col(s, a->row, "deleted_at") != NULL;
@@ -748,8 +758,10 @@ static void status_print_table(const status_view *s)
             ready += row_pods(s, a)->ready > 0;
         }
         const char *last = col(s, a->row, "last_sync_at");
+        paused += wstate_paused(a->d);
+        snprintf(named, sizeof named, "%s%s", a->d ? a->d->name : "-", wstate_paused(a->d) ? " (paused)" : "");
         table_row(&t, (const char *[]){col(s, a->row, "account_id"), deleted ? "deleted" : is_active ? "yes" : "no",
-                                       a->d ? a->d->name : "-", rd, rs,
+                                       named, rd, rs,
                                        !a->d ? "-" : a->in_sync < 0 ? "?" : a->in_sync ? "yes" : "no",
                                        last ? last : "never"});
     }
@@ -763,7 +775,9 @@ static void status_print_table(const status_view *s)
             const acct_row *a = &s->rows[i];
             char rd[32], rs[96];
             pod_cells(s, a, rd, sizeof rd, rs, sizeof rs);
-            table_row(&t, (const char *[]){a->d->name, a->d->account_id, rd, rs});
+            paused += wstate_paused(a->d);
+            snprintf(named, sizeof named, "%s%s", a->d->name, wstate_paused(a->d) ? " (paused: kept)" : "");
+            table_row(&t, (const char *[]){named, a->d->account_id, rd, rs});
         }
         table_print(stdout, &t);
         table_free(&t);
@@ -772,6 +786,8 @@ static void status_print_table(const status_view *s)
            "account; rules %.12s\n",
            s->naccounts, active, workers, ready, s->nrows - s->naccounts,
            s->rules_version ? s->rules_version : "(not loaded)");
+    if (paused)
+        printf("%d paused (" PAUSED_ANNOTATION "=true): the operator leaves them alone\n", paused);
 }
 
 int status_main(const config *cfg, int argc, char **argv)

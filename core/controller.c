@@ -29,6 +29,7 @@
 #include "trail.h"
 #include "util.h"
 #include "watch.h"
+#include "worker_state.h"
 #include "writer.h"
 
 #define MAX_PARTIAL 1000
@@ -380,6 +381,14 @@ out:
 
 /* ---- the cluster: the informer's events --------------------------------------------- */
 
+/* trail.h's uid_of: the uid of a Deployment of the cache. */
+static const char *deployment_uid(const char *name, void *ud)
+{
+    ctl *c = ud;
+    const obs_deploy *d = c->cache ? strmap_get(cache_deployments(c->cache), name) : NULL;
+    return d ? d->uid : NULL;
+}
+
 static void on_cache_change(enum cache_kind kind, const char *name, const void *old, const void *now,
                             void *ud)
 {
@@ -415,6 +424,11 @@ static void on_cache_change(enum cache_kind kind, const char *name, const void *
         if (o->account_id && !writer_busy(c->writer, o->name))
             watch_enqueue(c->watch, o->account_id);
         return;
+    }
+    if (o && n->managed && wstate_paused(o) != wstate_paused(n)) { /* a person paused or resumed it */
+        trail_pause_changed(&c->trail, n->account_id, n->name, n->uid, wstate_paused(n));
+        if (!wstate_paused(n) && n->account_id)
+            watch_enqueue(c->watch, n->account_id); /* resumed: what is pending applies now */
     }
     int drifted = n->applied_generation > 0 && n->generation > n->applied_generation;
     int hash_changed = o && ((o->applied_hash == NULL) != (n->applied_hash == NULL) ||
@@ -666,6 +680,8 @@ static void publish(ctl *c)
         }
         metrics_set("sync_airbnb_operator_workers", "state=\"present\"", present);
         metrics_set("sync_airbnb_operator_workers", "state=\"ready\"", ready);
+        metrics_set("sync_airbnb_operator_workers", "state=\"paused\"",
+                    (double)wstate_count_paused(cache_deployments(c->cache)));
     }
     if (c->health == NULL)
         return;
@@ -729,7 +745,7 @@ static void declare_metrics(void)
     metrics_declare("sync_airbnb_operator_full_notifications_deferred_total", METRICS_COUNTER,
                     "NOTIFY '*' folded into a later full pass (at most one per 5 s).");
     metrics_declare("sync_airbnb_operator_rules_reloads_total", METRICS_COUNTER, "Rules reloads by result.");
-    metrics_declare("sync_airbnb_operator_workers", METRICS_GAUGE, "Worker Deployments: desired, present, ready.");
+    metrics_declare("sync_airbnb_operator_workers", METRICS_GAUGE, "Worker Deployments: desired, present, ready, paused.");
     metrics_declare("sync_airbnb_operator_deletes_held", METRICS_GAUGE, "Deletes currently held (empty set or budget).");
     metrics_declare("sync_airbnb_operator_leader", METRICS_GAUGE, "1 when this process holds the Lease.");
     metrics_declare("sync_airbnb_operator_schema_at_head", METRICS_GAUGE, "1 when the database schema is at head.");
@@ -793,6 +809,7 @@ int run_main(const config *cfg, int argc, char **argv)
     c->ka = kube_async_new(c->kc, &c->loop, &lim);
     kube_async_set_write_gate(c->ka, may_write, c); /* leadership before every send, retries too */
     trail_init(&c->trail, &c->loop, cfg, c->ka, events_hold, live_db, c);
+    c->trail.uid_of = deployment_uid;
     c->writer = writer_new(c->ka, cfg, may_write, on_write_outcome, c);
 
     uv_timer_init(&c->loop, &c->reload_timer);

@@ -11,6 +11,7 @@
 #include "luahost.h"
 #include "names.h"
 #include "util.h"
+#include "worker_state.h"
 
 static const char *const credential_columns[] = {"airbnb_cookie", "x_client_version", "user_agent"};
 
@@ -286,6 +287,16 @@ void safety_admit(safety_ctx *s, const proposal *p, plan_result *out)
         snprintf(err, sizeof err, "refusing to %s %s: not a Deployment managed by this operator",
                  k == ACT_UPDATE ? "update" : "delete", name);
         action_push(out, ACT_ERROR, id, name, err);
+        return;
+    }
+    if (obs && wstate_paused(obs)) {
+        /* A person paused this worker: nothing is updated, rolled or
+         * deleted until the annotation goes; the change is reported. */
+        char *why = wstate_paused_reason(k == ACT_DELETE, name);
+        action *a = action_push(out, ACT_HOLD, id ? id : obs->account_id, name, why);
+        a->paused = 1;
+        a->uid = obs->uid ? xstrdup(obs->uid) : NULL;
+        free(why);
         return;
     }
     if (k == ACT_DELETE) {

@@ -37,6 +37,8 @@ void trail_action(trail *t, const char *what, const char *account_id, const char
                   const char *reason, int warning)
 {
     enum log_level lvl = warning ? LOG_WARN : LOG_INFO;
+    if (uid == NULL && name && t->uid_of)
+        uid = t->uid_of(name, t->ud);
     log_msg(lvl, what, "account_id", account_id ? account_id : "", "deployment", name ? name : "",
             "reason", reason ? reason : "", NULL);
     audit_add(&t->audit, what, account_id, name, reason);
@@ -44,7 +46,8 @@ void trail_action(trail *t, const char *what, const char *account_id, const char
         uv_timer_start(&t->audit_timer, on_audit_timer, 0, 0);
     static const struct { const char *what, *reason; } reasons[] = {
         {"create", "WorkerCreated"}, {"update", "WorkerUpdated"}, {"delete", "WorkerDeleted"},
-        {"hold", "DeleteHeld"},      {"error", "ReconcileFailed"},
+        {"hold", "DeleteHeld"},      {"error", "ReconcileFailed"}, {"paused", "WorkerPaused"},
+        {"resumed", "WorkerResumed"},
     };
     const char *ev = "Reconcile";
     for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
@@ -79,10 +82,20 @@ static void forget_report(trail *t, const char *kind, const char *key)
 
 void trail_planned(trail *t, const action *a)
 {
-    const char *kind = a->kind == ACT_HOLD ? "hold" : "error";
+    const char *kind = a->paused ? "paused" : a->kind == ACT_HOLD ? "hold" : "error";
     const char *key = a->name ? a->name : a->account_id;
     if (first_report(t, kind, key, a->reason))
-        trail_action(t, kind, a->account_id, a->name, NULL, a->reason, a->kind == ACT_ERROR);
+        trail_action(t, kind, a->account_id, a->name, a->uid, a->reason, a->kind == ACT_ERROR);
+}
+
+void trail_pause_changed(trail *t, const char *account_id, const char *name, const char *uid, int paused)
+{
+    if (!paused)
+        forget_report(t, "paused", name); /* paused again later: reported again */
+    trail_action(t, paused ? "paused" : "resumed", account_id, name, uid,
+                 paused ? "annotation sync-airbnb.io/paused=true: the operator leaves this worker alone"
+                        : "annotation sync-airbnb.io/paused removed: the operator manages this worker again",
+                 0);
 }
 
 void trail_sending(trail *t, const char *name)
@@ -93,7 +106,7 @@ void trail_sending(trail *t, const char *name)
 static void write_error(trail *t, const write_outcome *o)
 {
     if (first_report(t, "error", o->name, o->reason))
-        trail_action(t, "error", o->account_id, o->name, NULL, o->reason, 1);
+        trail_action(t, "error", o->account_id, o->name, o->uid, o->reason, 1);
 }
 
 void trail_write(trail *t, const write_outcome *o)
