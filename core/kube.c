@@ -216,7 +216,7 @@ int kube_client_prepare(kube_client *c, CURL *h, const char *method, const char 
                         struct curl_slist **headers, char *err, size_t errlen)
 {
     char *url = NULL, *auth = NULL, *ctype = NULL;
-    const char *token = c->token, *cert_pem = c->cert_pem, *key_pem = c->key_pem;
+    const char *token, *cert_pem = c->cert_pem, *key_pem = c->key_pem;
     int rc = -1;
 
     curl_easy_reset(h);
@@ -231,6 +231,7 @@ int kube_client_prepare(kube_client *c, CURL *h, const char *method, const char 
     }
     if (refresh_token(c, err, errlen) < 0)
         goto out;
+    token = c->token; /* after the refresh, which may replace it */
     if (c->exec) {
         const kube_exec_credential *cred = kube_exec_get(c->exec, err, errlen);
         if (cred == NULL)
