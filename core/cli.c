@@ -671,6 +671,14 @@ static void status_write_row(buf *b, const status_view *s, const acct_row *a)
     }
     json_key(b, 0, "paused");
     buf_puts(b, wstate_paused(a->d) ? "true" : "false");
+    static const char *const state[][2] = {{"last_action", LAST_ACTION_ANNOTATION},
+                                            {"last_action_reason", LAST_REASON_ANNOTATION},
+                                            {"last_action_at", LAST_AT_ANNOTATION},
+                                            {"rules_version_applied", RULES_VERSION_ANNOTATION}};
+    for (size_t i = 0; i < sizeof state / sizeof state[0]; i++) {
+        json_key(b, 0, state[i][0]);
+        json_str(b, wstate_annotation(a->d, state[i][1]));
+    }
     json_key(b, 0, "ready_pods");
     buf_printf(b, "%d", pods->ready);
     json_key(b, 0, "replicas");

@@ -2,17 +2,30 @@
 #include "worker_state.h"
 
 #include <string.h>
+#include <time.h>
 
 #include "util.h"
 
+const char *wstate_annotation(const obs_deploy *d, const char *key)
+{
+    for (int i = 0; d && i < d->nann; i++)
+        if (strcmp(d->ann_keys[i], key) == 0)
+            return d->ann_values[i];
+    return NULL;
+}
+
 int wstate_paused(const obs_deploy *d)
 {
-    if (d == NULL)
-        return 0;
-    for (int i = 0; i < d->nann; i++)
-        if (strcmp(d->ann_keys[i], PAUSED_ANNOTATION) == 0)
-            return d->ann_values[i] && strcmp(d->ann_values[i], "true") == 0;
-    return 0;
+    const char *v = wstate_annotation(d, PAUSED_ANNOTATION);
+    return v && strcmp(v, "true") == 0;
+}
+
+void wstate_now_rfc3339(char out[21])
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
 size_t wstate_count_paused(const strmap *deployments)

@@ -103,10 +103,28 @@ static void test_safety_filter_holds_paused_workers(void)
         CHECK(out.actions[3].kind == ACT_DELETE); /* not paused: deleted as before */
     }
     CHECK(out.held_deletes == 0); /* a paused worker is not a held delete (no DeleteHeld alert) */
+
+    /* Not paused: applied, with the worker's state for kubectl in the object itself. */
+    p1->nann = 1; /* drop the paused annotation (the account id stays first) */
+    s.rules_version = "0123456789ab";
+    update.reason = "credentials changed";
+    safety_admit(&s, &update, &out);
+    CHECK(out.n == 5 && out.actions[4].kind == ACT_UPDATE);
+    if (out.n == 5) {
+        json_value *obj = json_parse(out.actions[4].body, strlen(out.actions[4].body), NULL, 0);
+        const json_value *ann = json_path(obj, "metadata", "annotations", NULL);
+        CHECK_STR(json_string(json_get(ann, LAST_ACTION_ANNOTATION)), "update");
+        CHECK_STR(json_string(json_get(ann, LAST_REASON_ANNOTATION)), "credentials changed");
+        CHECK_STR(json_string(json_get(ann, RULES_VERSION_ANNOTATION)), "0123456789ab");
+        const char *at = json_string(json_get(ann, LAST_AT_ANNOTATION));
+        CHECK(at && strlen(at) == 20 && at[10] == 'T' && at[19] == 'Z');
+        CHECK_STR(json_string(json_get(ann, APPLIED_HASH_ANNOTATION)), "h");
+        json_free(obj);
+    }
     /* the delete budget goes to the deletes that can happen */
     cfg.delete_budget = 1;
     safety_hold_deletes(&cfg, &out, 1, 1);
-    CHECK(out.n == 4 && out.actions[3].kind == ACT_DELETE);
+    CHECK(out.n == 5 && out.actions[3].kind == ACT_DELETE);
 
     rec_plan_free(&out);
     strmap_free(&by_id);
