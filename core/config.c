@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "names.h"
 #include "pg.h"
 #include "scrub.h"
 #include "util.h"
@@ -46,6 +47,9 @@ static const option_spec options[] = {
     {"RULES_STATE_DIR", "rules-state-dir", OPT_STRING, OFF(rules_state_dir),
      "/tmp/sync-airbnb-operator/last-good-rules", 0, 0,
      "where `run` keeps a copy of the last good rules, loaded at start-up when RULES_DIR's do not load"},
+    {"RULES_CONFIGMAP", "rules-configmap", OPT_STRING, OFF(rules_configmap), NULL, 0, 0,
+     "namespace/name of the ConfigMap RULES_DIR is mounted from: RulesReloaded/RulesRejected Events go on it "
+     "(unset: on the leader Lease)"},
     {"MIGRATIONS_DIR", "migrations-dir", OPT_STRING, OFF(migrations_dir), NULL, 0, 0,
      "directory of the Lua migrations (default: lua/migrations of the installed copy or the checkout)"},
     {"WORKER_IMAGE", "worker-image", OPT_STRING, OFF(worker_image), "sync-airbnb:0.1.0", 0, 0,
@@ -279,6 +283,19 @@ static int finish(config *c, char *err, size_t errlen)
                 util_seterr(err, errlen, "KUBECONFIG: cannot read \"%s\": %s", c->kubeconfig, strerror(ENOENT));
                 return -1;
             }
+        }
+    }
+    if (c->rules_configmap != NULL && *c->rules_configmap == '\0') {
+        free(c->rules_configmap);
+        c->rules_configmap = NULL;
+    }
+    if (c->rules_configmap != NULL) {
+        const char *slash = strchr(c->rules_configmap, '/');
+        if (slash == NULL || !names_dns_label_n(c->rules_configmap, (size_t)(slash - c->rules_configmap), 63) ||
+            !names_dns_subdomain_n(slash + 1, strlen(slash + 1))) {
+            util_seterr(err, errlen, "RULES_CONFIGMAP: invalid value \"%s\" (namespace/name of a ConfigMap)",
+                        c->rules_configmap);
+            return -1;
         }
     }
     if (c->database_url != NULL && *c->database_url == '\0') {

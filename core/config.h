@@ -14,6 +14,7 @@ typedef struct config {
     char *namespace;           /* OPERATOR_NAMESPACE; default pod namespace, else sync-airbnb */
     char *rules_dir;           /* RULES_DIR; default <checkout>/lua/rules or installed path */
     char *rules_state_dir;     /* RULES_STATE_DIR: a copy of the last good rules (start-up fallback) */
+    char *rules_configmap;     /* RULES_CONFIGMAP "namespace/name": where rules Events go; NULL → the Lease */
     char *builtin_rules_dir;   /* the rules installed with the binary (not an option) */
     char *migrations_dir;      /* MIGRATIONS_DIR; default next to the rules */
     char *worker_image;        /* WORKER_IMAGE, default sync-airbnb:0.1.0 */

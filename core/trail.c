@@ -7,6 +7,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "rules_event.h"
 #include "util.h"
 
 static pg_conn *live_db(trail *t)
@@ -154,7 +155,10 @@ void trail_pass_error(trail *t, const char *err)
 
 void trail_lease_event(trail *t, const char *reason, const char *message, int warning)
 {
-    /* Rules events hang on the leader Lease: it lives in this namespace. */
+    /* On the rules ConfigMap when it is known (rules_event.h), else on the
+     * leader Lease, which lives in this namespace. */
+    if (rules_event_post(t->events.ka, t->cfg, reason, message, warning) == 0)
+        return;
     event_queue_post(&t->events, "coordination.k8s.io/v1", "Lease", t->cfg->lease_name, NULL, reason, message,
                      NULL, warning);
 }

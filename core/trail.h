@@ -52,7 +52,8 @@ void trail_sending(trail *t, const char *name);
 /* The error of a whole pass (NULL: the pass ran): logged and audited when
  * it changes. */
 void trail_pass_error(trail *t, const char *err);
-/* An Event on the leader Lease (rules reloads): reason, message. */
+/* A rules reload's Event: on the RULES_CONFIGMAP (rules_event.h), else on
+ * the leader Lease. */
 void trail_lease_event(trail *t, const char *reason, const char *message, int warning);
 /* An audit row written now, for what is not an action (a release of held deletes). */
 void trail_note(trail *t, const char *what, const char *reason);

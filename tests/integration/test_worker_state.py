@@ -147,3 +147,37 @@ def test_delete_held_is_on_the_deployment_with_its_uid_and_state(cluster, namesp
             url=migrated_db)
     wait_for(lambda: "sync-airbnb.io/state" not in annotations(cluster, namespace, name), 30,
              lambda: annotations(cluster, namespace, name))
+
+
+def test_rules_events_go_on_the_rules_configmap(cluster, namespace, migrated_db, tmp_path, operator_factory):
+    """RULES_CONFIGMAP: RulesReloaded / RulesRejected on the ConfigMap a person applied,
+    with its uid, so `kubectl describe configmap` shows them (deploy/ sets it)."""
+    from rules_dir import ConfigMapDir, rules_files
+    cluster.kubectl("create", "configmap", "rules", "--from-literal=rules.lua=-- the files", namespace=namespace)
+    cm_uid = cluster.kubectl_json("get", "configmap", "rules", namespace=namespace)["metadata"]["uid"]
+    good = rules_files()
+    cm = ConfigMapDir(tmp_path / "rules", good)
+    op = operator_factory(env={"RULES_DIR": str(cm.path), "RULES_CONFIGMAP": f"{namespace}/rules"})
+    op.wait_ready()
+    v0 = op.readyz()["checks"]["rules"]["version"]
+
+    touched = dict(good)
+    touched["rules.lua"] += "\n-- touched\n"
+    cm.update(touched)
+    wait_for(lambda: op.readyz()["checks"]["rules"]["version"] != v0, 30, "reload")
+
+    def on_cm(reason):
+        return [e for e in cluster.kubectl_json("get", "events", namespace=namespace)["items"]
+                if e["reason"] == reason and e["involvedObject"]["kind"] == "ConfigMap"]
+    ev = wait_for(lambda: on_cm("RulesReloaded"), 20, "RulesReloaded on the ConfigMap")
+    assert ev[0]["involvedObject"]["name"] == "rules" and ev[0]["involvedObject"]["uid"] == cm_uid
+    broken = dict(touched)
+    broken["rules.lua"] += "\nthis is not Lua\n"
+    cm.update(broken)
+    ev = wait_for(lambda: on_cm("RulesRejected"), 30, "RulesRejected on the ConfigMap")
+    assert ev[0]["type"] == "Warning" and ev[0]["involvedObject"]["uid"] == cm_uid
+    out = cluster.kubectl("describe", "configmap", "rules", namespace=namespace).stdout
+    assert "RulesReloaded" in out and "RulesRejected" in out
+    # nothing on the Lease any more
+    assert not [e for e in cluster.kubectl_json("get", "events", namespace=namespace)["items"]
+                if e["involvedObject"]["kind"] == "Lease" and e["reason"].startswith("Rules")]
