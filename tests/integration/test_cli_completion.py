@@ -17,7 +17,7 @@ import subprocess
 import pytest
 import yaml
 
-from operator_harness import binary, run_cli
+from operator_harness import run_cli
 
 
 def script(shell: str) -> str:

@@ -16,13 +16,12 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from operator_harness import Operator, run_cli, wait_for
+from operator_harness import Operator, binary, run_cli, wait_for
 
 SA = "op"
 
@@ -260,9 +259,7 @@ def test_kubeconfig_list_merge_context_and_home_fallback(cluster, namespace, mig
     kubeconfig(home / ".kube" / "config", cluster=cl, user=user, namespace=namespace)
     env_home = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
     env_home.update(HOME=str(home), DATABASE_URL=migrated_db, OPERATOR_NAMESPACE=namespace)
-    p = subprocess.run([os.environ.get("SAO_BINARY") or str(Path(__file__).resolve().parents[2] / "build" /
-                                                             "sync-airbnb-operator"), "status"],
-                       env=env_home, capture_output=True, text=True, timeout=60)
+    p = subprocess.run([binary(), "status"], env=env_home, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
 
 
