@@ -23,7 +23,6 @@
 #include "yamlout.h"
 
 #define BOOLOID 16
-#define CLI_CHECK_ROWS 256 /* accounts a reload check plans over, as run's PLAN_CHUNK */
 
 struct cli_view {
     const config *cfg;
@@ -72,7 +71,7 @@ static int check_live(cli_view *v, luahost *candidate, char *err, size_t errlen)
     acct_rows rows;
     rows_from_pgresult(&rows, accounts);
     plan_input in = {.accounts = &rows, .observed = &observed, .full = 1, .active_total = -1,
-                     .delete_allowance = 0, .settled = NULL, .max_rows = CLI_CHECK_ROWS};
+                     .delete_allowance = 0, .settled = NULL, .max_rows = REC_PLAN_CHUNK};
     int rc = rec_check_plan(v->rules, candidate, v->cfg, &in, err, errlen);
     rows_free(&rows);
     PQclear(accounts);

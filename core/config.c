@@ -212,18 +212,6 @@ static char *default_lua_dir(const char *sub)
     return xasprintf("%s/lua/%s", SAO_DATA_DIR, sub);
 }
 
-static int valid_ident(const char *s, size_t n)
-{
-    if (n == 0 || n > 63)
-        return 0;
-    if (!((s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
-        return 0;
-    for (size_t i = 1; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
-            return 0;
-    return 1;
-}
-
 static int finish(config *c, char *err, size_t errlen)
 {
     /* accounts table: schema.table, lowercase identifiers (they are quoted in SQL) */
@@ -232,7 +220,7 @@ static int finish(config *c, char *err, size_t errlen)
     const char *rel = dot ? dot + 1 : t;
     size_t slen = dot ? (size_t)(dot - t) : 6;
     const char *schema = dot ? t : "public";
-    if ((dot && !valid_ident(t, slen)) || !valid_ident(rel, strlen(rel))) {
+    if ((dot && !names_pg_ident_n(t, slen)) || !names_pg_ident_n(rel, strlen(rel))) {
         util_seterr(err, errlen,
                     "ACCOUNTS_TABLE: invalid value \"%s\" (schema.table of lowercase letters, "
                     "digits and _)", t);

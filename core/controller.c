@@ -34,7 +34,6 @@
 
 #define MAX_PARTIAL 1000
 #define FOLLOWUP_MS 20 /* delay of the pass that continues a deferred backlog */
-#define PLAN_CHUNK 128 /* accounts handed to the rules per pass; the rest follow as writes drain */
 #define SHUTDOWN_BOUND_MS 10000
 #define MAX_RESYNCS_POSTPONED 4
 
@@ -162,7 +161,7 @@ static void on_write_outcome(const write_outcome *o, void *ud)
         plan_again(c, o->account_id, o->name);
     if (o->account_id && strmap_del(&c->requeue, o->account_id))
         plan_again(c, o->account_id, o->name);
-    if ((watch_full_pending(c->watch) || watch_backlog_left(c->watch)) && writer_inflight(c->writer) < PLAN_CHUNK / 2)
+    if ((watch_full_pending(c->watch) || watch_backlog_left(c->watch)) && writer_inflight(c->writer) < REC_PLAN_CHUNK / 2)
         watch_kick_after(c->watch, FOLLOWUP_MS);
     if (!write_backlog(c))
         event_queue_flush(&c->trail.events);
@@ -249,7 +248,7 @@ static void pass(void *ud)
     c->delete_refill_ms = t0;
 
     watch_batch b;
-    if (!watch_take(c->watch, MAX_PARTIAL, PLAN_CHUNK, &b))
+    if (!watch_take(c->watch, MAX_PARTIAL, REC_PLAN_CHUNK, &b))
         return;
     int full = b.full;
     strmap busy = STRMAP_BORROWED; /* keys: account ids inside the writer's and expect's records */
@@ -314,7 +313,7 @@ static void pass(void *ud)
             PQclear(cres);
         }
     }
-    plan_input in = {&rows, observed, full, active_total, (int)c->delete_tokens, &c->settled, PLAN_CHUNK, &busy};
+    plan_input in = {&rows, observed, full, active_total, (int)c->delete_tokens, &c->settled, REC_PLAN_CHUNK, &busy};
     if (rec_plan(c->rules, cfg, &in, &plan, err, sizeof err) < 0) {
         trail_pass_error(&c->trail, err);
         goto out;
@@ -465,7 +464,7 @@ static int check_candidate(rules *r, luahost *candidate, void *ud, char *err, si
         return 0; /* the database's problem, not the rules' */
     acct_rows rows;
     rows_from_pgresult(&rows, res);
-    plan_input in = {&rows, cache_deployments(c->cache), 1, -1, 0, NULL, PLAN_CHUNK, NULL};
+    plan_input in = {&rows, cache_deployments(c->cache), 1, -1, 0, NULL, REC_PLAN_CHUNK, NULL};
     int rc = rec_check_plan(r, candidate, c->cfg, &in, err, errlen);
     rows_free(&rows);
     PQclear(res);

@@ -53,6 +53,11 @@ typedef struct plan_input {
     strmap *busy;
 } plan_input;
 
+/* Accounts handed to the rules per pass (plan_input.max_rows in `run`, and
+ * the sample a reload plans over, in `run` and the REPL alike); the rest
+ * follow as the writes drain. */
+#define REC_PLAN_CHUNK 128
+
 /* The columns the rules get, in this order; the table name is appended by
  * rec_accounts_sql (validated, quoted identifiers). */
 char *rec_accounts_sql(const config *cfg, int partial);

@@ -50,6 +50,15 @@ static int rawfield(lua_State *L, int idx, const char *k)
 
 /* ---- stage 1: lint the bytecode -------------------------------------------------- */
 
+/* The linter reads the bytecode of the Lua it is built with (linked
+ * statically: the format cannot change under a built binary). A new Lua
+ * must fail here, at build time, not at every reload: check lopcodes.h and
+ * ldump.c of the new version, then update the numbers and this guard
+ * (docs/architecture.md, "Linting the rules"). */
+#if LUA_VERSION_NUM != 504
+#error "rules_check.c lints Lua 5.4 bytecode: check OP_LOADK/OP_GETTABUP/OP_SETTABUP and the dump format of this Lua"
+#endif
+
 /* Lua 5.4 opcodes and instruction fields (lopcodes.h). */
 enum { OP_LOADK = 3, OP_GETTABUP = 11, OP_SETTABUP = 15 };
 #define I_OP(i) ((i) & 0x7fu)

@@ -6,7 +6,7 @@
  *     once per STAR_MIN_INTERVAL_MS), reconnects with backoff, and checks
  *     that the schema is at head before any pass runs;
  *   - the queue: account ids to plan in the next partial pass, or a full
- *     pass; the backlog of accounts a pass deferred (taken PLAN_CHUNK at a
+ *     pass; the backlog of accounts a pass deferred (taken REC_PLAN_CHUNK at a
  *     time by id); per-account backoff after a failed write;
  *   - the pass timer: a debounced kick runs hooks.pass.
  *

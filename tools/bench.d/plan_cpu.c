@@ -7,7 +7,7 @@
  *
  * The rows come from generate_series (no table needed); there are no
  * observed Deployments, so every account is a create. A pass plans the
- * accounts PLAN_CHUNK (128) at a time, as `run` does (core/controller.c).
+ * accounts REC_PLAN_CHUNK (128) at a time, as `run` does (core/reconcile.h).
  * Prints the CPU time of each pass (rec_plan only) and the median. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +20,7 @@
 #include "strmap.h"
 #include "util.h"
 
-#define CHUNK 128 /* PLAN_CHUNK in core/controller.c */
+#define CHUNK REC_PLAN_CHUNK
 
 static double cpu_ms(void)
 {
