@@ -410,6 +410,14 @@ static void on_cache_change(enum cache_kind kind, const char *name, const void *
     const obs_deploy *o = old, *n = now;
     char *account = NULL;
     int was_delete = 0;
+    /* A person paused or resumed it (our writes never touch the annotation;
+     * the leader reports it):
+     * before the expectations, which may take this event for our write's echo. */
+    if (o && n && n->managed && wstate_paused(o) != wstate_paused(n) && is_leader(c)) {
+        trail_pause_changed(&c->trail, n->account_id, n->name, n->uid, wstate_paused(n));
+        if (!wstate_paused(n) && n->account_id)
+            watch_enqueue(c->watch, n->account_id); /* resumed: what is pending applies now */
+    }
     /* The cache owns n; what only we know (the generation our apply made)
      * is set on it when this is our write's echo (cache.h's upsert keeps it). */
     switch (expect_observe(&c->expect, name, (obs_deploy *)n, &account, &was_delete)) {
@@ -431,11 +439,6 @@ static void on_cache_change(enum cache_kind kind, const char *name, const void *
         if (o->account_id && !writer_busy(c->writer, o->name))
             watch_enqueue(c->watch, o->account_id);
         return;
-    }
-    if (o && n->managed && wstate_paused(o) != wstate_paused(n)) { /* a person paused or resumed it */
-        trail_pause_changed(&c->trail, n->account_id, n->name, n->uid, wstate_paused(n));
-        if (!wstate_paused(n) && n->account_id)
-            watch_enqueue(c->watch, n->account_id); /* resumed: what is pending applies now */
     }
     int drifted = n->applied_generation > 0 && n->generation > n->applied_generation;
     int hash_changed = o && ((o->applied_hash == NULL) != (n->applied_hash == NULL) ||
