@@ -110,7 +110,8 @@ def test_plan_exit_codes_json_and_no_writes(pg, cluster, kubeconfig, namespace, 
     assert "Q9vTz" not in p.stdout
     rc, doc = plan_json(env)
     assert rc == 2 and doc["pending"] is True
-    assert doc["summary"] == {"create": 2, "update": 0, "delete": 0, "hold": 0, "error": 0, "desired": 2, "observed": 0}
+    assert doc["summary"] == {"create": 2, "update": 0, "delete": 0, "hold": 0, "error": 0, "desired": 2, "observed": 0,
+                              "paused": 0}
     for action in doc["actions"]:
         assert set(action) == {"action", "account_id", "deployment", "reason", "desired_hash", "object"}
         assert action["object"]["metadata"]["name"] == action["deployment"]
