@@ -388,14 +388,6 @@ static const char *deployment_uid(const char *name, void *ud)
     return d ? d->uid : NULL;
 }
 
-/* trail.h's report: the worker's state annotations follow what was reported. */
-static void on_report(const char *what, const char *name, const char *reason, void *ud)
-{
-    ctl *c = ud;
-    const obs_deploy *d = c->cache ? strmap_get(cache_deployments(c->cache), name) : NULL;
-    wstate_report(c->ka, c->cfg->namespace, d, what, reason);
-}
-
 static void on_cache_change(enum cache_kind kind, const char *name, const void *old, const void *now,
                             void *ud)
 {
@@ -820,7 +812,6 @@ int run_main(const config *cfg, int argc, char **argv)
     kube_async_set_write_gate(c->ka, may_write, c); /* leadership before every send, retries too */
     trail_init(&c->trail, &c->loop, cfg, c->ka, events_hold, live_db, c);
     c->trail.uid_of = deployment_uid;
-    c->trail.report = on_report;
     c->writer = writer_new(c->ka, cfg, may_write, on_write_outcome, c);
 
     uv_timer_init(&c->loop, &c->reload_timer);

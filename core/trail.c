@@ -59,8 +59,6 @@ void trail_action(trail *t, const char *what, const char *account_id, const char
     char labels[64];
     snprintf(labels, sizeof labels, "result=\"%s\"", what);
     metrics_add("sync_airbnb_operator_reconcile_actions_total", labels, 1);
-    if (t->report && name)
-        t->report(what, name, reason, t->ud);
 }
 
 /* Holds and errors repeat every pass while their cause lasts: report each

@@ -27,9 +27,6 @@ typedef struct trail {
      * action carries none: kubectl describe deployment lists an Event only
      * when its involvedObject.uid is the Deployment's. Set after trail_init. */
     const char *(*uid_of)(const char *name, void *ud);
-    /* Told of every report about a Deployment (what, name, reason), after
-     * its Event: the worker's state annotations follow (worker_state.h). */
-    void (*report)(const char *what, const char *name, const char *reason, void *ud);
 } trail;
 
 /* ka: posts the Events; hold(ud): 1 while writes wait (Events are held). */

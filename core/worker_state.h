@@ -27,11 +27,6 @@
 #define LAST_REASON_ANNOTATION "sync-airbnb.io/last-action-reason"
 #define LAST_AT_ANNOTATION "sync-airbnb.io/last-action-at"
 #define RULES_VERSION_ANNOTATION "sync-airbnb.io/rules-version"
-/* Set with a merge patch of their own, once when a worker becomes held or
- * failing, removed (one more patch) by its next successful apply: */
-#define STATE_ANNOTATION "sync-airbnb.io/state"           /* held | failing */
-#define STATE_REASON_ANNOTATION "sync-airbnb.io/state-reason"
-#define STATE_AT_ANNOTATION "sync-airbnb.io/state-at"
 
 /* 1 when d carries sync-airbnb.io/paused: "true" (any other value: 0). */
 int wstate_paused(const obs_deploy *d);
@@ -44,14 +39,5 @@ size_t wstate_count_paused(const strmap *deployments);
 /* The reason of a paused hold for an update (delete 0) or delete (1) of
  * name; malloc'd. */
 char *wstate_paused_reason(int is_delete, const char *name);
-
-struct kube_async;
-/* A report of the trail (what: create, update, delete, hold, error, paused,
- * resumed) about worker d: a hold or error marks d held or failing, a
- * create or update of a d that is marked clears the mark. Only for a
- * managed, not paused d; nothing when the mark would not change. The
- * patch goes through ka's write gate (the leader only). */
-void wstate_report(struct kube_async *ka, const char *ns, const obs_deploy *d, const char *what,
-                   const char *reason);
 
 #endif
