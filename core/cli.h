@@ -7,8 +7,8 @@
  *   cli_check.c  cli_check_rules_main: prints rules_check_dir's verdict
  *                (rules_check.h)
  *
- * plan_main and status_main are the weak entry points declared in main.c;
- * main.c points `check-rules` at cli_check_rules_main. */
+ * main.c dispatches `plan`, `status` and `check-rules` to plan_main,
+ * status_main and cli_check_rules_main. */
 #ifndef CLI_H
 #define CLI_H
 
@@ -24,6 +24,10 @@
 #define CLI_PLAN_NOTHING 0
 #define CLI_PLAN_ERROR 1
 #define CLI_PLAN_PENDING 2
+
+/* The entry points of `plan` and `status`; return the exit code. */
+int plan_main(const config *cfg, int argc, char **argv);
+int status_main(const config *cfg, int argc, char **argv);
 
 /* ---- the view: what `run` would read (cli.c) ------------------------------ */
 

@@ -190,7 +190,7 @@ static int is_dir(const char *p)
 /* Where lua/<sub> is when not configured: next to the binary when it was
  * installed (<prefix>/bin → <prefix>/share/sync-airbnb-operator/lua), else
  * the source checkout it was built from, else the configured install prefix. */
-static char *default_lua_dir(const char *sub)
+char *config_lua_dir(const char *sub)
 {
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -245,10 +245,10 @@ static int finish(config *c, char *err, size_t errlen)
             c->namespace = xstrdup("sync-airbnb");
     }
     if (c->rules_dir == NULL)
-        c->rules_dir = default_lua_dir("rules");
+        c->rules_dir = config_lua_dir("rules");
     if (c->migrations_dir == NULL)
-        c->migrations_dir = default_lua_dir("migrations");
-    c->builtin_rules_dir = default_lua_dir("rules");
+        c->migrations_dir = config_lua_dir("migrations");
+    c->builtin_rules_dir = config_lua_dir("rules");
     if (c->identity == NULL) {
         char host[256] = "operator";
         gethostname(host, sizeof host - 1);

@@ -17,6 +17,7 @@
 #include "cache.h"
 #include "expect.h"
 #include "health.h"
+#include "json.h"
 #include "kube.h"
 #include "leader.h"
 #include "log.h"
@@ -157,6 +158,7 @@ static void on_write_outcome(const write_outcome *o, void *ud)
             watch_fail_later(c->watch, o->account_id);
         break;
     }
+    expect_write_done(&c->expect, o->name);
     if (o->replan)
         plan_again(c, o->account_id, o->name);
     if (o->account_id && strmap_del(&c->requeue, o->account_id))
@@ -400,6 +402,8 @@ static void on_cache_change(enum cache_kind kind, const char *name, const void *
     if (kind != CACHE_DEPLOYMENT)
         return;
     const obs_deploy *o = old, *n = now;
+    if (n && writer_busy(c->writer, name))
+        expect_seen(&c->expect, name, n->resource_version); /* the echo may beat the answer */
     char *account = NULL;
     int was_delete = 0;
     /* A person paused or resumed it (our writes never touch the annotation;
@@ -594,16 +598,6 @@ static void on_tick(uv_timer_t *t)
     publish(c);
 }
 
-static void json_kv_str(buf *b, const char *k, const char *v)
-{
-    buf_json_string(b, k, strlen(k));
-    buf_putc(b, ':');
-    if (v)
-        buf_json_string(b, v, strlen(v));
-    else
-        buf_puts(b, "null");
-}
-
 /* /readyz carries short codes, never error text (DESIGN.md §5.4: texts that
  * leave the process can quote a credential or the database password); the
  * text is in the log, the audit row and the Event. */
@@ -632,40 +626,66 @@ static char *readiness(ctl *c, int *ready_out)
     char holder[256] = "";
     if (c->leader)
         leader_holder(c->leader, holder, sizeof holder);
-    buf b = {0};
-    buf_printf(&b, "{\"ready\":%s,\"checks\":{\"database\":{\"ok\":%s,", ready ? "true" : "false",
-               db_up ? "true" : "false");
-    json_kv_str(&b, "error", c->watch && watch_db_error(c->watch) ? "unavailable" : NULL);
-    buf_printf(&b, "},\"schema\":{\"at_head\":%s,", schema_ok ? "true" : "false");
     /* A code, not the text (the log has it): which of the two waits this is. */
     const char *schema_reason = NULL;
     if (schema_error)
         schema_reason = strncmp(schema_error, MIGRATE_WAITING_FOR_ACCOUNTS, strlen(MIGRATE_WAITING_FOR_ACCOUNTS)) == 0
                             ? "waiting_for_accounts_table" : "waiting_for_migrations";
-    json_kv_str(&b, "reason", schema_reason);
-    buf_printf(&b, "},\"kubernetes\":{\"synced\":%s,\"watching\":%s,", synced ? "true" : "false",
-               c->cache && cache_watching(c->cache) ? "true" : "false");
-    json_kv_str(&b, "error", c->cache && cache_last_error(c->cache) ? "api_error" : NULL);
-    buf_puts(&b, "},\"rules\":{");
-    json_kv_str(&b, "version", rules_version(c->rules));
-    buf_putc(&b, ',');
-    json_kv_str(&b, "last_error", rules_last_error(c->rules) ? "rejected" : NULL);
-    buf_printf(&b, ",\"reloads_ok\":%lu,\"reloads_failed\":%lu},", rules_reload_count(c->rules, 1),
-               rules_reload_count(c->rules, 0));
-    buf_printf(&b, "\"leader\":{\"is_leader\":%s,", is_leader(c) ? "true" : "false");
-    json_kv_str(&b, "identity", c->cfg->identity);
-    buf_putc(&b, ',');
-    json_kv_str(&b, "holder", holder);
-    buf_printf(&b, "},\"last_reconcile\":{\"passes\":%llu,\"at_unix_ms\":%llu,\"duration_seconds\":%.6f,",
-               (unsigned long long)c->passes, (unsigned long long)c->last_pass_wall_ms, c->last_pass_seconds);
-    json_kv_str(&b, "result", c->last_result[0] ? c->last_result : NULL);
-    buf_putc(&b, ',');
-    json_kv_str(&b, "error", pass_error_code(c->trail.pass_error));
-    buf_printf(&b, "},\"holds\":{\"active\":%s,\"held_deletes\":%d,", c->held_deletes > 0 ? "true" : "false",
-               c->held_deletes);
-    json_kv_str(&b, "reason", c->hold_reason);
-    buf_printf(&b, "},\"inflight\":%zu,\"expected\":%zu}}", c->writer ? writer_inflight(c->writer) : 0,
-               expect_count(&c->expect));
+    buf b = {0};
+    json_out o;
+    jo_init(&o, &b);
+    jo_object(&o);
+    jo_kbool(&o, "ready", ready);
+    jo_key(&o, "checks");
+    jo_object(&o);
+    jo_key(&o, "database");
+    jo_object(&o);
+    jo_kbool(&o, "ok", db_up);
+    jo_kstr(&o, "error", c->watch && watch_db_error(c->watch) ? "unavailable" : NULL);
+    jo_end(&o);
+    jo_key(&o, "schema");
+    jo_object(&o);
+    jo_kbool(&o, "at_head", schema_ok);
+    jo_kstr(&o, "reason", schema_reason);
+    jo_end(&o);
+    jo_key(&o, "kubernetes");
+    jo_object(&o);
+    jo_kbool(&o, "synced", synced);
+    jo_kbool(&o, "watching", c->cache && cache_watching(c->cache));
+    jo_kstr(&o, "error", c->cache && cache_last_error(c->cache) ? "api_error" : NULL);
+    jo_end(&o);
+    jo_key(&o, "rules");
+    jo_object(&o);
+    jo_kstr(&o, "version", rules_version(c->rules));
+    jo_kstr(&o, "last_error", rules_last_error(c->rules) ? "rejected" : NULL);
+    jo_kint(&o, "reloads_ok", (long long)rules_reload_count(c->rules, 1));
+    jo_kint(&o, "reloads_failed", (long long)rules_reload_count(c->rules, 0));
+    jo_end(&o);
+    jo_key(&o, "leader");
+    jo_object(&o);
+    jo_kbool(&o, "is_leader", is_leader(c));
+    jo_kstr(&o, "identity", c->cfg->identity);
+    jo_kstr(&o, "holder", holder);
+    jo_end(&o);
+    jo_key(&o, "last_reconcile");
+    jo_object(&o);
+    jo_kint(&o, "passes", (long long)c->passes);
+    jo_kint(&o, "at_unix_ms", (long long)c->last_pass_wall_ms);
+    jo_key(&o, "duration_seconds");
+    jo_double(&o, c->last_pass_seconds);
+    jo_kstr(&o, "result", c->last_result[0] ? c->last_result : NULL);
+    jo_kstr(&o, "error", pass_error_code(c->trail.pass_error));
+    jo_end(&o);
+    jo_key(&o, "holds");
+    jo_object(&o);
+    jo_kbool(&o, "active", c->held_deletes > 0);
+    jo_kint(&o, "held_deletes", c->held_deletes);
+    jo_kstr(&o, "reason", c->hold_reason);
+    jo_end(&o);
+    jo_kint(&o, "inflight", c->writer ? (long long)writer_inflight(c->writer) : 0);
+    jo_kint(&o, "expected", (long long)expect_count(&c->expect));
+    jo_end(&o); /* checks */
+    jo_end(&o);
     *ready_out = ready;
     return buf_steal(&b);
 }

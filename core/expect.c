@@ -14,6 +14,39 @@ typedef struct expectation {
     uint64_t deadline_ms;
 } expectation;
 
+#define SEEN_MAX 16 /* events of one name while its write is in flight; older ones drop */
+
+typedef struct seen_rvs {
+    unsigned long long rv[SEEN_MAX];
+    size_t n; /* total seen; the last SEEN_MAX are kept */
+} seen_rvs;
+
+void expect_seen(expect *e, const char *name, unsigned long long rv)
+{
+    if (rv == 0)
+        return;
+    seen_rvs *s = strmap_get(&e->seen, name);
+    if (s == NULL) {
+        s = xcalloc(1, sizeof *s);
+        strmap_put(&e->seen, name, s);
+    }
+    s->rv[s->n++ % SEEN_MAX] = rv;
+}
+
+void expect_write_done(expect *e, const char *name)
+{
+    free(strmap_del(&e->seen, name));
+}
+
+static int was_seen(const expect *e, const char *name, unsigned long long rv)
+{
+    const seen_rvs *s = strmap_get(&e->seen, name);
+    for (size_t i = 0; s && i < s->n && i < SEEN_MAX; i++)
+        if (s->rv[i] == rv)
+            return 1;
+    return 0;
+}
+
 static void expectation_free(expectation *x)
 {
     if (x == NULL)
@@ -26,8 +59,10 @@ int expect_write(expect *e, const char *name, const char *account_id, unsigned l
                  long applied_generation, int gone, obs_deploy *current, uint64_t now_ms)
 {
     expectation_free(strmap_del(&e->by_name, name)); /* the newer write is what counts */
-    if (!gone && rv != 0 && current && current->resource_version == rv) {
-        if (applied_generation > 0) /* the echo beat the answer */
+    if (!gone && rv != 0 && current && (current->resource_version == rv || was_seen(e, name, rv))) {
+        /* The echo beat the answer (and maybe later events too, which
+         * copied the applied generation from before the write). */
+        if (applied_generation > current->applied_generation)
             current->applied_generation = applied_generation;
         return 0;
     }
@@ -113,4 +148,8 @@ void expect_free(expect *e)
     while (strmap_next(&e->by_name, &it, NULL, &v))
         expectation_free(v);
     strmap_free(&e->by_name);
+    it = 0;
+    while (strmap_next(&e->seen, &it, NULL, &v))
+        free(v);
+    strmap_free(&e->seen);
 }

@@ -23,6 +23,7 @@
 
 typedef struct expect {
     strmap by_name; /* Deployment name → struct expectation */
+    strmap seen;    /* name → struct seen_rvs: events of a name whose write is in flight */
 } expect;
 
 enum expect_match {
@@ -35,11 +36,20 @@ enum expect_match {
  * resourceVersion rv (gone: the write was a delete). applied_generation > 0:
  * the generation the write applied, set on the echo (cache.h: what only we
  * know). current is the cache's object now (NULL: absent): the echo may have
- * come before the answer (then its applied generation is set on current). Returns 1 when the write is now expected, 0 when
+ * come before the answer, as current or among expect_seen's events (then the
+ * applied generation is set on current). Returns 1 when the write is now expected, 0 when
  * the echo is already in the cache (or rv is unknown: 0). account_id may be
  * NULL. */
 int expect_write(expect *e, const char *name, const char *account_id, unsigned long long rv,
                  long applied_generation, int gone, obs_deploy *current, uint64_t now_ms);
+/* The watch delivered name (resourceVersion rv) while a write of it is in
+ * flight: its echo may come before its answer, and a later event right
+ * behind it (the controller-manager's status update). expect_write finds the
+ * echo among these. */
+void expect_seen(expect *e, const char *name, unsigned long long rv);
+/* The write of name is finished (whatever its outcome): forget what was
+ * seen while it was in flight. */
+void expect_write_done(expect *e, const char *name);
 /* 1 while a write of name is expected. */
 int expect_pending(const expect *e, const char *name);
 /* The watch delivered name: now is the new object (NULL: deleted). On

@@ -51,17 +51,15 @@ struct health {
     int ready, alive, port;
 };
 
-/* Appends ",key:value" for each member of obj (an object) not named skip1/skip2. */
-static void write_members(buf *b, const json_value *obj, const char *skip1, const char *skip2)
+/* Writes each member of obj (an object) not named skip1/skip2. */
+static void write_members(json_out *o, const json_value *obj, const char *skip1, const char *skip2)
 {
     for (size_t i = 0; json_typeof(obj) == JSON_OBJECT && i < json_len(obj); i++) {
         const char *k = json_key_at(obj, i);
         if (strcmp(k, skip1) == 0 || (skip2 && strcmp(k, skip2) == 0))
             continue;
-        buf_putc(b, ',');
-        buf_json_string(b, k, strlen(k));
-        buf_putc(b, ':');
-        json_write(b, json_at(obj, i));
+        jo_key(o, k);
+        jo_value(o, json_at(obj, i));
     }
 }
 
@@ -71,11 +69,20 @@ static char *stalled_document(const char *doc, unsigned long stalled_ms)
 {
     json_value *v = json_parse(doc, strlen(doc), NULL, 0);
     buf b = {0};
-    buf_printf(&b, "{\"ready\":false,\"checks\":{\"loop\":{\"stalled_ms\":%lu}", stalled_ms);
-    write_members(&b, json_get(v, "checks"), "loop", NULL);
-    buf_putc(&b, '}');
-    write_members(&b, v, "ready", "checks");
-    buf_putc(&b, '}');
+    json_out o;
+    jo_init(&o, &b);
+    jo_object(&o);
+    jo_kbool(&o, "ready", 0);
+    jo_key(&o, "checks");
+    jo_object(&o);
+    jo_key(&o, "loop");
+    jo_object(&o);
+    jo_kint(&o, "stalled_ms", (long long)stalled_ms);
+    jo_end(&o);
+    write_members(&o, json_get(v, "checks"), "loop", NULL);
+    jo_end(&o);
+    write_members(&o, v, "ready", "checks");
+    jo_end(&o);
     json_free(v);
     return buf_steal(&b);
 }

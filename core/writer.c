@@ -272,13 +272,19 @@ int writer_send(writer *wr, const action *a, const obs_deploy *live)
         break;
     default: { /* ACT_DELETE: with the uid as precondition, never a replacement */
         buf b = {0};
-        buf_puts(&b, "{\"apiVersion\":\"v1\",\"kind\":\"DeleteOptions\",\"propagationPolicy\":\"Background\"");
+        json_out o;
+        jo_init(&o, &b);
+        jo_object(&o);
+        jo_kstr(&o, "apiVersion", "v1");
+        jo_kstr(&o, "kind", "DeleteOptions");
+        jo_kstr(&o, "propagationPolicy", "Background");
         if (a->uid) {
-            buf_puts(&b, ",\"preconditions\":{\"uid\":");
-            buf_json_string(&b, a->uid, strlen(a->uid));
-            buf_putc(&b, '}');
+            jo_key(&o, "preconditions");
+            jo_object(&o);
+            jo_kstr(&o, "uid", a->uid);
+            jo_end(&o);
         }
-        buf_putc(&b, '}');
+        jo_end(&o);
         method = "DELETE";
         path = xasprintf(DEPLOYMENTS "/%s", cfg->namespace, a->name);
         body = delete_body = buf_steal(&b);

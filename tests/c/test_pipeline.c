@@ -17,6 +17,9 @@
 #include "check.h"
 #include "config.h"
 #include "expect.h"
+#include "log.h"
+#include "metrics.h"
+#include "trail.h"
 #include "json.h"
 #include "reconcile.h"
 #include "rows.h"
@@ -319,6 +322,63 @@ static void test_invariant_4_credentials_never_leave(void)
     input_free(&in);
 }
 
+/* ---- §5.6: every create, update and delete is logged, audited and posted ------------ */
+
+static int hold_events(void *ud)
+{
+    (void)ud;
+    return 1; /* no API server: every Event stays queued, to be counted */
+}
+
+static pg_conn *no_db(void *ud)
+{
+    (void)ud;
+    return NULL;
+}
+
+static void test_invariant_6_every_write_is_logged_audited_and_posted(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    trail t;
+    trail_init(&t, &loop, &cfg, NULL, hold_events, no_db, NULL);
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    log_set_fd(fds[1]);
+    double before = metrics_get("sync_airbnb_operator_reconcile_actions_total", "result=\"create\"");
+    static const write_result done[] = {WRITE_CREATED, WRITE_UPDATED, WRITE_DELETED, WRITE_ALREADY_OURS};
+    static const act_kind kinds[] = {ACT_CREATE, ACT_UPDATE, ACT_DELETE, ACT_CREATE};
+    for (size_t i = 0; i < 4; i++) {
+        write_outcome o = {.result = done[i], .kind = kinds[i], .account_id = "1",
+                           .name = "sync-airbnb-worker-1", .reason = "unit"};
+        trail_write(&t, &o);
+    }
+    /* a failure is reported too, once per reason (it repeats every pass) */
+    write_outcome fail = {.result = WRITE_FAILED, .kind = ACT_UPDATE, .account_id = "1",
+                          .name = "sync-airbnb-worker-1", .reason = "update failed: 500"};
+    trail_write(&t, &fail);
+    trail_write(&t, &fail);
+    log_set_fd(2);
+    close(fds[1]);
+    char out[8192] = "";
+    ssize_t n = read(fds[0], out, sizeof out - 1);
+    close(fds[0]);
+    out[n > 0 ? n : 0] = '\0';
+    CHECK(t.audit.n == 5);     /* 4 writes + 1 error row */
+    CHECK(t.events.held == 5); /* one Event each */
+    CHECK(metrics_get("sync_airbnb_operator_reconcile_actions_total", "result=\"create\"") == before + 2);
+    CHECK(metrics_get("sync_airbnb_operator_reconcile_actions_total", "result=\"delete\"") >= 1);
+    CHECK_CONTAINS(out, "\"msg\":\"create\"");
+    CHECK_CONTAINS(out, "\"msg\":\"update\"");
+    CHECK_CONTAINS(out, "\"msg\":\"delete\"");
+    CHECK_CONTAINS(out, "\"msg\":\"error\"");
+    trail_flush(&t); /* no database: the rows count as audit failures */
+    trail_free(&t);
+    uv_close((uv_handle_t *)&t.audit_timer, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+}
+
 /* ---- §5.5 / §5.8: a rule error affects only its account; rules cannot make it write ---- */
 
 static char poison_dir[256];
@@ -493,6 +553,17 @@ static void test_write_is_expected_until_its_echo(void)
     CHECK(expect_observe(&e, "sync-airbnb-worker-1", NULL, &account, &was_delete) == EXPECT_MET);
     CHECK(was_delete == 1);
     free(account);
+    /* the echo and a later status update both came before the answer */
+    obs_deploy *later = deploy("sync-airbnb-worker-1", "1", 1, "111");
+    expect_seen(&e, "sync-airbnb-worker-1", 110);
+    expect_seen(&e, "sync-airbnb-worker-1", 111);
+    CHECK(expect_write(&e, "sync-airbnb-worker-1", "1", 110, 4, 0, later, 0) == 0);
+    CHECK(later->applied_generation == 4);
+    expect_write_done(&e, "sync-airbnb-worker-1");
+    CHECK(expect_write(&e, "sync-airbnb-worker-1", "1", 110, 4, 0, later, 0) == 1); /* forgotten: now waited for */
+    CHECK(expect_observe(&e, "sync-airbnb-worker-1", NULL, &account, &was_delete) == EXPECT_MET);
+    free(account);
+    obs_deploy_free(later);
     /* one that never comes lapses */
     CHECK(expect_write(&e, "sync-airbnb-worker-2", NULL, 7, 0, 0, NULL, 1000) == 1);
     CHECK(expect_expire(&e, 1000 + EXPECT_TIMEOUT_MS - 1, NULL, NULL) == 0);
@@ -620,6 +691,7 @@ int main(void)
     RUN(test_invariant_3_only_managed_deployments_in_our_namespace);
     RUN(test_invariant_4_credentials_never_leave);
     RUN(test_invariant_5_rule_error_affects_only_its_account);
+    RUN(test_invariant_6_every_write_is_logged_audited_and_posted);
     RUN(test_invariant_7_no_send_without_leadership);
     RUN(test_invariant_8_rules_cannot_make_it_write_a_credential);
     RUN(test_write_is_expected_until_its_echo);
