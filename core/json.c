@@ -671,6 +671,18 @@ void jo_value(json_out *o, const json_value *v)
     json_write(o->b, v);
 }
 
+void jo_null(json_out *o)
+{
+    jo_before(o);
+    buf_puts(o->b, "null");
+}
+
+void jo_raw(json_out *o, const char *json)
+{
+    jo_before(o);
+    buf_puts(o->b, json);
+}
+
 void jo_kstr(json_out *o, const char *key, const char *s)
 {
     jo_key(o, key);

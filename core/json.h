@@ -70,6 +70,10 @@ void jo_bool(json_out *o, int v);
 void jo_int(json_out *o, long long v);
 void jo_double(json_out *o, double v); /* %.6f */
 void jo_value(json_out *o, const json_value *v);
+void jo_null(json_out *o);
+/* A value that is JSON text already (made by this writer or checked by the
+ * parser, e.g. a final Deployment), copied as is. */
+void jo_raw(json_out *o, const char *json);
 /* key and value in one call */
 void jo_kstr(json_out *o, const char *key, const char *s);
 void jo_kbool(json_out *o, const char *key, int v);

@@ -598,6 +598,40 @@ static void test_busy_account_is_not_planned_again(void)
     input_free(&in);
 }
 
+/* The planner: an account whose input did not change since a plan left it
+ * alone is settled (not handed to the rules again); max_rows defers the rest,
+ * by id, in row order. */
+static void test_planner_settles_and_chunks(void)
+{
+    input in = {0};
+    for (int i = 0; i < 5; i++) {
+        static const char *const ids[] = {"1", "2", "3", "4", "5"};
+        add_row(&in, ids[i], 0, COOKIE); /* inactive, no worker: nothing to do */
+    }
+    input_done(&in);
+    rec_settled settled = {0};
+    char err[512];
+    plan_input pi = {&in.rows, &in.observed, 1, -1, 5, &settled, 2, NULL};
+    plan_result p;
+    CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
+    CHECK(p.n == 0 && p.planned == 2 && p.deferred == 3);
+    CHECK(p.deferred_ids_len == 6 && memcmp(p.deferred_ids, "3\0004\0005\0", 6) == 0);
+    rec_plan_free(&p);
+    pi.max_rows = 0;
+    CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
+    CHECK(p.planned == 3 && p.deferred == 0); /* the first two are settled */
+    rec_plan_free(&p);
+    CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
+    CHECK(p.planned == 0); /* an idle resync: no Lua work */
+    rec_plan_free(&p);
+    in.cells[2 * NCOLS + 5] = "t"; /* account 3 turns active: its digest changes */
+    CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
+    CHECK(p.planned == 1 && find(&p, ACT_CREATE, "3") != NULL);
+    rec_plan_free(&p);
+    rec_settled_free(&settled);
+    input_free(&in);
+}
+
 /* ---- the desired_hash of the C encoder is the spec fake's ------------------------------- */
 
 static void test_desired_hash_c_encoder_equals_spec_fake(void)
@@ -696,6 +730,7 @@ int main(void)
     RUN(test_invariant_8_rules_cannot_make_it_write_a_credential);
     RUN(test_write_is_expected_until_its_echo);
     RUN(test_busy_account_is_not_planned_again);
+    RUN(test_planner_settles_and_chunks);
     RUN(test_desired_hash_c_encoder_equals_spec_fake);
     rules_free(real_rules);
     config_free(&cfg);
