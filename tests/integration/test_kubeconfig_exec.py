@@ -56,8 +56,8 @@ roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: operator}}
 
 PLUGIN = r"""#!/bin/sh
 # An exec credential plugin: a token of ServiceAccount $SA in $NS, from the API server.
-n=$(( $(cat "$STATE/runs" 2>/dev/null || echo 0) + 1 ))
-echo "$n" > "$STATE/runs"
+echo run >> "$STATE/runs"  # appended: a reader never sees it half written
+n=$(wc -l < "$STATE/runs")
 printf '%s\n' "$KUBERNETES_EXEC_INFO" > "$STATE/info.$n"
 tok=
 case "$(cat "$STATE/mode" 2>/dev/null)" in
@@ -132,7 +132,7 @@ def plugin(cluster, namespace, tmp_path):
 
 def runs(state: Path) -> int:
     f = state / "runs"
-    return int(f.read_text()) if f.exists() else 0
+    return f.read_text().count("\n") if f.exists() else 0
 
 
 def set_plugin(path: str, state: Path, *, mode: str = "", ttl: int | None = None) -> None:
