@@ -141,9 +141,14 @@ int rules_reload(rules *r, const char *dir, char *err, size_t errlen)
 {
     if (dir == NULL)
         dir = r->cfg->rules_dir;
-    char version[65], lerr[1024];
+    char version[65], after[65], lerr[1024];
     luahost *h = NULL;
-    if (luahost_dir_version(dir, version, lerr, sizeof lerr) == 0) {
+    /* The files are read twice (hashed, then loaded), each through the
+     * directory's ..data symlink, which a ConfigMap update swaps: a set
+     * whose version changed while it loaded is a mix of two; load it again. */
+    for (int attempt = 0; attempt < 3; attempt++) {
+        if (luahost_dir_version(dir, version, lerr, sizeof lerr) < 0)
+            break;
         /* Exactly check-rules' check (lint, load, samples, self_check). */
         buf problems = {0};
         const char *stage;
@@ -154,6 +159,11 @@ int rules_reload(rules *r, const char *dir, char *err, size_t errlen)
             h = NULL;
         }
         buf_free(&problems);
+        if (luahost_dir_version(dir, after, lerr, sizeof lerr) == 0 && strcmp(after, version) == 0)
+            break;
+        luahost_free(h);
+        h = NULL;
+        util_seterr(lerr, sizeof lerr, "the rules directory changed while it was loaded");
     }
     if (h && r->check && r->check(r, h, r->check_ud, lerr, sizeof lerr) < 0) {
         luahost_free(h);

@@ -180,8 +180,16 @@ static int write_step(write_req *w, const kube_response *resp, const char *terr)
 
     if (w->stage == STAGE_VERIFY) {
         json_value *obj = ok ? json_parse(resp->body, resp->len, NULL, 0) : NULL;
-        if (obj && ours(obj)) {
+        const char *owner = json_string(json_path(obj, "metadata", "annotations", ACCOUNT_ANNOTATION, NULL));
+        if (obj && ours(obj) && owner && w->account_id && strcmp(owner, w->account_id) == 0) {
             outcome(w, WRITE_ALREADY_OURS, NULL, obj); /* an earlier attempt did create it */
+        } else if (obj && ours(obj)) {
+            /* Ours, but another account's worker (an id that spells another's
+             * hashed name; the partial pass did not show it): not this create. */
+            char *reason = xasprintf("refusing to create %s: it belongs to another account (name collision)",
+                                     w->name);
+            outcome(w, WRITE_UNMANAGED_CONFLICT, reason, obj);
+            free(reason);
         } else if (obj) {
             char *reason = xasprintf("cannot create %s: a Deployment of that name exists and is not managed "
                                      "by sync-airbnb-operator; leaving it alone (%s)", w->name, w->failure);

@@ -26,7 +26,8 @@ typedef enum {
     WRITE_UPDATED,
     WRITE_DELETED,
     WRITE_ALREADY_OURS,       /* a create whose answer was lost had been made (found by a GET) */
-    WRITE_UNMANAGED_CONFLICT, /* a create met a Deployment of that name we do not manage */
+    WRITE_UNMANAGED_CONFLICT, /* a create met a Deployment of that name we do not manage,
+                               * or one of ours that belongs to another account */
     WRITE_GONE,               /* a delete (or an update's first step) found it gone already */
     WRITE_OWNERSHIP_MOVED,    /* an update's first step: our POST's fields moved to our apply */
     WRITE_RETRY_LATER,        /* not done now: leadership lost before sending, or the
