@@ -18,6 +18,7 @@ typedef struct action {
     char *body;         /* create/update: the Deployment JSON to apply */
     char *desired_hash; /* create/update */
     char *uid;          /* delete: precondition */
+    int paused;         /* a hold because the worker is paused (worker_state.h) */
 } action;
 
 typedef struct plan_result {
@@ -25,7 +26,8 @@ typedef struct plan_result {
     size_t n;
     int desired;       /* active accounts in the input */
     int observed;      /* managed Deployments in the input */
-    int held_deletes;  /* deletes turned into holds */
+    int held_deletes;  /* deletes turned into holds (not counting paused workers) */
+    int paused;        /* observed workers paused (sync-airbnb.io/paused), for `plan` */
     int refused;       /* actions the core refused (bad object, credential, unknown id...) */
     char *hold_reason; /* why, when held_deletes > 0 */
     int planned;       /* accounts handed to the rules (the rest were settled) */

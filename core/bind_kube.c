@@ -1,7 +1,8 @@
 /* bind_kube: the Lua `kube` module (documented in lua/core/kube.lua).
  *
  *   kube.connect(opts)  -> client | nil, err
- *   kube.from_env()     -> client | nil, err   ($KUBECONFIG, else in-cluster)
+ *   kube.from_env()     -> client | nil, err   ($KUBECONFIG and $KUBE_CONTEXT, else
+ *                                              in-cluster, else ~/.kube/config)
  *   kube.escape(s)      -> percent-encoded query value
  *   client:request(method, path [, body [, opts]])
  *                       -> status, body, retry_after|nil, error_line|nil
@@ -89,21 +90,24 @@ static int opt_bool(lua_State *L, int t, const char *key)
     return v;
 }
 
-enum source { SRC_KUBECONFIG, SRC_IN_CLUSTER, SRC_EXPLICIT };
+enum source { SRC_KUBECONFIG, SRC_IN_CLUSTER, SRC_EXPLICIT, SRC_ENV };
 
 /* Opens the client in the closed handle on the top of the stack and returns
  * 1 (the handle), or pushes nil, err and returns 2. cfg_in: for SRC_EXPLICIT,
  * a config of strings borrowed from the Lua stack. Calls no Lua API between
  * loading the config and freeing it, so nothing malloc'd is left unanchored. */
 static int open_client(lua_State *L, lclient *handle, enum source src, const char *path,
-                       const kube_config *cfg_in)
+                       const char *context, const kube_config *cfg_in)
 {
     char err[512];
     kube_config loaded = {0};
     const kube_config *cfg = cfg_in;
     int rc = -1;
     if (src == SRC_KUBECONFIG) {
-        rc = kube_config_load_kubeconfig(path, &loaded, err, sizeof err);
+        rc = kube_config_load_kubeconfig(path, context, &loaded, err, sizeof err);
+        cfg = &loaded;
+    } else if (src == SRC_ENV) {
+        rc = kube_config_resolve(getenv("KUBECONFIG"), getenv("KUBE_CONTEXT"), &loaded, err, sizeof err);
         cfg = &loaded;
     } else if (src == SRC_IN_CLUSTER) {
         rc = kube_config_in_cluster(&loaded, err, sizeof err);
@@ -123,7 +127,8 @@ static int open_client(lua_State *L, lclient *handle, enum source src, const cha
 }
 
 /* [may longjmp] kube.connect(opts) where opts is one of
- *   { kubeconfig = "/path" }           (a kubeconfig file, current context)
+ *   { kubeconfig = "/path[:/path2]", context = "name"? }
+ *                                      (kubeconfig files merged, a context) 
  *   { in_cluster = true }              (the pod's service account)
  *   { server = "https://...", token = ..., token_file = ..., ca_file = ...,
  *     insecure_skip_tls_verify = bool, namespace = ... }  (explicit) */
@@ -132,6 +137,7 @@ static int kube_connect(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     const char *kubeconfig = opt_string(L, 1, "kubeconfig");
+    const char *context = opt_string(L, 1, "context");
     int in_cluster = opt_bool(L, 1, "in_cluster");
     kube_config cfg = {0};
     /* Borrowed from opts (anchored at index 1); kube_client_new copies them,
@@ -148,20 +154,18 @@ static int kube_connect(lua_State *L)
         return luaL_argerror(L, 1, "give exactly one of kubeconfig, in_cluster or server");
     lclient *handle = push_closed_client(L);
     if (kubeconfig)
-        return open_client(L, handle, SRC_KUBECONFIG, kubeconfig, NULL);
+        return open_client(L, handle, SRC_KUBECONFIG, kubeconfig, context, NULL);
     if (in_cluster)
-        return open_client(L, handle, SRC_IN_CLUSTER, NULL, NULL);
-    return open_client(L, handle, SRC_EXPLICIT, NULL, &cfg);
+        return open_client(L, handle, SRC_IN_CLUSTER, NULL, NULL, NULL);
+    return open_client(L, handle, SRC_EXPLICIT, NULL, NULL, &cfg);
 }
 
-/* [may longjmp] kube.from_env(): $KUBECONFIG when set, else in-cluster. */
+/* [may longjmp] kube.from_env(): as the operator finds its cluster
+ * (kube_config_resolve with $KUBECONFIG and $KUBE_CONTEXT). */
 static int kube_from_env(lua_State *L)
 {
-    const char *env = getenv("KUBECONFIG");
     lclient *handle = push_closed_client(L);
-    if (env && *env)
-        return open_client(L, handle, SRC_KUBECONFIG, NULL, NULL);
-    return open_client(L, handle, SRC_IN_CLUSTER, NULL, NULL);
+    return open_client(L, handle, SRC_ENV, NULL, NULL, NULL);
 }
 
 /* [may longjmp] kube.escape(s): percent-encodes a query value, into a

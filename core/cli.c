@@ -19,6 +19,8 @@
 #include "pg.h"
 #include "reconcile.h"
 #include "rules_check.h"
+#include "worker_state.h"
+#include "yamlout.h"
 
 #define BOOLOID 16
 
@@ -139,8 +141,7 @@ static int view_kube(cli_view *v, char *err, size_t errlen)
         return 0;
     char lerr[512];
     kube_config_free(&v->kcfg);
-    int rc = v->cfg->kubeconfig ? kube_config_load_kubeconfig(v->cfg->kubeconfig, &v->kcfg, lerr, sizeof lerr)
-                                : kube_config_in_cluster(&v->kcfg, lerr, sizeof lerr);
+    int rc = kube_config_resolve(v->cfg->kubeconfig, v->cfg->kube_context, &v->kcfg, lerr, sizeof lerr);
     if (rc == 0)
         v->kube = kube_client_new(&v->kcfg, lerr, sizeof lerr);
     if (v->kube == NULL) {
@@ -283,6 +284,7 @@ static int make_plan(cli_view *v, plan_result *out, char *err, size_t errlen)
     plan_input in = {.accounts = &rows, .observed = &observed, .full = 1, .active_total = -1,
                      .delete_allowance = cfg->delete_budget, .settled = NULL, .max_rows = 0};
     int rc = rec_plan(r, cfg, &in, out, err, errlen);
+    out->paused = (int)wstate_count_paused(&observed);
     rows_free(&rows);
     PQclear(accounts);
     cache_free_deployments(&observed);
@@ -304,6 +306,7 @@ static void plan_write_json(buf *b, const plan_result *p, const plan_counts *c, 
         jo_kint(&o, rec_action_name((act_kind)k), c->by_kind[k]);
     jo_kint(&o, "desired", p->desired);
     jo_kint(&o, "observed", p->observed);
+    jo_kint(&o, "paused", p->paused);
     jo_end(&o);
     jo_kstr(&o, "hold_reason", p->hold_reason);
     jo_key(&o, "actions");
@@ -315,6 +318,8 @@ static void plan_write_json(buf *b, const plan_result *p, const plan_counts *c, 
         jo_kstr(&o, "account_id", a->account_id);
         jo_kstr(&o, "deployment", a->name);
         jo_kstr(&o, "reason", a->reason);
+        if (a->paused)
+            jo_kbool(&o, "paused", 1);
         if (a->body) { /* the object as it would be applied (JSON already: safety.c made it) */
             jo_kstr(&o, "desired_hash", a->desired_hash);
             jo_key(&o, "object");
@@ -360,7 +365,10 @@ static void plan_print_table(const plan_result *p, const plan_counts *c, const c
     if (c->by_kind[ACT_HOLD] || c->by_kind[ACT_ERROR])
         printf("; %d held, %d errors (listed, not pending: `run` cannot execute them)", c->by_kind[ACT_HOLD],
                c->by_kind[ACT_ERROR]);
-    printf("; %d active accounts, %d managed Deployments; rules %.12s\n", p->desired, p->observed, version);
+    printf("; %d active accounts, %d managed Deployments", p->desired, p->observed);
+    if (p->paused)
+        printf(" (%d paused: " PAUSED_ANNOTATION ")", p->paused);
+    printf("; rules %.12s\n", version);
 }
 
 int plan_main(const config *cfg, int argc, char **argv)
@@ -383,7 +391,7 @@ int plan_main(const config *cfg, int argc, char **argv)
     if (cfg->output_json) {
         buf b = {0};
         plan_write_json(&b, &p, &c, rules_version(v->rules), cfg);
-        printf("%s\n", b.data);
+        yamlout_print(stdout, b.data, cfg->output_yaml);
         buf_free(&b);
     } else {
         plan_print_table(&p, &c, rules_version(v->rules));
@@ -635,6 +643,13 @@ static void status_write_row(json_out *o, const status_view *s, const acct_row *
         jo_kstr(o, "deployment", a->d->name);
         jo_kstr(o, "account_id", a->d->account_id); /* the annotation, if any */
     }
+    jo_kbool(o, "paused", wstate_paused(a->d));
+    static const char *const state[][2] = {{"last_action", LAST_ACTION_ANNOTATION},
+                                            {"last_action_reason", LAST_REASON_ANNOTATION},
+                                            {"last_action_at", LAST_AT_ANNOTATION},
+                                            {"rules_version_applied", RULES_VERSION_ANNOTATION}};
+    for (size_t i = 0; i < sizeof state / sizeof state[0]; i++)
+        jo_kstr(o, state[i][0], wstate_annotation(a->d, state[i][1]));
     jo_kint(o, "ready_pods", pods->ready);
     jo_kint(o, "replicas", a->d ? a->d->replicas : 0);
     jo_kint(o, "restarts", pods->restarts);
@@ -699,7 +714,8 @@ static void status_print_table(const status_view *s)
     table t = {.ncols = 7};
     table_row(&t, (const char *[]){"ACCOUNT", "ACTIVE", "DEPLOYMENT", "READY", "RESTARTS", "FINGERPRINT",
                                    "LAST_SYNC_AT"});
-    int active = 0, ready = 0, workers = 0;
+    int active = 0, ready = 0, workers = 0, paused = 0;
+    char named[128];
     for (size_t i = 0; i < s->naccounts; i++) {
         const acct_row *a = &s->rows[i];
         int deleted = col(s, a->row, "deleted_at") != NULL;
@@ -712,8 +728,10 @@ static void status_print_table(const status_view *s)
             ready += row_pods(s, a)->ready > 0;
         }
         const char *last = col(s, a->row, "last_sync_at");
+        paused += wstate_paused(a->d);
+        snprintf(named, sizeof named, "%s%s", a->d ? a->d->name : "-", wstate_paused(a->d) ? " (paused)" : "");
         table_row(&t, (const char *[]){col(s, a->row, "account_id"), deleted ? "deleted" : is_active ? "yes" : "no",
-                                       a->d ? a->d->name : "-", rd, rs,
+                                       named, rd, rs,
                                        !a->d ? "-" : a->in_sync < 0 ? "?" : a->in_sync ? "yes" : "no",
                                        last ? last : "never"});
     }
@@ -727,7 +745,9 @@ static void status_print_table(const status_view *s)
             const acct_row *a = &s->rows[i];
             char rd[32], rs[96];
             pod_cells(s, a, rd, sizeof rd, rs, sizeof rs);
-            table_row(&t, (const char *[]){a->d->name, a->d->account_id, rd, rs});
+            paused += wstate_paused(a->d);
+            snprintf(named, sizeof named, "%s%s", a->d->name, wstate_paused(a->d) ? " (paused: kept)" : "");
+            table_row(&t, (const char *[]){named, a->d->account_id, rd, rs});
         }
         table_print(stdout, &t);
         table_free(&t);
@@ -736,6 +756,8 @@ static void status_print_table(const status_view *s)
            "account; rules %.12s\n",
            s->naccounts, active, workers, ready, s->nrows - s->naccounts,
            s->rules_version ? s->rules_version : "(not loaded)");
+    if (paused)
+        printf("%d paused (" PAUSED_ANNOTATION "=true): the operator leaves them alone\n", paused);
 }
 
 int status_main(const config *cfg, int argc, char **argv)
@@ -756,7 +778,7 @@ int status_main(const config *cfg, int argc, char **argv)
     if (cfg->output_json) {
         buf b = {0};
         status_write_json(&b, &s, cfg);
-        printf("%s\n", b.data);
+        yamlout_print(stdout, b.data, cfg->output_yaml);
         buf_free(&b);
     } else {
         status_print_table(&s);

@@ -36,7 +36,10 @@ static const option_spec options[] = {
     {"DATABASE_URL", "database-url", OPT_STRING, OFF(database_url), NULL, 0, 0,
      "PostgreSQL connection URL (postgresql://user:pass@host:port/db) or conninfo"},
     {"KUBECONFIG", "kubeconfig", OPT_STRING, OFF(kubeconfig), NULL, 0, 0,
-     "kubeconfig file; unset: the in-cluster service account"},
+     "kubeconfig file, or a ':'-separated list merged like kubectl's; unset: the in-cluster "
+     "service account in a pod, else ~/.kube/config"},
+    {"KUBE_CONTEXT", "context", OPT_STRING, OFF(kube_context), NULL, 0, 0,
+     "kubeconfig context to use (default: its current-context)"},
     {"OPERATOR_NAMESPACE", "namespace", OPT_STRING, OFF(namespace), NULL, 0, 0,
      "namespace of the workers (default: the pod's namespace, else sync-airbnb)"},
     {"RULES_DIR", "rules-dir", OPT_STRING, OFF(rules_dir), NULL, 0, 0,
@@ -44,6 +47,9 @@ static const option_spec options[] = {
     {"RULES_STATE_DIR", "rules-state-dir", OPT_STRING, OFF(rules_state_dir),
      "/tmp/sync-airbnb-operator/last-good-rules", 0, 0,
      "where `run` keeps a copy of the last good rules, loaded at start-up when RULES_DIR's do not load"},
+    {"RULES_CONFIGMAP", "rules-configmap", OPT_STRING, OFF(rules_configmap), NULL, 0, 0,
+     "namespace/name of the ConfigMap RULES_DIR is mounted from: RulesReloaded/RulesRejected Events go on it "
+     "(unset: on the leader Lease)"},
     {"MIGRATIONS_DIR", "migrations-dir", OPT_STRING, OFF(migrations_dir), NULL, 0, 0,
      "directory of the Lua migrations (default: lua/migrations of the installed copy or the checkout)"},
     {"WORKER_IMAGE", "worker-image", OPT_STRING, OFF(worker_image), "sync-airbnb:0.1.0", 0, 0,
@@ -254,23 +260,30 @@ static int finish(config *c, char *err, size_t errlen)
             free(c->kubeconfig);
             c->kubeconfig = NULL;
         } else {
-            /* KUBECONFIG may be a list; the first readable entry is used. */
-            char *list = xstrdup(c->kubeconfig), *save = NULL, *first = NULL;
-            for (char *p = strtok_r(list, ":", &save); p; p = strtok_r(NULL, ":", &save)) {
-                if (access(p, R_OK) == 0) {
-                    first = p;
-                    break;
-                }
-            }
-            if (first == NULL) {
-                util_seterr(err, errlen, "KUBECONFIG: cannot read \"%s\": %s", c->kubeconfig,
-                            strerror(errno ? errno : ENOENT));
-                free(list);
+            /* KUBECONFIG may be a list (merged by kube_config_load_kubeconfig,
+             * which skips entries that do not exist); fail now if none does. */
+            char *list = xstrdup(c->kubeconfig), *save = NULL;
+            int any = 0;
+            for (char *p = strtok_r(list, ":", &save); p && !any; p = strtok_r(NULL, ":", &save))
+                any = access(p, F_OK) == 0;
+            free(list);
+            if (!any) {
+                util_seterr(err, errlen, "KUBECONFIG: cannot read \"%s\": %s", c->kubeconfig, strerror(ENOENT));
                 return -1;
             }
-            free(c->kubeconfig);
-            c->kubeconfig = xstrdup(first);
-            free(list);
+        }
+    }
+    if (c->rules_configmap != NULL && *c->rules_configmap == '\0') {
+        free(c->rules_configmap);
+        c->rules_configmap = NULL;
+    }
+    if (c->rules_configmap != NULL) {
+        const char *slash = strchr(c->rules_configmap, '/');
+        if (slash == NULL || !names_dns_label_n(c->rules_configmap, (size_t)(slash - c->rules_configmap), 63) ||
+            !names_dns_subdomain_n(slash + 1, strlen(slash + 1))) {
+            util_seterr(err, errlen, "RULES_CONFIGMAP: invalid value \"%s\" (namespace/name of a ConfigMap)",
+                        c->rules_configmap);
+            return -1;
         }
     }
     if (c->database_url != NULL && *c->database_url == '\0') {
@@ -339,11 +352,12 @@ int config_load(config *c, int argc, char **argv, char ***rest, int *nrest, char
                 v = a + 9;
             else if (i + 1 < argc)
                 v = argv[++i];
-            if (v == NULL || (strcmp(v, "json") && strcmp(v, "table") && strcmp(v, "text"))) {
-                util_seterr(err, errlen, "%s: expected json or table", a);
+            if (v == NULL || (strcmp(v, "json") && strcmp(v, "yaml") && strcmp(v, "table") && strcmp(v, "text"))) {
+                util_seterr(err, errlen, "%s: expected json, yaml or table", a);
                 return -1;
             }
-            c->output_json = strcmp(v, "json") == 0;
+            c->output_yaml = strcmp(v, "yaml") == 0;
+            c->output_json = strcmp(v, "json") == 0 || c->output_yaml;
             continue;
         }
         if (strcmp(a, "--") == 0) {
@@ -404,6 +418,16 @@ void config_free(config *c)
     c->accounts_schema = c->accounts_relname = c->builtin_rules_dir = NULL;
 }
 
+int config_flag_at(size_t i, const char **flag, const char **help, int *takes_value)
+{
+    if (i >= NOPTIONS)
+        return 0;
+    *flag = options[i].flag;
+    *help = options[i].help;
+    *takes_value = options[i].type != OPT_BOOL;
+    return 1;
+}
+
 void config_print_help(void *stream)
 {
     FILE *f = stream;
@@ -414,5 +438,5 @@ void config_print_help(void *stream)
         if (o->dflt)
             fprintf(f, "  %-30s   %-22s (default: %s)\n", "", "", o->dflt);
     }
-    fprintf(f, "  %-30s %-24s %s\n", "", "-o, --output json|table", "output format of status, plan, migrate status");
+    fprintf(f, "  %-30s %-24s %s\n", "", "-o, --output json|yaml|table", "output format of status, plan, migrate status");
 }

@@ -9,10 +9,12 @@
 
 typedef struct config {
     char *database_url;        /* DATABASE_URL (may be NULL until a command needs it) */
-    char *kubeconfig;          /* KUBECONFIG; NULL → in-cluster service account */
+    char *kubeconfig;          /* KUBECONFIG (a ':' list); NULL → in-cluster, else ~/.kube/config */
+    char *kube_context;        /* KUBE_CONTEXT / --context; NULL → the current-context */
     char *namespace;           /* OPERATOR_NAMESPACE; default pod namespace, else sync-airbnb */
     char *rules_dir;           /* RULES_DIR; default <checkout>/lua/rules or installed path */
     char *rules_state_dir;     /* RULES_STATE_DIR: a copy of the last good rules (start-up fallback) */
+    char *rules_configmap;     /* RULES_CONFIGMAP "namespace/name": where rules Events go; NULL → the Lease */
     char *builtin_rules_dir;   /* the rules installed with the binary (not an option) */
     char *migrations_dir;      /* MIGRATIONS_DIR; default next to the rules */
     char *worker_image;        /* WORKER_IMAGE, default sync-airbnb:0.1.0 */
@@ -44,7 +46,8 @@ typedef struct config {
     int migrate_lock_timeout_s;/* MIGRATE_LOCK_TIMEOUT_SECONDS, default 60 */
     int migrate_create_accounts_table; /* MIGRATE_CREATE_ACCOUNTS_TABLE, default 0 */
     int migrate_wait_s;        /* MIGRATE_WAIT_SECONDS: wait for the accounts table, default 0 */
-    int output_json;           /* -o json */
+    int output_json;           /* -o json or -o yaml: the JSON document ... */
+    int output_yaml;           /* ... printed as YAML (-o yaml) */
 } config;
 
 /* Fills defaults, then the environment, then argv flags starting at argv[0]
@@ -60,6 +63,9 @@ void config_free(config *c);
  * Caller frees. */
 char *config_lua_dir(const char *sub);
 int config_require_database(const config *c, char *err, size_t errlen);
+/* The i-th flag (name without "--", help line, whether it takes a value);
+ * 0 past the last. For `completion`, which must offer the flags --help lists. */
+int config_flag_at(size_t i, const char **flag, const char **help, int *takes_value);
 /* Prints the flag/environment reference (used by every subcommand's --help). */
 void config_print_help(void *stream);
 

@@ -30,6 +30,7 @@
 #include "trail.h"
 #include "util.h"
 #include "watch.h"
+#include "worker_state.h"
 #include "writer.h"
 
 #define MAX_PARTIAL 1000
@@ -381,6 +382,14 @@ out:
 
 /* ---- the cluster: the informer's events --------------------------------------------- */
 
+/* trail.h's uid_of: the uid of a Deployment of the cache. */
+static const char *deployment_uid(const char *name, void *ud)
+{
+    ctl *c = ud;
+    const obs_deploy *d = c->cache ? strmap_get(cache_deployments(c->cache), name) : NULL;
+    return d ? d->uid : NULL;
+}
+
 static void on_cache_change(enum cache_kind kind, const char *name, const void *old, const void *now,
                             void *ud)
 {
@@ -397,6 +406,14 @@ static void on_cache_change(enum cache_kind kind, const char *name, const void *
         expect_seen(&c->expect, name, n->resource_version); /* the echo may beat the answer */
     char *account = NULL;
     int was_delete = 0;
+    /* A person paused or resumed it (our writes never touch the annotation;
+     * the leader reports it):
+     * before the expectations, which may take this event for our write's echo. */
+    if (o && n && n->managed && wstate_paused(o) != wstate_paused(n) && is_leader(c)) {
+        trail_pause_changed(&c->trail, n->account_id, n->name, n->uid, wstate_paused(n));
+        if (!wstate_paused(n) && n->account_id)
+            watch_enqueue(c->watch, n->account_id); /* resumed: what is pending applies now */
+    }
     /* The cache owns n; what only we know (the generation our apply made)
      * is set on it when this is our write's echo (cache.h's upsert keeps it). */
     switch (expect_observe(&c->expect, name, (obs_deploy *)n, &account, &was_delete)) {
@@ -685,6 +702,8 @@ static void publish(ctl *c)
         }
         metrics_set("sync_airbnb_operator_workers", "state=\"present\"", present);
         metrics_set("sync_airbnb_operator_workers", "state=\"ready\"", ready);
+        metrics_set("sync_airbnb_operator_workers", "state=\"paused\"",
+                    (double)wstate_count_paused(cache_deployments(c->cache)));
     }
     if (c->health == NULL)
         return;
@@ -748,7 +767,7 @@ static void declare_metrics(void)
     metrics_declare("sync_airbnb_operator_full_notifications_deferred_total", METRICS_COUNTER,
                     "NOTIFY '*' folded into a later full pass (at most one per 5 s).");
     metrics_declare("sync_airbnb_operator_rules_reloads_total", METRICS_COUNTER, "Rules reloads by result.");
-    metrics_declare("sync_airbnb_operator_workers", METRICS_GAUGE, "Worker Deployments: desired, present, ready.");
+    metrics_declare("sync_airbnb_operator_workers", METRICS_GAUGE, "Worker Deployments: desired, present, ready, paused.");
     metrics_declare("sync_airbnb_operator_deletes_held", METRICS_GAUGE, "Deletes currently held (empty set or budget).");
     metrics_declare("sync_airbnb_operator_leader", METRICS_GAUGE, "1 when this process holds the Lease.");
     metrics_declare("sync_airbnb_operator_schema_at_head", METRICS_GAUGE, "1 when the database schema is at head.");
@@ -776,8 +795,7 @@ int run_main(const config *cfg, int argc, char **argv)
     declare_metrics();
     uv_loop_init(&c->loop);
 
-    int kerr = cfg->kubeconfig ? kube_config_load_kubeconfig(cfg->kubeconfig, &c->kcfg, err, sizeof err)
-                               : kube_config_in_cluster(&c->kcfg, err, sizeof err);
+    int kerr = kube_config_resolve(cfg->kubeconfig, cfg->kube_context, &c->kcfg, err, sizeof err);
     if (kerr < 0) {
         fprintf(stderr, "run: %s\n", err);
         goto out;
@@ -813,6 +831,7 @@ int run_main(const config *cfg, int argc, char **argv)
     c->ka = kube_async_new(c->kc, &c->loop, &lim);
     kube_async_set_write_gate(c->ka, may_write, c); /* leadership before every send, retries too */
     trail_init(&c->trail, &c->loop, cfg, c->ka, events_hold, live_db, c);
+    c->trail.uid_of = deployment_uid;
     c->writer = writer_new(c->ka, cfg, may_write, on_write_outcome, c);
 
     uv_timer_init(&c->loop, &c->reload_timer);

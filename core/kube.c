@@ -32,6 +32,8 @@ struct kube_client {
     int token_warned;       /* logged once that token_file became unreadable */
     CURL *easy;             /* kept between blocking requests for keep-alive */
     char *user_agent;
+    char *proxy_url;        /* NULL: curl's defaults ($https_proxy, $no_proxy) as client-go's */
+    kube_exec *exec;        /* exec credential plugin, NULL for none */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -123,8 +125,16 @@ kube_client *kube_client_new(const kube_config *cfg, char *err, size_t errlen)
     c->token_file = dup_or_null(cfg->token_file);
     c->token = c->token_file ? NULL : dup_or_null(cfg->token);
     c->user_agent = xasprintf("sync-airbnb-operator/%s", SAO_VERSION);
+    c->proxy_url = dup_or_null(cfg->proxy_url);
     if (refresh_token(c, err, errlen) < 0)
         goto err;
+    if (cfg->exec) {
+        /* Run the plugin now, like the token file read above: a plugin that
+         * fails stops the command before it does anything. */
+        c->exec = kube_exec_new(cfg);
+        if (kube_exec_get(c->exec, err, errlen) == NULL)
+            goto err;
+    }
     c->easy = curl_easy_init();
     if (c->easy == NULL) {
         util_seterr(err, errlen, "kube client: curl_easy_init failed");
@@ -153,7 +163,17 @@ void kube_client_free(kube_client *c)
     free(c->token);
     free(c->token_file);
     free(c->user_agent);
+    free(c->proxy_url);
+    kube_exec_free(c->exec);
     free(c);
+}
+
+int kube_client_saw_status(kube_client *c, long status)
+{
+    if (status != 401 || c->exec == NULL)
+        return 0;
+    kube_exec_invalidate(c->exec);
+    return 1;
 }
 
 const char *kube_client_server(const kube_client *c)
@@ -196,6 +216,7 @@ int kube_client_prepare(kube_client *c, CURL *h, const char *method, const char 
                         struct curl_slist **headers, char *err, size_t errlen)
 {
     char *url = NULL, *auth = NULL, *ctype = NULL;
+    const char *token, *cert_pem = c->cert_pem, *key_pem = c->key_pem;
     int rc = -1;
 
     curl_easy_reset(h);
@@ -210,6 +231,17 @@ int kube_client_prepare(kube_client *c, CURL *h, const char *method, const char 
     }
     if (refresh_token(c, err, errlen) < 0)
         goto out;
+    token = c->token; /* after the refresh, which may replace it */
+    if (c->exec) {
+        const kube_exec_credential *cred = kube_exec_get(c->exec, err, errlen);
+        if (cred == NULL)
+            goto out;
+        token = cred->token;
+        if (cred->client_cert_pem) {
+            cert_pem = cred->client_cert_pem;
+            key_pem = cred->client_key_pem;
+        }
+    }
     url = xasprintf("%s%s", c->server, path);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -242,8 +274,8 @@ int kube_client_prepare(kube_client *c, CURL *h, const char *method, const char 
         ctype = xasprintf("Content-Type: %s", content_type ? content_type : "application/json");
         *headers = curl_slist_append(*headers, ctype);
     }
-    if (c->token && *c->token) {
-        auth = xasprintf("Authorization: Bearer %s", c->token);
+    if (token && *token) {
+        auth = xasprintf("Authorization: Bearer %s", token);
         *headers = curl_slist_append(*headers, auth);
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, *headers);
@@ -256,8 +288,14 @@ int kube_client_prepare(kube_client *c, CURL *h, const char *method, const char 
         curl_easy_setopt(h, CURLOPT_CAINFO, c->ca_file);
         curl_easy_setopt(h, CURLOPT_CAPATH, NULL);
     }
-    set_pem_or_file(h, c->cert_pem, c->cert_file, CURLOPT_SSLCERT_BLOB, CURLOPT_SSLCERT, CURLOPT_SSLCERTTYPE);
-    set_pem_or_file(h, c->key_pem, c->key_file, CURLOPT_SSLKEY_BLOB, CURLOPT_SSLKEY, CURLOPT_SSLKEYTYPE);
+    set_pem_or_file(h, cert_pem, c->cert_file, CURLOPT_SSLCERT_BLOB, CURLOPT_SSLCERT, CURLOPT_SSLCERTTYPE);
+    set_pem_or_file(h, key_pem, c->key_file, CURLOPT_SSLKEY_BLOB, CURLOPT_SSLKEY, CURLOPT_SSLKEYTYPE);
+    if (c->proxy_url) {
+        /* The cluster's proxy-url carries every request, as in client-go
+         * ($no_proxy does not apply to it). */
+        curl_easy_setopt(h, CURLOPT_PROXY, c->proxy_url);
+        curl_easy_setopt(h, CURLOPT_NOPROXY, "");
+    }
     if (c->insecure) {
         curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
@@ -429,9 +467,28 @@ size_t kube_body_write_cb(char *data, size_t size, size_t n, void *userdata)
     return len;
 }
 
+static int request_once(kube_client *c, const char *method, const char *path, const char *content_type,
+                        const char *body, size_t len, int timeout_ms, kube_response *out, char *err,
+                        size_t errlen);
+
 int kube_request(kube_client *c, const char *method, const char *path, const char *content_type,
                  const char *body, size_t len, int timeout_ms, kube_response *out, char *err,
                  size_t errlen)
+{
+    int rc = request_once(c, method, path, content_type, body, len, timeout_ms, out, err, errlen);
+    if (rc == 0 && kube_client_saw_status(c, out->status)) {
+        /* A 401 was not applied: send it again with the plugin's new credential. */
+        kube_response_free(out);
+        rc = request_once(c, method, path, content_type, body, len, timeout_ms, out, err, errlen);
+        if (rc == 0 && out->status == 401)
+            kube_client_saw_status(c, out->status);
+    }
+    return rc;
+}
+
+static int request_once(kube_client *c, const char *method, const char *path, const char *content_type,
+                        const char *body, size_t len, int timeout_ms, kube_response *out, char *err,
+                        size_t errlen)
 {
     struct curl_slist *headers = NULL;
     struct kube_body_sink sink = {0};

@@ -1,7 +1,9 @@
 /* kube: the Kubernetes API client of the core.
  *
  *   kubeconfig.c   kube_config_*: where the API server is and how to authenticate
- *                  (a kubeconfig file, or the in-cluster service account)
+ *                  (kubeconfig files merged as client-go merges them, or the
+ *                  in-cluster service account)
+ *   kube_exec.c    kube_exec_*: exec credential plugins (ExecCredential v1/v1beta1)
  *   kube.c         kube_client_*, kube_request: blocking requests over libcurl,
  *                  Status error mapping, request counters for /metrics
  *   kube_async.c   kube_async_*, kube_watch_*: requests and watch streams on a
@@ -17,9 +19,25 @@
 #define KUBE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 /* ---- configuration (kubeconfig.c) ---------------------------------------- */
+
+enum { KUBE_EXEC_INTERACTIVE_NEVER, KUBE_EXEC_INTERACTIVE_IF_AVAILABLE, KUBE_EXEC_INTERACTIVE_ALWAYS };
+
+/* A user's `exec:` stanza (client.authentication.k8s.io/v1 or v1beta1). */
+typedef struct kube_exec_config {
+    char *command;           /* with a '/' and relative: resolved against its kubeconfig's directory */
+    char **args;
+    int nargs;
+    char **env;              /* "NAME=value" */
+    int nenv;
+    char *api_version;
+    char *install_hint;      /* may be NULL; shown when the command cannot run */
+    int interactive_mode;    /* KUBE_EXEC_INTERACTIVE_*; v1 requires it, v1beta1 defaults to IfAvailable */
+    int provide_cluster_info;
+} kube_exec_config;
 
 typedef struct kube_config {
     char *server;            /* https://host:port, no trailing slash */
@@ -33,21 +51,39 @@ typedef struct kube_config {
     char *client_key_pem;    /* wins over the file */
     int insecure_skip_tls_verify;
     char *namespace;         /* from the context / the SA namespace file; may be NULL */
+    char *proxy_url;         /* cluster proxy-url (http, https or socks5); may be NULL */
+    kube_exec_config *exec;  /* the user's exec plugin; may be NULL */
+    char *context;           /* name of the kubeconfig context used; NULL in-cluster */
 } kube_config;
 
-/* Loads the current context of a kubeconfig into *out (zeroed first; free with
- * kube_config_free, also after a failure). path NULL → the first entry of
- * $KUBECONFIG, else an error. Supports users with token, tokenFile,
- * client-certificate(-data), client-key(-data); clusters with server,
- * certificate-authority(-data), insecure-skip-tls-verify. Relative file paths
- * resolve against the kubeconfig's directory. Exec and auth-provider plugins
- * are refused with a clear message. Returns 0, or -1 with a one-line error
- * naming the file, e.g. `kubeconfig /x: context "foo" not found`. */
-int kube_config_load_kubeconfig(const char *path, kube_config *out, char *err, size_t errlen);
-/* The same from text in memory (for fuzzing): name is used in messages,
- * relative file paths resolve against dir (NULL → kept as given). */
+/* Loads one context of a kubeconfig into *out (zeroed first; free with
+ * kube_config_free, also after a failure). paths is a ':'-separated list
+ * merged as client-go merges $KUBECONFIG: files that do not exist are
+ * skipped (at least one must), a file that does not parse is an error, the
+ * first file to define a context, cluster or user by a name wins, and the
+ * first current-context wins. context NULL or "" → that current-context.
+ * path NULL → $KUBECONFIG. Supports users with token, tokenFile,
+ * client-certificate(-data), client-key(-data) and exec plugins; clusters
+ * with server, certificate-authority(-data), insecure-skip-tls-verify and
+ * proxy-url. Relative file paths resolve against the directory of the file
+ * that named them. auth-provider and basic auth are refused with a clear
+ * message. Returns 0, or -1 with a one-line error naming the file(s), e.g.
+ * `kubeconfig /x: context "foo" not found`. */
+int kube_config_load_kubeconfig(const char *paths, const char *context, kube_config *out, char *err,
+                                size_t errlen);
+/* One kubeconfig from text in memory (for fuzzing), its current context:
+ * name is used in messages, relative file paths resolve against dir (NULL →
+ * kept as given). */
 int kube_config_parse_kubeconfig(const char *data, size_t len, const char *name, const char *dir,
                                  kube_config *out, char *err, size_t errlen);
+
+/* Where the operator and its CLI connect, in controller-runtime's order:
+ * kubeconfig (the --kubeconfig flag or $KUBECONFIG, a list) when given;
+ * else the in-cluster service account when KUBERNETES_SERVICE_HOST is set;
+ * else ~/.kube/config ($HOME). context (--context, $KUBE_CONTEXT) picks a
+ * kubeconfig context and needs a kubeconfig. Returns 0 or -1 with err. */
+int kube_config_resolve(const char *kubeconfig, const char *context, kube_config *out, char *err,
+                        size_t errlen);
 
 /* In-cluster service account: KUBERNETES_SERVICE_HOST/PORT (IPv6 bracketed),
  * token, ca.crt and namespace under /var/run/secrets/kubernetes.io/serviceaccount
@@ -57,6 +93,33 @@ int kube_config_in_cluster(kube_config *out, char *err, size_t errlen);
 
 /* Frees every field and zeroes *c. Accepts NULL and a zeroed config. */
 void kube_config_free(kube_config *c);
+
+/* ---- exec credential plugins (kube_exec.c) -------------------------------- */
+
+typedef struct kube_exec_credential {
+    char *token;             /* may be NULL when a client certificate is given */
+    char *client_cert_pem;
+    char *client_key_pem;
+    int64_t expires_ms;      /* wall clock, ms since the epoch; 0 = no expiry given */
+} kube_exec_credential;
+
+typedef struct kube_exec kube_exec;
+
+/* Copies k->exec (must be set) and, for provideClusterInfo, k's cluster. */
+kube_exec *kube_exec_new(const kube_config *k);
+void kube_exec_free(kube_exec *e);
+/* The current credential (borrowed, valid until the next kube_exec_* call):
+ * the cached one while it has not expired, else the plugin runs (blocking,
+ * at most 60 s). NULL with err like `exec plugin get-token: exited with
+ * status 1 (...)` when it fails; err never holds credential material. */
+const kube_exec_credential *kube_exec_get(kube_exec *e, char *err, size_t errlen);
+/* The API server answered 401: the next kube_exec_get runs the plugin. */
+void kube_exec_invalidate(kube_exec *e);
+/* Parses a plugin's standard output (pure; for tests and fuzzing). */
+int kube_exec_parse_credential(const char *out, size_t len, const char *api_version,
+                               kube_exec_credential *cred, char *err, size_t errlen);
+void kube_exec_credential_free(kube_exec_credential *c);
+void kube_exec_config_free(kube_exec_config *x);
 
 /* ---- blocking client (kube.c) --------------------------------------------- */
 
@@ -69,6 +132,10 @@ void kube_client_free(kube_client *c);
 /* Borrowed strings, valid while c lives. namespace may be NULL. */
 const char *kube_client_server(const kube_client *c);
 const char *kube_client_namespace(const kube_client *c);
+/* A response with this status came back for c: on 401 with an exec plugin
+ * the credential is dropped and 1 is returned (sending again is worth it);
+ * else 0. kube_request and kube_async call it. */
+int kube_client_saw_status(kube_client *c, long status);
 
 #define KUBE_DEFAULT_TIMEOUT_MS 30000
 #define KUBE_MAX_RESPONSE (256u * 1024u * 1024u)
@@ -98,7 +165,8 @@ void kube_response_parse_status(kube_response *r);
  * KUBE_DEFAULT_TIMEOUT_MS. Returns 0 when an HTTP response arrived (any
  * status; out filled, caller frees with kube_response_free), -1 on transport
  * failure/timeout with err like "GET /api/v1/pods: timed out after 5000 ms"
- * (out zeroed). Single attempt: retries live in kube_async. */
+ * (out zeroed). Single attempt (plus one at once after a 401 that dropped an
+ * exec plugin's credential): retries live in kube_async. */
 int kube_request(kube_client *c, const char *method, const char *path, const char *content_type,
                  const char *body, size_t len, int timeout_ms, kube_response *out, char *err,
                  size_t errlen);

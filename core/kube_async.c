@@ -327,7 +327,7 @@ static int may_repeat(const struct xfer *x, CURLcode rc, long status)
     if (rc != CURLE_OK)
         return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
                rc == CURLE_COULDNT_RESOLVE_PROXY;
-    return status == 429 || x->retry_after_s >= 0;
+    return status == 429 || status == 401 || x->retry_after_s >= 0; /* 401: not applied */
 }
 
 /* An attempt of a request ended (the easy handle is out of the multi). */
@@ -359,6 +359,8 @@ static void request_done(kube_async *a, struct xfer *x, CURLcode rc)
     } else if (status >= 500) {
         retry = 1;
         delay = backoff_ms(a, x->attempt);
+    } else if (kube_client_saw_status(a->client, status)) {
+        retry = 1; /* a 401 dropped the exec plugin's credential: send again with a new one */
     }
 
     if (retry && x->attempt < a->lim.max_retries && may_repeat(x, rc, status)) {
@@ -438,6 +440,7 @@ static void watch_done(kube_async *a, kube_watch *w, CURLcode rc)
     if (status == 0 && x->easy)
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
     kube_stats_add("WATCH", status);
+    kube_client_saw_status(a->client, status); /* a 401: the re-watch gets a new credential */
     if (w->frame_err) {
         util_seterr(err, sizeof err, "watch %s: %s", x->path, w->frame_err);
         e = err;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "completion.h"
 #include "config.h"
 #include "controller.h"
 #include "log.h"
@@ -16,6 +17,7 @@
 typedef int (*command_fn)(const config *cfg, int argc, char **argv);
 
 static int version_main(const config *cfg, int argc, char **argv);
+static int completion_main(const config *cfg, int argc, char **argv);
 
 typedef struct command {
     const char *name;
@@ -34,19 +36,19 @@ static const command commands[] = {
      run_main},
     {"migrate", "migrate up|status|check [flags]", "create or check the operator's database objects",
      "  up      apply pending migrations (advisory lock: concurrent runners wait)\n"
-     "  status  list applied and pending migrations (-o json for JSON)\n"
+     "  status  list applied and pending migrations (-o json or -o yaml)\n"
      "  check   exit 0 at head, 3 when migrations are pending, 1 on error\n",
      migrate_main},
     {"plan", "plan [flags]", "show what `run` would do now (exit 0: nothing, 2: changes pending, 1: error)",
      "Reads the accounts and the managed Deployments as a full pass of `run` does, runs\n"
      "the rules with the same safety checks (empty-set hold, a full DELETE_BUDGET), and\n"
-     "prints the actions without executing them (-o json for JSON). Writes nothing.\n"
+     "prints the actions without executing them (-o json or -o yaml). Writes nothing.\n"
      "Exit 2 when a create, update or delete would be sent; holds and per-account\n"
      "errors are listed but are not pending changes, as `run` cannot execute them.\n",
      plan_main},
     {"status", "status [flags]", "accounts vs worker Deployments vs pods, one row per account",
      "Columns: account, active, deployment, ready pods, restarts, fingerprint in sync,\n"
-     "last_sync_at (-o json for JSON).\n",
+     "last_sync_at (-o json or -o yaml).\n",
      status_main},
     {"check-rules", "check-rules [DIR] [flags]", "check a rules directory before shipping it (exit 1 with file:line)",
      "Checks DIR (default RULES_DIR) before it ships: every file compiles and reads or\n"
@@ -60,13 +62,22 @@ static const command commands[] = {
     {"repl", "repl [flags]", "a Lua prompt with the operator's bindings, for debugging",
      "A full (unsandboxed, unbudgeted) Lua 5.4 state for an admin: libedit line editing\n"
      "and history (~/.sync_airbnb_operator_history); a chunk may span lines. Globals:\n"
-     "db (a connection to DATABASE_URL), kube (an API client from KUBECONFIG or\n"
-     "in-cluster), rules (the rules table), json, hash, log, clock; plan() and status()\n"
+     "db (a connection to DATABASE_URL), kube (an API client from KUBECONFIG and\n"
+     "KUBE_CONTEXT, else in-cluster, else ~/.kube/config), rules (the rules table),\n"
+     "json, hash, log, clock; plan() and status()\n"
      "return what `plan -o json` and `status -o json` print, computed exactly as they\n"
      "are; reload() reloads RULES_DIR as hot reload does; ctx(); show(v).\n"
      "Piped stdin: no banner or prompts, stops at the first error with exit 1:\n"
      "  echo 'print(#plan())' | sync-airbnb-operator repl\n",
      repl_main},
+    {"completion", "completion bash|zsh", "print a shell completion script",
+     "Completes commands, flags, -o values, files and kubeconfig contexts (--context,\n"
+     "read with kubectl when it is installed).\n"
+     "  bash:  source <(sync-airbnb-operator completion bash)\n"
+     "         or save it in /etc/bash_completion.d/sync-airbnb-operator\n"
+     "  zsh:   source <(sync-airbnb-operator completion zsh)\n"
+     "         or save it as _sync-airbnb-operator in a directory of $fpath\n",
+     completion_main},
     {"version", "version", "print the version", "", version_main},
 };
 
@@ -94,6 +105,19 @@ static int version_main(const config *cfg, int argc, char **argv)
 {
     (void)cfg, (void)argc, (void)argv;
     printf("sync-airbnb-operator %s (%s)\n", SAO_VERSION, LUA_RELEASE);
+    return 0;
+}
+
+static int completion_main(const config *cfg, int argc, char **argv)
+{
+    (void)cfg;
+    completion_command list[NCOMMANDS];
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        list[i] = (completion_command){commands[i].name, commands[i].summary};
+    if (argc != 1 || completion_write(stdout, argv[0], list, NCOMMANDS) < 0) {
+        fprintf(stderr, "usage: sync-airbnb-operator completion bash|zsh\n");
+        return 2;
+    }
     return 0;
 }
 

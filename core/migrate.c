@@ -11,6 +11,7 @@
 #include "log.h"
 #include "luahost.h"
 #include "util.h"
+#include "yamlout.h"
 
 #define MIGRATE_SCHEMA "sync_airbnb_operator"
 #define MIGRATE_MAX 10000
@@ -607,6 +608,15 @@ int migrate_status(pg_conn *c, const config *cfg, FILE *out, int json, char *err
         status_json(&p, h, &b);
     else
         status_table(&p, &b);
+    if (json == 2) {
+        buf y = {0};
+        if (yamlout_from_json(&y, b.data, b.len, err, errlen) < 0) {
+            buf_free(&y);
+            goto out;
+        }
+        buf_free(&b);
+        b = y;
+    }
     fputs(b.data, out);
     fflush(out);
     rc = 0;
@@ -618,7 +628,7 @@ out:
 
 static void usage(FILE *f)
 {
-    fputs("usage: sync-airbnb-operator migrate up|status|check [-o json]\n"
+    fputs("usage: sync-airbnb-operator migrate up|status|check [-o json|yaml]\n"
           "\n"
           "Database migrations of the operator (schema sync_airbnb_operator, the\n"
           "accounts table if missing, and the NOTIFY trigger on it). The ordered\n"
@@ -629,7 +639,7 @@ static void usage(FILE *f)
           "          MIGRATE_LOCK_TIMEOUT_SECONDS, then finds nothing to do); refuses\n"
           "          when an applied migration was changed or is unknown\n"
           "  status  table of migrations: applied, pending, changed, unknown\n"
-          "          (-o json for JSON)\n"
+          "          (-o json for JSON, -o yaml for YAML)\n"
           "  check   exit 0 when the schema is at head, 3 when migrations are\n"
           "          pending, 1 on any error; prints one line\n"
           "\n"
@@ -647,7 +657,7 @@ static void usage(FILE *f)
 int migrate_main(const config *cfg, int argc, char **argv)
 {
     const char *cmd = NULL;
-    int json = cfg->output_json;
+    int json = cfg->output_json + cfg->output_yaml; /* 0 table, 1 json, 2 yaml */
     char err[1024];
     pg_conn *c = NULL;
     int rc = MIGRATE_EXIT_ERROR;
@@ -659,14 +669,14 @@ int migrate_main(const config *cfg, int argc, char **argv)
             return MIGRATE_EXIT_OK;
         } else if ((strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) && i + 1 < argc) {
             a = argv[++i];
-            if (strcmp(a, "json") != 0 && strcmp(a, "table") != 0)
+            if (strcmp(a, "json") != 0 && strcmp(a, "yaml") != 0 && strcmp(a, "table") != 0)
                 goto bad_output;
-            json = strcmp(a, "json") == 0;
+            json = strcmp(a, "json") == 0 ? 1 : strcmp(a, "yaml") == 0 ? 2 : 0;
         } else if (strncmp(a, "-o=", 3) == 0 || strncmp(a, "--output=", 9) == 0) {
             a = strchr(a, '=') + 1;
-            if (strcmp(a, "json") != 0 && strcmp(a, "table") != 0)
+            if (strcmp(a, "json") != 0 && strcmp(a, "yaml") != 0 && strcmp(a, "table") != 0)
                 goto bad_output;
-            json = strcmp(a, "json") == 0;
+            json = strcmp(a, "json") == 0 ? 1 : strcmp(a, "yaml") == 0 ? 2 : 0;
         } else if (a[0] == '-') {
             fprintf(stderr, "migrate: unknown flag %s (see migrate --help)\n", a);
             return MIGRATE_EXIT_USAGE;
@@ -752,6 +762,6 @@ out:
     return rc;
 
 bad_output:
-    fprintf(stderr, "migrate: -o wants json or table\n");
+    fprintf(stderr, "migrate: -o wants json, yaml or table\n");
     return MIGRATE_EXIT_USAGE;
 }

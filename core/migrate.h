@@ -42,10 +42,10 @@ int migrate_main(const config *cfg, int argc, char **argv);
 int migrate_up(pg_conn *c, const config *cfg, int *applied, char *err, size_t errlen);
 
 /* Writes the state of every migration to out: a table (ID, STATE, APPLIED_AT)
- * or, with json, {"at_head":bool,"migrations":[{"id","description","state",
+ * or, with json 1, {"at_head":bool,"migrations":[{"id","description","state",
  * "checksum","applied_at"}]}. States: applied, pending, changed (checksum
- * differs from the file), unknown (in the database, not in this binary).
- * Returns 0 or -1 with err. */
+ * differs from the file), unknown (in the database, not in this binary);
+ * json 2 writes that document as YAML. Returns 0 or -1 with err. */
 int migrate_status(pg_conn *c, const config *cfg, FILE *out, int json, char *err, size_t errlen);
 
 /* Returns 1 when every migration is applied with a matching checksum and the

@@ -229,7 +229,7 @@ static int encode_object(void *ud, const char **json, size_t *len, char *err, si
  * each through the safety filter (safety_admit). The array came out of
  * luahost_call_rule, so it is plain data: raw reads only. */
 static void read_actions(lua_State *L, const config *cfg, const plan_input *in, const row_index *ri,
-                         plan_result *out)
+                         const char *version, plan_result *out)
 {
     int arr = lua_gettop(L);
     if (!lua_istable(L, arr)) {
@@ -239,7 +239,7 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
         return;
     }
     safety_ctx sc = {.cfg = cfg, .rows = in->accounts, .id_col = ri->col[0], .by_id = &ri->by_id,
-                     .observed = in->observed, .secrets = ri->secrets};
+                     .observed = in->observed, .secrets = ri->secrets, .rules_version = version};
     lua_Integer n = (lua_Integer)lua_rawlen(L, arr);
     for (lua_Integer i = 1; i <= n; i++) {
         char kbuf[32], nbuf[256], rbuf[512], hbuf[128];
@@ -567,7 +567,7 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
 
     char perr[1024];
     if (call_plan(r, rules_host(r), cfg, in, &ri, -1, perr, sizeof perr) == 0) {
-        read_actions(L, cfg, in, &ri, out);
+        read_actions(L, cfg, in, &ri, rules_version(r), out);
     } else {
         /* The plan as a whole failed: plan each account alone so the error
          * stays with the account that causes it. */
@@ -580,7 +580,7 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
             if (i < nrows && ri.skip && ri.skip[i])
                 continue;
             if (call_plan(r, rules_host(r), cfg, in, &ri, i, aerr, sizeof aerr) == 0) {
-                read_actions(L, cfg, in, &ri, out);
+                read_actions(L, cfg, in, &ri, rules_version(r), out);
             } else {
                 const char *id = i < nrows ? rows_value(in->accounts, i, ri.col[0]) : NULL;
                 action_push(out, ACT_ERROR, id, NULL, aerr);
@@ -633,7 +633,7 @@ int rec_check_plan(rules *r, luahost *candidate, const config *cfg, const plan_i
         /* Renders and checks every object as `run` would: an object the core
          * would refuse for a live account refuses the rules. */
         plan_result scratch = {0};
-        read_actions(L, cfg, in, &ri, &scratch);
+        read_actions(L, cfg, in, &ri, rules_version(r), &scratch);
         for (size_t i = 0; i < scratch.n && scratch.refused > 0; i++) {
             if (scratch.actions[i].kind != ACT_ERROR)
                 continue;

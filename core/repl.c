@@ -240,7 +240,7 @@ static void banner(repl *r, const char *rules_err)
     printf("namespace: %s\n\n"
            "  db        connection to DATABASE_URL: db:query(sql, ...), db:exec(sql, ...)\n"
            "            (require('db') is the module: db.connect, db.null)\n"
-           "  kube      API client from KUBECONFIG or in-cluster: kube:request(method, path [, body])\n"
+           "  kube      API client (KUBECONFIG, KUBE_CONTEXT, in-cluster, ~/.kube/config): kube:request(method, path [, body])\n"
            "            (require('kube') is the module: kube.connect)\n"
            "  rules     the rules table: rules.deployment(rules.examples.account('1'), ctx())\n"
            "  json hash log clock    the host modules\n"

@@ -11,6 +11,7 @@
 #include "luahost.h"
 #include "names.h"
 #include "util.h"
+#include "worker_state.h"
 
 static const char *const credential_columns[] = {"airbnb_cookie", "x_client_version", "user_agent"};
 
@@ -122,7 +123,8 @@ static char *json_text(const char *s)
  * out of the way: no metatable can hide or veto a field here. Returns the
  * final JSON (malloc'd) or NULL with err. */
 static char *final_object(const char *body, size_t len, const config *cfg, const char *name,
-                          const char *desired_hash, const scrub_set *secrets, char *err, size_t errlen)
+                          const char *desired_hash, const scrub_set *secrets, const char *what,
+                          const char *reason, const char *rules_version, char *err, size_t errlen)
 {
     char perr[160];
     char *out = NULL, *ns = NULL, *labels_txt = NULL, *ann_txt = NULL, *hash_txt = NULL, *mv = NULL;
@@ -147,8 +149,19 @@ static char *final_object(const char *body, size_t len, const config *cfg, const
     hash_txt = json_text(desired_hash);
     const char *lk[] = {MANAGED_BY_LABEL}, *lv[] = {mv};
     write_merged(&lb, labels, 1, lk, lv);
-    const char *ak[] = {APPLIED_HASH_ANNOTATION}, *av[] = {hash_txt};
-    write_merged(&ab, ann, 1, ak, av);
+    /* The worker's state for kubectl (worker_state.h), in the apply itself. */
+    char at[21];
+    wstate_now_rfc3339(at);
+    char *what_txt = json_text(what), *reason_txt = json_text(reason), *at_txt = json_text(at);
+    char *version_txt = json_text(rules_version ? rules_version : "");
+    const char *ak[] = {APPLIED_HASH_ANNOTATION, LAST_ACTION_ANNOTATION, LAST_REASON_ANNOTATION, LAST_AT_ANNOTATION,
+                        RULES_VERSION_ANNOTATION};
+    const char *av[] = {hash_txt, what_txt, reason_txt, at_txt, version_txt};
+    write_merged(&ab, ann, rules_version ? 5 : 1, ak, av);
+    free(what_txt);
+    free(reason_txt);
+    free(at_txt);
+    free(version_txt);
     ns = json_text(cfg->namespace);
     labels_txt = buf_steal(&lb);
     ann_txt = buf_steal(&ab);
@@ -288,6 +301,16 @@ void safety_admit(safety_ctx *s, const proposal *p, plan_result *out)
         action_push(out, ACT_ERROR, id, name, err);
         return;
     }
+    if (obs && wstate_paused(obs)) {
+        /* A person paused this worker: nothing is updated, rolled or
+         * deleted until the annotation goes; the change is reported. */
+        char *why = wstate_paused_reason(k == ACT_DELETE, name);
+        action *a = action_push(out, ACT_HOLD, id ? id : obs->account_id, name, why);
+        a->paused = 1;
+        a->uid = obs->uid ? xstrdup(obs->uid) : NULL;
+        free(why);
+        return;
+    }
     if (k == ACT_DELETE) {
         action *a = action_push(out, ACT_DELETE, id ? id : obs->account_id, name, reason ? reason : "account not active");
         a->uid = obs->uid ? xstrdup(obs->uid) : NULL;
@@ -316,7 +339,9 @@ void safety_admit(safety_ctx *s, const proposal *p, plan_result *out)
         util_seterr(err, sizeof err, "rules: this plan's rendered objects exceed %u bytes in all; "
                     "the rest wait for a later pass", LUAHOST_DEFAULT_MEM_LIMIT / 2);
     else
-        body = final_object(encoded, len, s->cfg, name, hash, s->secrets, err, sizeof err);
+        body = final_object(encoded, len, s->cfg, name, hash, s->secrets, k == ACT_CREATE ? "create" : "update",
+                            reason ? reason : (k == ACT_CREATE ? "account active" : "spec changed"),
+                            s->rules_version, err, sizeof err);
     if (body == NULL) {
         refuse(out, id, name, err);
         return;

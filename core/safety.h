@@ -55,6 +55,7 @@ typedef struct safety_ctx {
     const strmap *observed;  /* name → obs_deploy: the Deployments the rules were shown */
     const scrub_set *secrets; /* safety_secrets of the rows (NULL: none) */
     size_t body_bytes;       /* bytes of the objects admitted so far in this plan */
+    const char *rules_version; /* written on applied objects (worker_state.h); NULL: not written */
 } safety_ctx;
 
 /* Admits p into out as an action, or as an ACT_ERROR that says why it was

@@ -7,6 +7,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "rules_event.h"
 #include "util.h"
 
 static pg_conn *live_db(trail *t)
@@ -37,6 +38,8 @@ void trail_action(trail *t, const char *what, const char *account_id, const char
                   const char *reason, int warning)
 {
     enum log_level lvl = warning ? LOG_WARN : LOG_INFO;
+    if (uid == NULL && name && t->uid_of)
+        uid = t->uid_of(name, t->ud);
     log_msg(lvl, what, "account_id", account_id ? account_id : "", "deployment", name ? name : "",
             "reason", reason ? reason : "", NULL);
     audit_add(&t->audit, what, account_id, name, reason);
@@ -44,7 +47,8 @@ void trail_action(trail *t, const char *what, const char *account_id, const char
         uv_timer_start(&t->audit_timer, on_audit_timer, 0, 0);
     static const struct { const char *what, *reason; } reasons[] = {
         {"create", "WorkerCreated"}, {"update", "WorkerUpdated"}, {"delete", "WorkerDeleted"},
-        {"hold", "DeleteHeld"},      {"error", "ReconcileFailed"},
+        {"hold", "DeleteHeld"},      {"error", "ReconcileFailed"}, {"paused", "WorkerPaused"},
+        {"resumed", "WorkerResumed"},
     };
     const char *ev = "Reconcile";
     for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
@@ -79,10 +83,20 @@ static void forget_report(trail *t, const char *kind, const char *key)
 
 void trail_planned(trail *t, const action *a)
 {
-    const char *kind = a->kind == ACT_HOLD ? "hold" : "error";
+    const char *kind = a->paused ? "paused" : a->kind == ACT_HOLD ? "hold" : "error";
     const char *key = a->name ? a->name : a->account_id;
     if (first_report(t, kind, key, a->reason))
-        trail_action(t, kind, a->account_id, a->name, NULL, a->reason, a->kind == ACT_ERROR);
+        trail_action(t, kind, a->account_id, a->name, a->uid, a->reason, a->kind == ACT_ERROR);
+}
+
+void trail_pause_changed(trail *t, const char *account_id, const char *name, const char *uid, int paused)
+{
+    if (!paused)
+        forget_report(t, "paused", name); /* paused again later: reported again */
+    trail_action(t, paused ? "paused" : "resumed", account_id, name, uid,
+                 paused ? "annotation sync-airbnb.io/paused=true: the operator leaves this worker alone"
+                        : "annotation sync-airbnb.io/paused removed: the operator manages this worker again",
+                 0);
 }
 
 void trail_sending(trail *t, const char *name)
@@ -93,7 +107,7 @@ void trail_sending(trail *t, const char *name)
 static void write_error(trail *t, const write_outcome *o)
 {
     if (first_report(t, "error", o->name, o->reason))
-        trail_action(t, "error", o->account_id, o->name, NULL, o->reason, 1);
+        trail_action(t, "error", o->account_id, o->name, o->uid, o->reason, 1);
 }
 
 void trail_write(trail *t, const write_outcome *o)
@@ -139,7 +153,10 @@ void trail_pass_error(trail *t, const char *err)
 
 void trail_lease_event(trail *t, const char *reason, const char *message, int warning)
 {
-    /* Rules events hang on the leader Lease: it lives in this namespace. */
+    /* On the rules ConfigMap when it is known (rules_event.h), else on the
+     * leader Lease, which lives in this namespace. */
+    if (rules_event_post(t->events.ka, t->cfg, reason, message, warning) == 0)
+        return;
     event_queue_post(&t->events, "coordination.k8s.io/v1", "Lease", t->cfg->lease_name, NULL, reason, message,
                      NULL, warning);
 }

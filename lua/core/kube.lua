@@ -18,16 +18,18 @@ end
 ---@class kube.Client
 local Client = {}
 
----Connects with exactly one of: a kubeconfig file (its current context), the
----pod's service account, or explicit settings.
----@param opts { kubeconfig: string? , in_cluster: boolean?, server: string?, token: string?, token_file: string?, ca_file: string?, client_cert_file: string?, client_key_file: string?, insecure_skip_tls_verify: boolean?, namespace: string? }
+---Connects with exactly one of: kubeconfig files (a ':'-separated list merged
+---as kubectl merges $KUBECONFIG; context, else the current-context), the pod's
+---service account, or explicit settings.
+---@param opts { kubeconfig: string?, context: string?, in_cluster: boolean?, server: string?, token: string?, token_file: string?, ca_file: string?, client_cert_file: string?, client_key_file: string?, insecure_skip_tls_verify: boolean?, namespace: string? }
 ---@return kube.Client? client
 ---@return string? err  e.g. 'kubeconfig /x: context "foo" not found'
 function M.connect(opts) stub() end
 
----Connects from the environment: $KUBECONFIG (first entry) when set, else the
----in-cluster service account (KUBERNETES_SERVICE_HOST/PORT, token, ca.crt,
----namespace; $KUBE_SA_DIR overrides the directory).
+---Connects from the environment as the operator does: $KUBECONFIG (a list,
+---merged; $KUBE_CONTEXT picks the context) when set, else the in-cluster
+---service account (KUBERNETES_SERVICE_HOST/PORT, token, ca.crt, namespace;
+---$KUBE_SA_DIR overrides the directory), else ~/.kube/config.
 ---@return kube.Client? client
 ---@return string? err
 function M.from_env() stub() end

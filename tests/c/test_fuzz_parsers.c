@@ -624,7 +624,7 @@ static int kubeconfig_properties(const char *path, const char *data, size_t len)
     kube_config c;
     char err[512] = "";
     char *p = write_tmp(path, data, len);
-    int rc = kube_config_load_kubeconfig(p, &c, err, sizeof err), bad = 0;
+    int rc = kube_config_load_kubeconfig(p, NULL, &c, err, sizeof err), bad = 0;
     if (rc == 0) {
         size_t sl = c.server ? strlen(c.server) : 0;
         bad = c.server == NULL || sl == 0 || c.server[sl - 1] == '/';
@@ -655,7 +655,7 @@ static void test_kubeconfig_corpus_and_mutations(void)
         kube_config k;
         char err[512] = "";
         char *p = write_tmp("seed.yaml", c.v[i].data, c.v[i].len);
-        int rc = kube_config_load_kubeconfig(p, &k, err, sizeof err);
+        int rc = kube_config_load_kubeconfig(p, NULL, &k, err, sizeof err);
         ok += rc == 0;
         CHECK(strstr(err, "SECRET") == NULL);
         CHECK(kubeconfig_properties("seed.yaml", c.v[i].data, c.v[i].len) == 0);
@@ -727,7 +727,7 @@ static void test_kubeconfig_generated_never_leak(void)
         kube_config k;
         char err[512] = "";
         char *p = write_tmp("generated.yaml", b.data, b.len);
-        int rc = kube_config_load_kubeconfig(p, &k, err, sizeof err);
+        int rc = kube_config_load_kubeconfig(p, NULL, &k, err, sizeof err);
         loaded += rc == 0;
         refused += rc == -1;
         if (strstr(err, "SECRET") || strstr(err, "S0VZ") || kubeconfig_properties("generated.yaml", b.data, b.len)) {
@@ -742,8 +742,8 @@ static void test_kubeconfig_generated_never_leak(void)
     CHECK(!failed);
     CHECK(loaded > 0 && refused > 0);
 
-    /* $KUBECONFIG: the first entry of a list; an empty first entry or a
-     * missing file is a clear error. */
+    /* $KUBECONFIG: a list whose missing entries are skipped (client-go);
+     * a list of only missing files is a clear error. */
     static const char env_yaml[] = "apiVersion: v1\ncurrent-context: c\ncontexts: [{name: c, context: {cluster: k}}]\n"
                                    "clusters: [{name: k, cluster: {server: 'https://e:1/'}}]\n";
     char *p = write_tmp("env.yaml", env_yaml, sizeof env_yaml - 1);
@@ -752,14 +752,14 @@ static void test_kubeconfig_generated_never_leak(void)
     kube_config k;
     char err[512] = "";
     setenv("KUBECONFIG", list, 1);
-    CHECK(kube_config_load_kubeconfig(NULL, &k, err, sizeof err) == 0);
+    CHECK(kube_config_load_kubeconfig(NULL, NULL, &k, err, sizeof err) == 0);
     CHECK_STR(k.server, "https://e:1");
     kube_config_free(&k);
-    setenv("KUBECONFIG", ":x", 1);
-    CHECK(kube_config_load_kubeconfig(NULL, &k, err, sizeof err) == -1);
-    CHECK_CONTAINS(err, "empty entry");
+    setenv("KUBECONFIG", ":/nonexistent/x", 1);
+    CHECK(kube_config_load_kubeconfig(NULL, NULL, &k, err, sizeof err) == -1);
+    CHECK_CONTAINS(err, "none of these files exists");
     setenv("KUBECONFIG", "/nonexistent/kubeconfig", 1);
-    CHECK(kube_config_load_kubeconfig(NULL, &k, err, sizeof err) == -1);
+    CHECK(kube_config_load_kubeconfig(NULL, NULL, &k, err, sizeof err) == -1);
     CHECK_CONTAINS(err, "kubeconfig /nonexistent/kubeconfig: ");
     if (old)
         setenv("KUBECONFIG", old, 1);

@@ -546,7 +546,7 @@ int main(void)
                         "plane: tools/cluster up && eval \"$(tools/cluster env)\"\n");
         return 1;
     }
-    if (kube_config_load_kubeconfig(NULL, &kc, err, sizeof err) < 0) {
+    if (kube_config_load_kubeconfig(NULL, NULL, &kc, err, sizeof err) < 0) {
         fprintf(stderr, "test_leader: %s\n", err);
         kube_config_free(&kc);
         return 1;

@@ -29,6 +29,7 @@ MIGRATIONS = REPO / "lua" / "migrations"
 SYS, WORKERS = "sync-airbnb-system", "sync-airbnb"
 OPERATOR = "sync-airbnb-operator"
 RULES_CM = "sync-airbnb-operator-rules"
+RULES_EVENTS = "sync-airbnb-operator-rules-events"
 
 # What the operator calls, and nothing more (README of deploy/rbac.yaml).
 EXPECTED_RULES = sorted([
@@ -89,6 +90,9 @@ def relocate(objs, nsmap: dict) -> list[dict]:
             for e in c.get("env", []):
                 if e["name"] == "OPERATOR_NAMESPACE":
                     e["value"] = nsmap[e["value"]]
+                if e["name"] == "RULES_CONFIGMAP":
+                    ns, name = e["value"].split("/", 1)
+                    e["value"] = f"{nsmap[ns]}/{name}"
         out.append(o)
     return out
 
@@ -145,6 +149,7 @@ def test_renders_the_expected_objects_and_no_secret(rendered):
         ("Namespace", "", SYS), ("Namespace", "", WORKERS),
         ("ServiceAccount", SYS, OPERATOR),
         ("Role", WORKERS, OPERATOR), ("RoleBinding", WORKERS, OPERATOR),
+        ("Role", SYS, RULES_EVENTS), ("RoleBinding", SYS, RULES_EVENTS),
         ("ConfigMap", SYS, RULES_CM),
         ("Deployment", SYS, OPERATOR),
         ("Job", WORKERS, find(rendered, "Job")["metadata"]["name"]),
@@ -166,11 +171,11 @@ def test_pod_security_labels(rendered):
 def test_rbac_is_exactly_what_the_operator_uses(rendered):
     kinds = {o["kind"] for o in rendered}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
-    role = find(rendered, "Role")
+    role = find(rendered, "Role", OPERATOR)
     got = sorted((g, r, tuple(sorted(rule.get("resourceNames", []))), tuple(sorted(rule["verbs"])))
                  for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"])
     assert got == EXPECTED_RULES
-    binding = find(rendered, "RoleBinding")
+    binding = find(rendered, "RoleBinding", OPERATOR)
     sa = find(rendered, "ServiceAccount")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
@@ -181,11 +186,20 @@ def test_rbac_is_exactly_what_the_operator_uses(rendered):
     lease = env_of(dep["spec"]["template"]["spec"]["containers"][0]).get("LEASE_NAME", {}).get(
         "value", "sync-airbnb-operator")
     assert ("coordination.k8s.io", "leases", (lease,), ("get", "update")) in got
+    # in the operator's own namespace: the rules ConfigMap's uid and Events on it (RULES_CONFIGMAP)
+    ev_role = find(rendered, "Role", RULES_EVENTS)
+    assert ev_role["metadata"]["namespace"] == SYS
+    got = sorted((g, r, tuple(sorted(rule.get("resourceNames", []))), tuple(sorted(rule["verbs"])))
+                 for rule in ev_role["rules"] for g in rule["apiGroups"] for r in rule["resources"])
+    assert got == sorted([("", "configmaps", (RULES_CM,), ("get",)), ("", "events", (), ("create",))])
+    ev_binding = find(rendered, "RoleBinding", RULES_EVENTS)
+    assert ev_binding["roleRef"]["name"] == RULES_EVENTS and ev_binding["subjects"] == binding["subjects"]
+    assert env_of(dep["spec"]["template"]["spec"]["containers"][0])["RULES_CONFIGMAP"]["value"] == f"{SYS}/{RULES_CM}"
 
 
 def test_operator_deployment(rendered):
     dep = find(rendered, "Deployment", OPERATOR)
-    role = find(rendered, "Role")
+    role = find(rendered, "Role", OPERATOR)
     spec = dep["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == find(rendered, "ServiceAccount")["metadata"]["name"]
     assert dep["metadata"]["namespace"] == find(rendered, "ServiceAccount")["metadata"]["namespace"]
@@ -380,6 +394,8 @@ def test_in_cluster_config_with_exactly_deploy_rbac(cluster, rendered, deploy_ns
                       ("create", "leases.coordination.k8s.io")]:
         assert can_i(verb, res, "-n", wk_ns) == "yes", (verb, res)
     assert can_i("update", f"leases.coordination.k8s.io/{OPERATOR}", "-n", wk_ns) == "yes"
+    assert can_i("get", f"configmaps/{RULES_CM}", "-n", sys_ns) == "yes"  # rules Events (RULES_CONFIGMAP)
+    assert can_i("create", "events", "-n", sys_ns) == "yes"
     for args in [("get", "secrets", "-n", wk_ns), ("list", "secrets", "-n", wk_ns),
                  ("get", "secrets", "-n", sys_ns), ("update", "deployments.apps", "-n", wk_ns),
                  ("update", "leases.coordination.k8s.io/another-lease", "-n", wk_ns),

@@ -110,7 +110,8 @@ def test_plan_exit_codes_json_and_no_writes(pg, cluster, kubeconfig, namespace, 
     assert "Q9vTz" not in p.stdout
     rc, doc = plan_json(env)
     assert rc == 2 and doc["pending"] is True
-    assert doc["summary"] == {"create": 2, "update": 0, "delete": 0, "hold": 0, "error": 0, "desired": 2, "observed": 0}
+    assert doc["summary"] == {"create": 2, "update": 0, "delete": 0, "hold": 0, "error": 0, "desired": 2, "observed": 0,
+                              "paused": 0}
     for action in doc["actions"]:
         assert set(action) == {"action", "account_id", "deployment", "reason", "desired_hash", "object"}
         assert action["object"]["metadata"]["name"] == action["deployment"]
@@ -214,8 +215,11 @@ def test_status_table_and_json(pg, cluster, kubectl, kubeconfig, namespace, migr
     assert list(accounts) == ["2001", "2002", "2003"]
     a = accounts["2001"]
     assert set(a) == {"account_id", "active", "deleted", "deployment", "ready_pods", "replicas", "restarts",
-                      "waiting_reason", "fingerprint_in_sync", "fingerprint", "account_fingerprint", "last_sync_at"}
+                      "waiting_reason", "fingerprint_in_sync", "fingerprint", "account_fingerprint", "last_sync_at",
+                      "paused", "last_action", "last_action_reason", "last_action_at", "rules_version_applied"}
     assert a["active"] is True and a["deployment"] == "sync-airbnb-worker-2001" and a["ready_pods"] == 1
+    assert a["paused"] is False and a["last_action"] in ("create", "update")
+    assert a["rules_version_applied"] == doc["rules_version"] and a["last_action_at"]
     assert a["fingerprint_in_sync"] is True and a["fingerprint"] == a["account_fingerprint"]
     live = deployments(cluster, namespace)["sync-airbnb-worker-2001"]
     assert a["fingerprint"] == live["spec"]["template"]["metadata"]["annotations"]["sync-airbnb.io/credentials-fingerprint"]
