@@ -1133,6 +1133,8 @@ static void on_tick(uv_timer_t *t)
     if (c->inflight.len == 0) /* nothing to make way for (e.g. the database is away) */
         event_queue_flush(&c->events);
     kube_stats_foreach(kube_stat, NULL);
+    metrics_set_queue_depth(c->pending.len + c->requeue.len, backlog_left(c) ? c->backlog.data + c->backlog_at : NULL,
+                            c->backlog.len - c->backlog_at, c->inflight.len);
     /* Hand freed heap back after busy seconds (parsed watch events and
      * rendered Deployments are many small, short-lived allocations). */
     if (c->passes != c->trimmed_at_passes) {

@@ -156,6 +156,18 @@ void metrics_render(buf *out)
         }
     }
     pthread_mutex_unlock(&lock);
+    metrics_process_render(out);
+}
+
+void metrics_set_queue_depth(size_t pending, const char *backlog, size_t backlog_len, size_t writes)
+{
+    static const char name[] = "sync_airbnb_operator_queue_depth";
+    size_t ids = 0;
+    for (const char *p = backlog, *end = backlog + backlog_len; p && p < end; p++)
+        ids += *p == '\0';
+    metrics_declare(name, METRICS_GAUGE, "Work waiting: accounts to plan, writes awaiting an answer.");
+    metrics_set(name, "queue=\"accounts\"", (double)(pending + ids));
+    metrics_set(name, "queue=\"writes\"", (double)writes);
 }
 
 void metrics_reset(void)
