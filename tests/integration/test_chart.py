@@ -146,6 +146,23 @@ def test_chart_files_are_links_to_deploy_not_copies():
         assert f.resolve().is_relative_to(REPO), f
 
 
+def test_service_pdb_and_networkpolicy_select_the_operator_pods(helm):
+    objs = template(helm)
+    dep = find(objs, "Deployment")
+    selector = dep["spec"]["selector"]["matchLabels"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    svc, pdb, np = find(objs, "Service"), find(objs, "PodDisruptionBudget"), find(objs, "NetworkPolicy")
+    assert pdb["spec"]["selector"]["matchLabels"] == selector == np["spec"]["podSelector"]["matchLabels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    ports = {p["name"]: p["containerPort"] for p in container(dep)["ports"]}
+    assert svc["spec"]["ports"][0]["targetPort"] in ports
+    assert int(env_of(dep)["HEALTH_ADDR"].rsplit(":", 1)[1]) == ports["http"]
+    assert [p["port"] for r in np["spec"]["ingress"] for p in r["ports"]] == [ports["http"]]
+    egress = {(p["protocol"], p["port"]) for r in np["spec"]["egress"] for p in r["ports"]}
+    assert egress == {("TCP", 443), ("TCP", 6443), ("TCP", 5432), ("UDP", 53), ("TCP", 53)}
+    assert set(np["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
 # ---- values -------------------------------------------------------------------------
 
 def test_values_change_what_they_say(helm):
@@ -267,6 +284,23 @@ def helm_sets(ns: dict, *more: str) -> list[str]:
     return out
 
 
+def pdb_status(cluster, ns) -> dict:
+    """The PDB's status once the disruption controller has seen its current spec."""
+    def current():
+        p = cluster.kubectl_json("get", "pdb", "sync-airbnb-operator", namespace=ns)
+        st = p.get("status", {})
+        return st if st.get("observedGeneration") == p["metadata"]["generation"] and st.get("currentHealthy") == 2 \
+            else None
+    return wait_for(current, 60, "PDB status")
+
+
+def evict_dry_run(cluster, ns, pod) -> subprocess.CompletedProcess:
+    body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns},
+            "deleteOptions": {"dryRun": ["All"]}}
+    return cluster.kubectl("create", "--raw", f"/api/v1/namespaces/{ns}/pods/{pod}/eviction", "-f", "-",
+                           input=json.dumps(body), check=False)
+
+
 def test_install_upgrade_rollback_uninstall(helm, cluster, release_ns):
     sys_ns, wk_ns = release_ns[SYS], release_ns[WORKERS]
     rel = unique_name("rel", maxlen=20)
@@ -287,9 +321,28 @@ def test_install_upgrade_rollback_uninstall(helm, cluster, release_ns):
     # The hook ran first: the Job finished before the Deployment was created.
     assert job1["status"]["completionTime"] <= dep["metadata"]["creationTimestamp"]
     assert dep["metadata"]["annotations"]["meta.helm.sh/release-name"] == rel
+    # The metrics Service and the PDB find the operator's pods (the endpoint-slice and
+    # disruption controllers of kube-controller-manager; kwok makes the pods Ready).
+    ready_endpoints = wait_for(lambda: [
+        e for s in cluster.kubectl_json("get", "endpointslices", "-l",
+                                        "kubernetes.io/service-name=sync-airbnb-operator-metrics",
+                                        namespace=sys_ns)["items"]
+        for e in (s.get("endpoints") or []) if e.get("conditions", {}).get("ready")], 60, "metrics endpoints")
+    assert len(ready_endpoints) == 2
+    assert all(e["targetRef"]["name"].startswith("sync-airbnb-operator-") for e in ready_endpoints)
+    assert pdb_status(cluster, sys_ns)["disruptionsAllowed"] == 1
+    pod = cluster.kubectl_json("get", "pods", "-l", "app.kubernetes.io/component=operator", namespace=sys_ns)["items"][0]
+    assert evict_dry_run(cluster, sys_ns, pod["metadata"]["name"]).returncode == 0
 
-    run_helm(helm, cluster, "upgrade", rel, str(CHART), "-n", sys_ns, *helm_sets(release_ns, "logLevel=debug"),
-             "--timeout", "5m")
+    run_helm(helm, cluster, "upgrade", rel, str(CHART), "-n", sys_ns,
+             *helm_sets(release_ns, "logLevel=debug", "podDisruptionBudget.maxUnavailable=0"), "--timeout", "5m")
+    # The API server enforces the PDB the chart rendered: no eviction allowed now.
+    cluster.kubectl("rollout", "status", "deployment/sync-airbnb-operator", "--timeout=120s", namespace=sys_ns)
+    assert pdb_status(cluster, sys_ns)["disruptionsAllowed"] == 0
+    pod = next(p for p in cluster.kubectl_json("get", "pods", "-l", "app.kubernetes.io/component=operator",
+                                               namespace=sys_ns)["items"] if not p["metadata"].get("deletionTimestamp"))
+    r = evict_dry_run(cluster, sys_ns, pod["metadata"]["name"])
+    assert r.returncode != 0 and "disruption budget" in r.stderr, r.stderr
     job2 = cluster.kubectl_json("get", "job", f"{rel}-migrate-2", namespace=wk_ns)
     dep2 = cluster.kubectl_json("get", "deployment", "sync-airbnb-operator", namespace=sys_ns)
     assert env_of(dep2)["LOG_LEVEL"] == "debug"
