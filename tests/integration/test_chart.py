@@ -132,6 +132,14 @@ def test_monitoring_renders_what_kustomize_renders(helm, cluster):
     assert json.loads(dash["data"]["sync-airbnb-operator.json"])["uid"] == "sync-airbnb-operator"
 
 
+def test_packaged_chart_is_self_contained(helm, tmp_path):
+    """`helm package` resolves the links: the .tgz renders the same objects on its own."""
+    run_helm(helm, None, "package", str(CHART), "-d", str(tmp_path))
+    (tgz,) = tmp_path.glob("sync-airbnb-operator-*.tgz")
+    p = run_helm(helm, None, "template", "sao", str(tgz), "--namespace", SYS)
+    assert [o for o in yaml.safe_load_all(p.stdout) if o] == template(helm)
+
+
 def test_chart_version_follows_the_kustomize_image_tag():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
@@ -227,6 +235,10 @@ def test_existing_rules_configmap_and_switches(helm):
 @pytest.mark.parametrize("sets, message", [
     (["rules.files.plan\\.txt=x"], "is not a rule file name"),
     (["rules.shipped=false"], "no rule files"),
+    # values.schema.json: a misspelt value is refused rather than silently ignored
+    (["replicass=3"], "additional properties 'replicass' not allowed"),
+    (["namespaces.workers=Bad_NS"], "/namespaces/workers"),
+    (["networkPolicy.postgres.cidrs={10.0.0.1}"], "/networkPolicy/postgres/cidrs/0"),
 ])
 def test_bad_values_fail_clearly(helm, sets, message):
     p = template(helm, *sets, check=False)
