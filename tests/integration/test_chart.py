@@ -325,7 +325,7 @@ def test_install_upgrade_rollback_uninstall(helm, cluster, release_ns):
                                     "spec": {"containers": [{"name": "w", "image": "sync-airbnb:0.1.0"}]}}}}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(worker))
 
-    run_helm(helm, cluster, "install", rel, str(CHART), "-n", sys_ns, *helm_sets(release_ns), "--wait-for-jobs",
+    run_helm(helm, cluster, "install", rel, str(CHART), "-n", sys_ns, *helm_sets(release_ns), "--wait",
              "--timeout", "5m")
     job1 = cluster.kubectl_json("get", "job", f"{rel}-migrate-1", namespace=wk_ns)
     dep = cluster.kubectl_json("get", "deployment", "sync-airbnb-operator", namespace=sys_ns)
