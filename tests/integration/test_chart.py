@@ -84,9 +84,9 @@ def without_helm_bookkeeping(o: dict) -> dict:
 
 def by_key(objs) -> dict:
     out = {}
-    for o in objs:
+    for o in map(without_helm_bookkeeping, objs):
         assert key(o) not in out, f"rendered twice: {key(o)}"
-        out[key(o)] = without_helm_bookkeeping(o)
+        out[key(o)] = o
     return out
 
 
