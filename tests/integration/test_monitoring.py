@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -153,3 +154,35 @@ def test_the_real_operator_exports_what_alerts_and_dashboard_use(operator_factor
     # Started by this test (the kernel's clock ticks: within a second of the spawn).
     assert t0 - 1 <= m["process_start_time_seconds"] <= time.time()
     assert m['sync_airbnb_operator_queue_depth{queue="writes"}'] >= 0
+
+
+def test_queue_depth_shows_a_burst_and_drains(pg, cluster, namespace, migrated_db, operator_factory):
+    """300 accounts in one transaction: while their Deployments are written the gauge shows
+    work waiting (sampled by the operator every second, read here every 50 ms); when all
+    exist, both queues are back at 0."""
+    op = operator_factory()
+    op.wait_ready()
+    seen = {"accounts": 0.0, "writes": 0.0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            m = op.metrics()
+            for q in seen:
+                seen[q] = max(seen[q], m.get(f'sync_airbnb_operator_queue_depth{{queue="{q}"}}', 0))
+            time.sleep(0.05)
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        pg.psql("insert into airbnb.accounts (account_id, airbnb_cookie, x_client_version, user_agent, is_active)"
+                " select 'burst-' || i, 'c', 'v1', 'ua', true from generate_series(1, 300) i", url=migrated_db)
+        wait_for(lambda: len(cluster.kubectl_json("get", "deployments", namespace=namespace)["items"]) == 300, 120,
+                 "300 worker Deployments")
+        wait_for(lambda: all(op.metrics().get(f'sync_airbnb_operator_queue_depth{{queue="{q}"}}') == 0
+                             for q in seen), 30, lambda: op.get("/metrics")[1])
+    finally:
+        stop.set()
+        t.join(timeout=5)
+    assert seen["writes"] > 0 or seen["accounts"] > 0, seen
+    print(f"\nqueue depth during a 300-account burst: max {seen}")
+    cluster.kubectl("delete", "deployments", "--all", "--wait=false", namespace=namespace)
