@@ -140,6 +140,11 @@ def test_packaged_chart_is_self_contained(helm, tmp_path):
     assert [o for o in yaml.safe_load_all(p.stdout) if o] == template(helm)
 
 
+def test_helm_lint_strict(helm):
+    p = run_helm(helm, None, "lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in p.stdout, p.stdout
+
+
 def test_chart_version_follows_the_kustomize_image_tag():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
