@@ -225,6 +225,32 @@ def test_helm_rollback(henv):
     assert [h["revision"] for h in hist][-1] == 4 and hist[-1]["status"] == "deployed"
 
 
+def test_helm_rollback_across_a_migration_stays_unready_then_rolls_forward(henv):
+    """Revision 1 does not know NEW_MIGRATION: its pods refuse the newer schema (unready,
+    reason in the log) while the running pods keep serving; rolling forward recovers."""
+    env = henv
+    before = {p["metadata"]["uid"] for p in operator_pods(env)}
+    last = json.loads(env.helm("history", REL, "-n", SYSTEM, "-o", "json"))[-1]["revision"]
+    env.helm("rollback", REL, "1", "-n", SYSTEM, "--timeout", "5m")
+
+    def refusing_pod():
+        for p in operator_pods(env):
+            if p["metadata"]["uid"] in before or p["status"].get("phase") != "Running":
+                continue
+            log = env.kubectl("logs", p["metadata"]["name"], namespace=SYSTEM, check=False).stdout
+            if NEW_MIGRATION in log and "does not know" in log:
+                return p
+        return None
+    new = wait_for("a revision-1 pod refusing the newer schema", refusing_pod, timeout=300)
+    assert not ready(env.kjson("get", "pod", new["metadata"]["name"], namespace=SYSTEM))
+    # The pods of the previous revision still run, Ready: nothing stopped reconciling.
+    old = [p for p in operator_pods(env) if p["metadata"]["uid"] in before]
+    assert old and all(ready(p) for p in old)
+    env.helm("rollback", REL, str(last), "-n", SYSTEM, "--wait", "--timeout", "10m")
+    wait_for("two Ready operator pods after rolling forward", lambda: (lambda ps: len(ps) == 2 and all(
+        ready(p) for p in ps))(operator_pods(env)), timeout=300)
+
+
 def test_helm_uninstall_leaves_the_workers_running(henv):
     env = henv
     worker = ready_pod(env, "777001")
