@@ -589,6 +589,7 @@ static void on_tick(uv_timer_t *t)
     if (writer_inflight(c->writer) == 0) /* nothing to make way for (e.g. the database is away) */
         event_queue_flush(&c->trail.events);
     kube_stats_foreach(kube_stat, NULL);
+    metrics_set_queue_depth(watch_queued(c->watch) + c->requeue.len, writer_inflight(c->writer));
     /* Hand freed heap back after busy seconds (parsed watch events and
      * rendered Deployments are many small, short-lived allocations). */
     if (c->passes != c->trimmed_at_passes) {

@@ -156,6 +156,15 @@ void metrics_render(buf *out)
         }
     }
     pthread_mutex_unlock(&lock);
+    metrics_process_render(out);
+}
+
+void metrics_set_queue_depth(size_t accounts, size_t writes)
+{
+    static const char name[] = "sync_airbnb_operator_queue_depth";
+    metrics_declare(name, METRICS_GAUGE, "Work waiting: accounts to plan, writes awaiting an answer.");
+    metrics_set(name, "queue=\"accounts\"", (double)accounts);
+    metrics_set(name, "queue=\"writes\"", (double)writes);
 }
 
 void metrics_reset(void)

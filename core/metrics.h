@@ -15,8 +15,16 @@ void metrics_add(const char *name, const char *labels, double v);   /* counters 
 void metrics_set(const char *name, const char *labels, double v);   /* gauges */
 void metrics_observe(const char *name, const char *labels, double v); /* histograms, seconds */
 double metrics_get(const char *name, const char *labels);          /* tests and /readyz */
-/* Appends the Prometheus text exposition of every family onto out. */
+/* Appends the Prometheus text exposition of every family onto out, then the
+ * process_* families (metrics_process_render). */
 void metrics_render(buf *out);
+/* sync_airbnb_operator_queue_depth{queue="accounts"|"writes"}: accounts waiting
+ * to be planned (queued, backlog, waiting for a write's echo) and writes sent
+ * but not yet answered. Called every second. */
+void metrics_set_queue_depth(size_t accounts, size_t writes);
+/* The standard process_* metrics (CPU, memory, fds, start time) from /proc
+ * (metrics_process.c). */
+void metrics_process_render(buf *out);
 /* Frees everything (end of process, tests). */
 void metrics_reset(void);
 

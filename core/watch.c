@@ -97,6 +97,14 @@ int watch_backlog_left(const watch *w)
     return w->backlog_at < w->backlog.len;
 }
 
+size_t watch_queued(const watch *w)
+{
+    size_t ids = w->pending.len;
+    for (size_t at = w->backlog_at; at < w->backlog.len; at += strlen(w->backlog.data + at) + 1)
+        ids++;
+    return ids;
+}
+
 int watch_full_pending(const watch *w)
 {
     return w->full_pending;

@@ -73,6 +73,8 @@ void watch_defer(watch *w, const char *ids, size_t len);
 void watch_backlog_clear(watch *w);
 int watch_backlog_left(const watch *w);
 int watch_full_pending(const watch *w);
+/* Account ids waiting to be planned: queued by NOTIFY plus the backlog left. */
+size_t watch_queued(const watch *w);
 
 /* A write of account_id failed: it waits (1 s doubling to 256 s, jittered)
  * before it is planned again. */

@@ -293,6 +293,8 @@ def test_credential_change_rolls_with_never_two_workers(env):
         env.sql("UPDATE airbnb.accounts SET airbnb_cookie = 'c1-admin' WHERE account_id = '310316675'")
         after = wait_for("a new worker pod, Ready", lambda: (lambda p: p if p and p["metadata"]["uid"]
                          != before["metadata"]["uid"] else None)(ready_pod(env, "310316675")), timeout=420)
+        # The watch reads its stream on its own thread: let it catch up with what `get` saw.
+        wait_for("the watch to see the new pod", lambda: after["metadata"]["uid"] in watch.seen, timeout=60)
     finally:
         watch.stop()
     assert after["metadata"]["annotations"]["sync-airbnb.io/credentials-fingerprint"] != \

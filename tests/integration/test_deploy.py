@@ -153,6 +153,8 @@ def test_renders_the_expected_objects_and_no_secret(rendered):
         ("ConfigMap", SYS, RULES_CM),
         ("Deployment", SYS, OPERATOR),
         ("Job", WORKERS, find(rendered, "Job")["metadata"]["name"]),
+        ("Service", SYS, f"{OPERATOR}-metrics"),
+        ("PodDisruptionBudget", SYS, OPERATOR), ("NetworkPolicy", SYS, OPERATOR),
     ])
     # the Secret is the user's: referenced, never shipped (not even a placeholder)
     assert not [o for o in rendered if o["kind"] == "Secret"]
