@@ -138,6 +138,7 @@ class Watcher:
         self.deleted: dict[str, float] = {}
         self.fingerprint: dict[str, str] = {}
         self.rolled: dict[str, float] = {}
+        self.rolls: dict[str, list[float]] = {}  # every fingerprint change, in order
         self.lock = threading.Lock()
         self.stop_flag = False
         lst = env.apps.list_namespaced_deployment(ns)
@@ -168,6 +169,7 @@ class Watcher:
                             self.deleted.setdefault(name, now)
                         elif ev["type"] == "MODIFIED" and fp and self.fingerprint.get(name) not in (None, fp):
                             self.rolled.setdefault(name, now)
+                            self.rolls.setdefault(name, []).append(now)
                         if fp:
                             self.fingerprint[name] = fp
                     if self.stop_flag:
@@ -241,6 +243,7 @@ class System:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
         self.log.close()
 
 
@@ -256,7 +259,8 @@ def raw_conn(env: Env) -> http.client.HTTPSConnection:
     return http.client.HTTPSConnection(h, int(p), context=ctx, timeout=30)
 
 
-def apiserver_requests(env: Env, verbs=("GET", "LIST", "WATCH", "POST", "PUT", "PATCH", "DELETE")) -> dict:
+def apiserver_requests(env: Env, verbs=("GET", "LIST", "WATCH", "POST", "PUT", "PATCH", "DELETE"),
+                       resources=("deployments", "events")) -> dict:
     """The API server's own request counters (apiserver_request_total) by verb."""
     c = raw_conn(env)
     c.request("GET", "/metrics", headers={"Authorization": bearer(env)})
@@ -268,7 +272,7 @@ def apiserver_requests(env: Env, verbs=("GET", "LIST", "WATCH", "POST", "PUT", "
             labels = line[line.index("{") + 1:line.rindex("}")]
             d = dict(kv.split("=", 1) for kv in labels.split(","))
             verb = d.get("verb", "").strip('"')
-            if verb in verbs and d.get("resource", "").strip('"') in ("deployments", "events"):
+            if verb in verbs and d.get("resource", "").strip('"') in resources:
                 out[verb] = out.get(verb, 0) + float(line.rsplit(" ", 1)[1])
     return out
 
@@ -486,7 +490,7 @@ def main() -> int:
     ap.add_argument("--churn-seconds", type=float, default=600)
     ap.add_argument("--churn-rate", type=float, default=5, help="changes per second during the churn run")
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--out", default=None, help="markdown file to write (default docs/benchmarks.md)")
+    ap.add_argument("--out", default=None, help="markdown file to write (default docs/benchmarks-classic.md)")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     env = Env(a)
@@ -613,7 +617,7 @@ def main() -> int:
               f"{ch['second_half_max'] / 1024:.1f} MiB ({ch['samples']} samples) |", ""]
     text = "\n".join(lines)
     print("\n" + text)
-    out = Path(a.out) if a.out else ROOT / "docs" / "benchmarks.md"
+    out = Path(a.out) if a.out else ROOT / "docs" / "benchmarks-classic.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log(f"written to {out}")
