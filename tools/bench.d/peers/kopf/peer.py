@@ -217,7 +217,6 @@ async def listen(queue: asyncio.Queue, pending: set, logger) -> None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, logger, **_):
     settings.posting.enabled = False  # no Kopf Events for the Deployments it watches
-    settings.persistence.finalizer = "sync-airbnb.io/peer-kopf"
     logging.getLogger("kopf").setLevel(logging.WARNING)
     # asyncio.to_thread's default pool is min(32, cores + 4) threads: 6 here.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(CONCURRENCY + 4))
