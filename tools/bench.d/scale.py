@@ -69,9 +69,9 @@ class Proc:
         self.port = bench.free_port()
         variant = system.split("-", 1)[1] if "-" in system else ""
         e = {**os.environ, "DATABASE_URL": db, "KUBECONFIG": env.kubeconfig, "OPERATOR_NAMESPACE": ns,
-             "NAMESPACE": ns, "HEALTH_ADDR": f"127.0.0.1:{self.port}", "LOG_LEVEL": "warn",
-             "LEADER_ELECT": "false", "PEER_VARIANT": variant, "POLL_SECONDS": str(a.poll),
-             "RESYNC_INTERVAL_SECONDS": str(a.resync), "DELETE_BUDGET": "1000000",
+             "NAMESPACE": ns, "HEALTH_ADDR": f"127.0.0.1:{self.port}", "LOG_LEVEL": os.environ.get("BENCH_SYSTEM_LOG_LEVEL", "warn"),
+             "LEADER_ELECT": "false", "PEER_VARIANT": variant, "POLL_SECONDS": f"{a.poll:g}",
+             "RESYNC_INTERVAL_SECONDS": f"{a.resync:g}", "DELETE_BUDGET": "1000000",
              "CONCURRENCY": str(a.concurrency), **QPS}
         if rules_dir:
             e["RULES_DIR"] = rules_dir
@@ -84,7 +84,7 @@ class Proc:
                    str(PEERS / "kopf" / "peer.py")]
         else:
             raise ValueError(system)
-        self.log = open(Path(a.log_dir) / f"{system}-{ns}.log", "w")
+        self.log = open(Path(a.log_dir) / f"{system}-{ns}.log", "a")  # a restart appends
         self.started = time.time()
         self.proc = subprocess.Popen(cmd, env=e, stdout=self.log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
@@ -194,6 +194,16 @@ def run_point(env: Env, a, system: str, n: int) -> dict:
         rules_dir = tempfile.mkdtemp(prefix="bench-rules-")
         shutil.copytree(ROOT / "lua" / "rules", rules_dir, dirs_exist_ok=True)
     p = Proc(system, env, db, ns, a, rules_dir)
+    t_point = p.started
+
+    def over_budget(phase: str) -> bool:
+        """The point's time budget is spent: the remaining phases are skipped, and said so."""
+        if time.time() - t_point < a.budget:
+            return False
+        r["skipped"] = phase
+        log(f"  {system} {n}: time budget ({a.budget:g} s) spent; skipping from {phase} on")
+        return True
+
     try:
         # 1. convergence from empty
         deadline = p.started + a.cap
@@ -222,6 +232,8 @@ def run_point(env: Env, a, system: str, n: int) -> dict:
                      "rss": rss, "pss": pss}
         log(f"  {system} {n}: idle {r['idle']}")
         # 3. latency with N present
+        if over_budget("latency"):
+            return r
         slack = 2 * period + 60
         new = [f"lat{i:05d}" for i in range(a.changes)]
         commit = changes(db, new, "INSERT INTO airbnb.accounts (account_id, airbnb_cookie, x_client_version,"
@@ -234,6 +246,8 @@ def run_point(env: Env, a, system: str, n: int) -> dict:
         log(f"  {system} {n}: latency p99 create/roll/delete {r['create']['p99']:.3f}/{r['roll']['p99']:.3f}/"
             f"{r['delete']['p99']:.3f} s")
         # 4. burst: min(N, 10000) credential changes within one second
+        if over_budget("burst"):
+            return r
         m = min(n, a.burst)
         burst_ids = ids[:m]
         tx = 10
@@ -256,6 +270,8 @@ def run_point(env: Env, a, system: str, n: int) -> dict:
         r["burst"] = b
         log(f"  {system} {n}: burst {m}: all seen after {b['last']:.1f} s, missing {b['missing']}")
         # 5. no-op rules reload (operator), rolls committed while it runs
+        if over_budget("reload"):
+            return r
         if rules_dir:
             reloads0 = p_metric(p, 'sync_airbnb_operator_rules_reloads_total{result="success"}')
             with open(Path(rules_dir) / "deployment.lua", "a") as f:
@@ -276,6 +292,8 @@ def run_point(env: Env, a, system: str, n: int) -> dict:
             r["reload"] = {"seconds": rt, **latencies(RollsAfter(watcher, during), during, time.time() + slack)}
             log(f"  {system} {n}: reload {rt} s, p99 during it {r['reload']['p99']:.3f} s")
         # 6. restart with all workers present
+        if over_budget("restart"):
+            return r
         p.stop()
         r["peak_rss"] = p.peak_rss
         r["peak_pss"] = p.peak_pss
@@ -315,7 +333,7 @@ def p_metric(p: Proc, key: str) -> float:
 def ms(v) -> str:
     if v is None or v != v:
         return "—"
-    return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
+    return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s" if v < 10 else f"{v:.1f} s"
 
 
 def mib(kib) -> str:
@@ -487,6 +505,9 @@ def main() -> int:
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
     ap.add_argument("--cap", type=float, default=900, help="seconds per system per scale point (convergence; "
                     "the burst and the restart each get this too)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds per system per scale point for every "
+                    "phase together (default 4 x --cap); phases past it are skipped, and the report says so")
+    ap.add_argument("--from-json", default=None, help="write the report and charts from an earlier --json file")
     ap.add_argument("--changes", type=int, default=100, help="changes per latency kind")
     ap.add_argument("--gap", type=float, default=0.1, help="seconds between two latency changes")
     ap.add_argument("--reload-gap", type=float, default=0.02, help="seconds between two rolls during the reload")
@@ -501,7 +522,8 @@ def main() -> int:
     ap.add_argument("--charts", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--note", default="", help="a sentence for the report (e.g. what else ran on the machine)")
     ap.add_argument("--out", default=None, help="markdown file (default docs/benchmarks.md); charts beside it")
-    ap.add_argument("--json", default=None, help="also write the raw figures here")
+    ap.add_argument("--json", default=None, help="where the raw figures go, after every point (default: --out "
+                    "with .json)")
     ap.add_argument("--log-dir", default=os.environ.get("BENCH_LOG_DIR", "/tmp"))
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -512,10 +534,23 @@ def main() -> int:
             ap.error(f"unknown system {s}")
     if any(s.startswith("kubebuilder") for s in a.systems) and not a.kubebuilder:
         ap.error("--kubebuilder BINARY is needed for the kubebuilder peers")
-    a.binary_args = None
+    a.budget = a.budget or 4 * a.cap
+    out = Path(a.out) if a.out else ROOT / "docs" / "benchmarks.md"
+    if a.from_json:
+        saved = json.loads(Path(a.from_json).read_text())
+        results, ceilings = saved["results"], {int(k): v for k, v in saved["ceilings"].items()}
+        a.command = a.command or saved.get("command")
+        a.scales = sorted({r["n"] for r in results})
+        a.systems = list(dict.fromkeys(r["system"] for r in results))
+        return write_report(a, results, ceilings, out)
     env = Env(a)
     results, ceilings = [], {}
-    out = Path(a.out) if a.out else ROOT / "docs" / "benchmarks.md"
+    raw = Path(a.json) if a.json else out.with_suffix(".json")
+
+    def save():
+        """The figures so far: a run cut short still leaves a report (--from-json)."""
+        raw.write_text(json.dumps({"results": results, "ceilings": ceilings, "command": a.command}, indent=1))
+
     for n in a.scales:
         for s in a.systems:
             log(f"{s}: {n} accounts")
@@ -526,13 +561,21 @@ def main() -> int:
                 results.append({"system": s, "n": n, "conv": {"seconds": 0, "reached": 0, "rate": 0,
                                                               "capped": True, "died": True, "peak_rss": 0},
                                 "error": str(e), "peak_rss": 0, "peak_pss": 0})
+            save()
         if not a.no_ceiling:
             log(f"ceiling: {n} of the operator's Deployments, 16 parallel clients")
             ceilings[n] = bench.ceiling(env, n, "operator")[0]
-        if a.json:
-            Path(a.json).write_text(json.dumps({"results": results, "ceilings": ceilings}, indent=1))
+            save()
+    return write_report(a, results, ceilings, out)
+
+
+def write_report(a, results: list[dict], ceilings: dict, out: Path) -> int:
     command = a.command or " ".join(map(shlex.quote, sys.argv))
     text = report(a, results, ceilings, command)
+    skipped = [r for r in results if "skipped" in r]
+    if skipped:
+        text += ("\nNot measured, the point's time budget (--budget) spent: " + "; ".join(
+            f"{r['system']} at {r['n']} from the {r['skipped']} phase on" for r in skipped) + ".\n")
     failed = [r for r in results if "error" in r]
     if a.strict:  # the smoke run: every system must converge, roll, delete and catch up
         failed += [{**r, "error": "did not get through every phase"} for r in results
