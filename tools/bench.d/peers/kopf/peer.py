@@ -144,12 +144,16 @@ def reconcile(db: psycopg.Connection, apps: client.AppsV1Api, account_id: str) -
         if live is None:
             try:
                 apps.create_namespaced_deployment(NS, deployment(account_id, fp), field_manager="sync-airbnb-peer-kopf")
+                live = fp
             except client.ApiException as e:
                 if e.status != 409:
                     raise
+                # there already (the cache is behind): compare with the live one
+                d = apps.read_namespaced_deployment(name, NS)
+                live = (d.spec.template.metadata.annotations or {}).get(FP, "")
             if VARIANT != "seed":
-                CACHE[name] = fp  # until the watch confirms it: no second create
-        elif live != fp:
+                CACHE[name] = live  # until the watch confirms it: no second create
+        if live != fp:
             apps.patch_namespaced_deployment(name, NS, {"spec": {"template": {"metadata": {"annotations": {FP: fp}}}}},
                                              field_manager="sync-airbnb-peer-kopf")
             if VARIANT != "seed":
