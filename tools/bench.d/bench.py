@@ -336,7 +336,7 @@ def operator_bodies(env: Env, n: int, ns: str) -> list[str]:
     return bodies
 
 
-def ceiling(env: Env, n: int, objects: str, threads: int = 16) -> tuple[float, float, int]:
+def ceiling(env: Env, n: int, objects: str, threads: int = 16, cap: float | None = None) -> tuple[float, float, int]:
     """The API server's own create throughput: a tight parallel create loop
     of n Deployments, either the operator's own (objects="operator") or the
     seed's template that the baseline creates (objects="seed"): the API
@@ -357,7 +357,12 @@ def ceiling(env: Env, n: int, objects: str, threads: int = 16) -> tuple[float, f
     token = bearer(env)
     local = threading.local()
 
+    deadline = time.time() + cap if cap else None
+    done = [0]
+
     def create(i: int) -> None:
+        if deadline and time.time() > deadline:
+            return  # capped: the rate is of the creates made until then
         if not hasattr(local, "c"):
             local.c = raw_conn(env)
         local.c.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments?fieldManager=bench-ceiling", bodies[i],
@@ -366,13 +371,16 @@ def ceiling(env: Env, n: int, objects: str, threads: int = 16) -> tuple[float, f
         r.read()
         if r.status != 201:
             raise RuntimeError(f"ceiling create {i}: {r.status}")
+        with lock:
+            done[0] += 1
 
+    lock = threading.Lock()
     t0 = time.time()
     try:
         with ThreadPoolExecutor(threads) as ex:
             list(ex.map(create, range(n)))
-        posted = n / (time.time() - t0)
-        seen = n / (watcher.wait_count(n, 600) - t0)
+        posted = done[0] / (time.time() - t0)
+        seen = done[0] / (watcher.wait_count(done[0], 600) - t0)
     finally:
         watcher.stop()
         env.drop_ns(ns)
