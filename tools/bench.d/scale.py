@@ -468,10 +468,15 @@ def report(a, results: list[dict], ceilings: dict, command: str) -> str:
             peers = [v for k, v in vals.items() if k != "operator" and v is not None]
             if len(peers) < 2:
                 verdict = "—"
-            elif better_high:
-                verdict = "yes" if all(vals["operator"] > v for v in peers) else "**no**"
             else:
-                verdict = "yes" if all(vals["operator"] < v for v in peers) else "**no**"
+                best = max(peers) if better_high else min(peers)
+                op = vals["operator"]
+                if op == best:
+                    verdict = "level with the best"
+                elif (op > best) == better_high:
+                    verdict = "yes"
+                else:
+                    verdict = "**no**"
             cells = [fmt(vals[s]) if vals[s] is not None else "—" for s in ("operator", "kubebuilder-best", "kopf-best")]
             L.append(f"| {n} | {label} | " + " | ".join(cells) + f" | {verdict} |")
     L += ["", "History: the figures of earlier runs (the seed-loop baseline, churn, the default client limit) are in "
