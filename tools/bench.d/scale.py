@@ -459,8 +459,8 @@ def report(a, results: list[dict], ceilings: dict, command: str) -> str:
             vals = {}
             for s in ("operator", "kubebuilder-best", "kopf-best"):
                 r = by.get((s, n))
-                try:
-                    vals[s] = fn(r) if r else None
+                try:  # a capped point did less work: not compared
+                    vals[s] = fn(r) if r and not r["conv"]["capped"] else None
                 except (KeyError, TypeError):
                     vals[s] = None
             if vals["operator"] is None:
@@ -523,8 +523,12 @@ def targets(by: dict, scales: list[int], ceilings: dict) -> list[str]:
 
     ce = ceilings.get(n)
     share = 100 * r["conv"]["rate"] / ce if ce else None
-    row("convergence ≥ 90 % of the API server's ceiling", f"{share:.0f} %" if share else "no ceiling", 
-        share >= 90 if share else None)
+    if share and share > 105:  # the ceiling's own client was starved: it is no ceiling
+        row("convergence ≥ 90 % of the API server's ceiling",
+            f"{share:.0f} %: above the ceiling, so the ceiling did not measure the API server", None)
+    else:
+        row("convergence ≥ 90 % of the API server's ceiling", f"{share:.0f} %" if share else "no ceiling",
+            share >= 90 if share else None)
     row("peak RSS ≤ 64 MiB (image build; here the release build, the same static libraries)",
         mib(r["peak_rss"]), r["peak_rss"] <= 64 * 1024)
     if "idle" in r:
@@ -590,7 +594,8 @@ def charts(a, results: list[dict], ceilings: dict, outdir: Path) -> None:
     save(fig, axes[0], CHARTS[0][0])
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    panel(ax, lambda r: r["peak_rss"] / 1024 if r.get("peak_rss") else None, "peak RSS (MiB)")
+    panel(ax, lambda r: r["peak_rss"] / 1024 if r.get("peak_rss") and not r["conv"]["capped"] else None,
+          "peak RSS (MiB), points that converged")
     save(fig, ax, CHARTS[1][0])
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
