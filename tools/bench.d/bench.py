@@ -330,9 +330,12 @@ def operator_bodies(env: Env, n: int, ns: str) -> list[str]:
                          env={**os.environ, "DATABASE_URL": db, "OPERATOR_NAMESPACE": ns, "LOG_LEVEL": "error"})
     if out.returncode not in (0, 2):  # 2: changes pending, which is the point
         raise RuntimeError(f"plan -o json: exit {out.returncode}: {out.stderr[-500:]}")
-    bodies = [json.dumps(a["object"]) for a in json.loads(out.stdout)["actions"] if a["action"] == "create"]
+    plan = json.loads(out.stdout)
+    bodies = [json.dumps(a["object"]) for a in plan["actions"] if a["action"] == "create"]
     if len(bodies) != n:
-        raise RuntimeError(f"plan -o json: {len(bodies)} creates for {n} accounts")
+        others = [(a["action"], a.get("account_id"), a.get("reason")) for a in plan["actions"] if a["action"] != "create"]
+        raise RuntimeError(f"plan -o json: {len(bodies)} creates for {n} accounts; summary {plan.get('summary')}; "
+                           f"the others: {others[:3]}; its log: {out.stderr[-300:]}")
     return bodies
 
 
