@@ -138,6 +138,7 @@ class Watcher:
         self.deleted: dict[str, float] = {}
         self.fingerprint: dict[str, str] = {}
         self.rolled: dict[str, float] = {}
+        self.rolls: dict[str, list[float]] = {}  # every fingerprint change, in order
         self.lock = threading.Lock()
         self.stop_flag = False
         lst = env.apps.list_namespaced_deployment(ns)
@@ -168,6 +169,7 @@ class Watcher:
                             self.deleted.setdefault(name, now)
                         elif ev["type"] == "MODIFIED" and fp and self.fingerprint.get(name) not in (None, fp):
                             self.rolled.setdefault(name, now)
+                            self.rolls.setdefault(name, []).append(now)
                         if fp:
                             self.fingerprint[name] = fp
                     if self.stop_flag:
@@ -241,6 +243,7 @@ class System:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
         self.log.close()
 
 
@@ -256,7 +259,8 @@ def raw_conn(env: Env) -> http.client.HTTPSConnection:
     return http.client.HTTPSConnection(h, int(p), context=ctx, timeout=30)
 
 
-def apiserver_requests(env: Env, verbs=("GET", "LIST", "WATCH", "POST", "PUT", "PATCH", "DELETE")) -> dict:
+def apiserver_requests(env: Env, verbs=("GET", "LIST", "WATCH", "POST", "PUT", "PATCH", "DELETE"),
+                       resources=("deployments", "events")) -> dict:
     """The API server's own request counters (apiserver_request_total) by verb."""
     c = raw_conn(env)
     c.request("GET", "/metrics", headers={"Authorization": bearer(env)})
@@ -268,7 +272,7 @@ def apiserver_requests(env: Env, verbs=("GET", "LIST", "WATCH", "POST", "PUT", "
             labels = line[line.index("{") + 1:line.rindex("}")]
             d = dict(kv.split("=", 1) for kv in labels.split(","))
             verb = d.get("verb", "").strip('"')
-            if verb in verbs and d.get("resource", "").strip('"') in ("deployments", "events"):
+            if verb in verbs and d.get("resource", "").strip('"') in resources:
                 out[verb] = out.get(verb, 0) + float(line.rsplit(" ", 1)[1])
     return out
 
@@ -326,13 +330,16 @@ def operator_bodies(env: Env, n: int, ns: str) -> list[str]:
                          env={**os.environ, "DATABASE_URL": db, "OPERATOR_NAMESPACE": ns, "LOG_LEVEL": "error"})
     if out.returncode not in (0, 2):  # 2: changes pending, which is the point
         raise RuntimeError(f"plan -o json: exit {out.returncode}: {out.stderr[-500:]}")
-    bodies = [json.dumps(a["object"]) for a in json.loads(out.stdout)["actions"] if a["action"] == "create"]
+    plan = json.loads(out.stdout)
+    bodies = [json.dumps(a["object"]) for a in plan["actions"] if a["action"] == "create"]
     if len(bodies) != n:
-        raise RuntimeError(f"plan -o json: {len(bodies)} creates for {n} accounts")
+        others = [(a["action"], a.get("account_id"), a.get("reason")) for a in plan["actions"] if a["action"] != "create"]
+        raise RuntimeError(f"plan -o json: {len(bodies)} creates for {n} accounts; summary {plan.get('summary')}; "
+                           f"the others: {others[:3]}; its log: {out.stderr[-300:]}")
     return bodies
 
 
-def ceiling(env: Env, n: int, objects: str, threads: int = 16) -> tuple[float, float, int]:
+def ceiling(env: Env, n: int, objects: str, threads: int = 16, cap: float | None = None) -> tuple[float, float, int]:
     """The API server's own create throughput: a tight parallel create loop
     of n Deployments, either the operator's own (objects="operator") or the
     seed's template that the baseline creates (objects="seed"): the API
@@ -353,7 +360,12 @@ def ceiling(env: Env, n: int, objects: str, threads: int = 16) -> tuple[float, f
     token = bearer(env)
     local = threading.local()
 
+    deadline = time.time() + cap if cap else None
+    done = [0]
+
     def create(i: int) -> None:
+        if deadline and time.time() > deadline:
+            return  # capped: the rate is of the creates made until then
         if not hasattr(local, "c"):
             local.c = raw_conn(env)
         local.c.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments?fieldManager=bench-ceiling", bodies[i],
@@ -362,13 +374,16 @@ def ceiling(env: Env, n: int, objects: str, threads: int = 16) -> tuple[float, f
         r.read()
         if r.status != 201:
             raise RuntimeError(f"ceiling create {i}: {r.status}")
+        with lock:
+            done[0] += 1
 
+    lock = threading.Lock()
     t0 = time.time()
     try:
         with ThreadPoolExecutor(threads) as ex:
             list(ex.map(create, range(n)))
-        posted = n / (time.time() - t0)
-        seen = n / (watcher.wait_count(n, 600) - t0)
+        posted = done[0] / (time.time() - t0)
+        seen = done[0] / (watcher.wait_count(done[0], 600) - t0)
     finally:
         watcher.stop()
         env.drop_ns(ns)
@@ -486,7 +501,7 @@ def main() -> int:
     ap.add_argument("--churn-seconds", type=float, default=600)
     ap.add_argument("--churn-rate", type=float, default=5, help="changes per second during the churn run")
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--out", default=None, help="markdown file to write (default docs/benchmarks.md)")
+    ap.add_argument("--out", default=None, help="markdown file to write (default docs/benchmarks-classic.md)")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     env = Env(a)
@@ -613,7 +628,7 @@ def main() -> int:
               f"{ch['second_half_max'] / 1024:.1f} MiB ({ch['samples']} samples) |", ""]
     text = "\n".join(lines)
     print("\n" + text)
-    out = Path(a.out) if a.out else ROOT / "docs" / "benchmarks.md"
+    out = Path(a.out) if a.out else ROOT / "docs" / "benchmarks-classic.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log(f"written to {out}")
