@@ -28,6 +28,7 @@
 #include "ownership.h"
 #include "pg.h"
 #include "reconcile.h"
+#include "rollout.h"
 #include "rules.h"
 #include "strmap.h"
 #include "util.h"
@@ -59,6 +60,7 @@ typedef struct ctl {
     cache *cache;
 
     rules *rules;
+    rollout *rollout; /* rules changes in waves (rollout.h) */
     uv_fs_event_t rules_watch;
     uv_timer_t reload_timer;
 
@@ -114,6 +116,7 @@ typedef struct backoff {
 } backoff;
 
 static void kick(ctl *c);
+static void rollout_step(ctl *c);
 static void kick_after(ctl *c, uint64_t ms);
 static void publish(ctl *c);
 
@@ -539,7 +542,7 @@ static void db_lost(ctl *c, const char *why);
 static int ready_to_plan(ctl *c)
 {
     return !c->stopping && c->db_up && c->schema_ok && c->cache && cache_synced(c->cache) &&
-           rules_host(c->rules) != NULL && is_leader(c);
+           rules_host(c->rules) != NULL && is_leader(c) && rollout_ready(c->rollout, c->rules);
 }
 
 static void set_pass_error(ctl *c, const char *err)
@@ -704,6 +707,7 @@ static void pass(ctl *c)
     }
     set_pass_error(c, NULL);
     hold_mass_deletes(c, &plan);
+    rollout_filter(c->rollout, c->db, cache_deployments(c->cache), &plan); /* workers not reached: previous rules */
     int writes = 0;
     for (size_t i = 0; i < plan.n; i++) {
         /* Only a delete that was sent uses the budget. */
@@ -882,6 +886,7 @@ static void on_db_connected(ctl *c)
     db_watch_socket(c);
     log_info("database connected; listening", "channel", NOTIFY_CHANNEL, NULL);
     check_schema(c);
+    rollout_invalidate(c->rollout);
     kick_full(c); /* notifications may have been missed */
 }
 
@@ -1022,6 +1027,7 @@ static void reload_rules(ctl *c)
         post_event_on(c, "coordination.k8s.io/v1", "Lease", c->cfg->lease_name, NULL, "RulesReloaded",
                       "new rules loaded, self-checked and planned over the live accounts", 0);
         kick_full(c);
+        rollout_step(c); /* a rendered change starts a rollout before that pass */
     } else {
         metrics_add("sync_airbnb_operator_rules_reloads_total", "result=\"failure\"", 1);
         char msg[1200];
@@ -1064,6 +1070,7 @@ static void on_leader_async(uv_async_t *a)
     if (now != c->was_leader) {
         log_info(now ? "became leader; reconciling" : "not the leader; standing by", NULL);
         c->was_leader = now;
+        rollout_invalidate(c->rollout); /* the rollout goes on from its stored state */
         if (now)
             kick_full(c);
         else
@@ -1108,10 +1115,39 @@ static void kube_stat(const char *verb, long code, unsigned long count, void *ud
     metrics_set("sync_airbnb_operator_api_requests_total", labels, (double)count);
 }
 
+/* The rollout's turn (rollout.h): start, judge, advance, halt; the accounts
+ * it reaches or rolls back are planned again. */
+static void rollout_step(ctl *c)
+{
+    if (c->stopping || !c->db_up || !c->schema_ok || c->cache == NULL || !cache_synced(c->cache) || !is_leader(c))
+        return;
+    strmap again = STRMAP_INIT;
+    int full = rollout_tick(c->rollout, c->db, c->rules, c->cache, &again);
+    size_t it = 0;
+    const char *k;
+    while (strmap_next(&again, &it, &k, NULL))
+        enqueue(c, k);
+    strmap_free(&again);
+    if (full)
+        kick_full(c);
+}
+
+static void report_rollout(void *ud, const char *event, const char *name, const char *message, int warning)
+{
+    ctl *c = ud;
+    log_msg(warning ? LOG_WARN : LOG_INFO, "rollout", "event", event, "deployment", name ? name : "", "detail",
+            message, NULL);
+    audit_write(c->db_up ? c->db : NULL, c->cfg->identity, "rollout", NULL, name, message);
+    post_event_on(c, "coordination.k8s.io/v1", "Lease", c->cfg->lease_name, NULL, event, message, warning);
+    if (name)
+        post_event_on(c, "apps/v1", "Deployment", name, NULL, event, message, warning);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     ctl *c = t->data;
     health_beat(); /* the loop is turning: /healthz and the Lease depend on it */
+    rollout_step(c);
     if (c->resyncs_postponed > 0 && !resync_must_wait(c) && c->inflight.len == 0) {
         c->resyncs_postponed = 0;
         kick_full(c);
@@ -1220,7 +1256,9 @@ static void publish(ctl *c)
     buf_printf(&b, "},\"holds\":{\"active\":%s,\"held_deletes\":%d,", c->held_deletes > 0 ? "true" : "false",
                c->held_deletes);
     json_kv_str(&b, "reason", c->hold_reason);
-    buf_printf(&b, "},\"inflight\":%zu}}", c->inflight.len);
+    buf_puts(&b, "},\"rollout\":");
+    rollout_json(c->rollout, &b);
+    buf_printf(&b, ",\"inflight\":%zu}}", c->inflight.len);
     health_publish(c->health, ready, b.data);
     buf_free(&b);
 }
@@ -1278,6 +1316,7 @@ static void declare_metrics(void)
     metrics_declare("sync_airbnb_operator_deletes_held", METRICS_GAUGE, "Deletes currently held (empty set or budget).");
     metrics_declare("sync_airbnb_operator_leader", METRICS_GAUGE, "1 when this process holds the Lease.");
     metrics_declare("sync_airbnb_operator_schema_at_head", METRICS_GAUGE, "1 when the database schema is at head.");
+    rollout_declare_metrics();
 }
 
 int run_main(const config *cfg, int argc, char **argv)
@@ -1310,6 +1349,7 @@ int run_main(const config *cfg, int argc, char **argv)
     }
     health_beat_init((unsigned)cfg->loop_stall_s * 1000u);
     c->rules = rules_new(cfg);
+    c->rollout = rollout_new(cfg, report_rollout, c);
     rules_set_check(c->rules, check_candidate, c);
     rules_keep_last_good(c->rules);
     if (rules_load_at_start(c->rules, err, sizeof err) < 0) {
@@ -1416,6 +1456,7 @@ out:
     audit_flush(&c->audit, c->db_up ? c->db : NULL, c->cfg->identity); /* what the last iteration queued */
     pg_close(c->db);
     rules_free(c->rules);
+    rollout_free(c->rollout);
     strmap_free(&c->pending);
     backlog_clear(c);
     strmap_free(&c->inflight);

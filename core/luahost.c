@@ -622,7 +622,7 @@ static int lua_file_filter(const struct dirent *d)
     return 1;
 }
 
-int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
+int luahost_dir_bundle(const char *dir, buf *all, char *err, size_t errlen)
 {
     struct dirent **names = NULL;
     int n = scandir(dir, &names, lua_file_filter, alphasort);
@@ -630,7 +630,6 @@ int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
         util_seterr(err, errlen, "cannot read rules directory %s: %s", dir, strerror(errno));
         return -1;
     }
-    buf all = {0};
     int rc = 0;
     for (int i = 0; i < n; i++) {
         char *path = xasprintf("%s/%s", dir, names[i]->d_name);
@@ -640,10 +639,10 @@ int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
             util_seterr(err, errlen, "cannot read %s: %s", path, strerror(errno));
             rc = -1;
         } else {
-            buf_puts(&all, names[i]->d_name);
-            buf_putc(&all, '\0');
-            buf_append(&all, data, len);
-            buf_putc(&all, '\0');
+            buf_puts(all, names[i]->d_name);
+            buf_putc(all, '\0');
+            buf_append(all, data, len);
+            buf_putc(all, '\0');
         }
         free(data);
         free(path);
@@ -651,6 +650,13 @@ int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
     for (int i = 0; i < n; i++)
         free(names[i]);
     free(names);
+    return rc;
+}
+
+int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
+{
+    buf all = {0};
+    int rc = luahost_dir_bundle(dir, &all, err, errlen);
     if (rc == 0)
         util_sha256_hex(all.data ? all.data : "", all.len, out);
     buf_free(&all);

@@ -17,6 +17,7 @@ int run_main(const config *cfg, int argc, char **argv) __attribute__((weak));
 int plan_main(const config *cfg, int argc, char **argv) __attribute__((weak));
 int status_main(const config *cfg, int argc, char **argv) __attribute__((weak));
 int repl_main(const config *cfg, int argc, char **argv) __attribute__((weak));
+int rollout_main(const config *cfg, int argc, char **argv) __attribute__((weak));
 
 typedef int (*command_fn)(const config *cfg, int argc, char **argv);
 
@@ -31,7 +32,7 @@ typedef struct command {
     command_fn builtin;
 } command;
 
-static command_fn run_ref, migrate_ref, plan_ref, status_ref, repl_ref;
+static command_fn run_ref, migrate_ref, plan_ref, status_ref, repl_ref, rollout_ref;
 
 static const command commands[] = {
     {"run", "run [flags]", "watch the accounts table and keep one worker Deployment per active account",
@@ -75,6 +76,12 @@ static const command commands[] = {
      "Piped stdin: no banner or prompts, stops at the first error with exit 1:\n"
      "  echo 'print(#plan())' | sync-airbnb-operator repl\n",
      &repl_ref, NULL},
+    {"rollout", "rollout [status|resume|abort] [flags]", "show, resume or abort the rules rollout in waves",
+     "  status  the rollout's phase, waves and reached workers (default; -o json for JSON)\n"
+     "  resume  start the halted (or aborted) wave again\n"
+     "  abort   put every reached worker back on the previous rules until newer rules arrive\n"
+     "The leader acts on resume/abort within a few seconds (docs/rules.md, Rollouts).\n",
+     &rollout_ref, NULL},
     {"version", "version", "print the version", "", NULL, version_main},
 };
 
@@ -112,6 +119,7 @@ int main(int argc, char **argv)
     plan_ref = plan_main;
     status_ref = status_main;
     repl_ref = repl_main;
+    rollout_ref = rollout_main;
 
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);

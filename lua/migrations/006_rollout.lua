@@ -2,7 +2,8 @@
 -- one row, so that a restarted operator or a new leader resumes a rollout
 -- where it stood. from_rules/to_rules hold the rules files (name -> text)
 -- the workers not yet reached keep being planned with. No credential is
--- ever stored here: rules files and Deployment names only.
+-- ever stored here: rules files and Deployment names only. The rules are
+-- stored as luahost_dir_bundle() makes them: name NUL text NUL, per file.
 return {
   id = "006_rollout",
   description = "rollout: the state of the rules rollout in waves (one row)",
@@ -13,10 +14,10 @@ CREATE TABLE IF NOT EXISTS %s.rollout (
     phase           text NOT NULL,
     from_version    text,
     from_image      text,
-    from_rules      jsonb,
+    from_rules      bytea,
     to_version      text NOT NULL,
     to_image        text NOT NULL,
-    to_rules        jsonb,
+    to_rules        bytea,
     members         jsonb NOT NULL DEFAULT '[]',
     waves           jsonb NOT NULL DEFAULT '[]',
     wave            integer NOT NULL DEFAULT 0,
