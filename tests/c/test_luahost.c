@@ -35,7 +35,7 @@ static void write_file(const char *dir, const char *name, const char *content)
 static char *copy_shipped_rules(const char *src, const char *name, const char *extra)
 {
     static const char *const files[] = {"deployment.lua", "examples.lua", "fingerprint.lua", "naming.lua",
-                                        "plan.lua", "rules.lua", "validate.lua", NULL};
+                                        "plan.lua", "rollout.lua", "rules.lua", "validate.lua", NULL};
     char *dir = mkdir_rules(name);
     for (int i = 0; files[i]; i++) {
         char *path = xasprintf("%s/%s", src, files[i]);

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 import pytest
 
 from operator_harness import run_cli, wait_for
-from rules_dir import HOSTILE, PWNED, ConfigMapDir, rules_files, rules_version, write_plain
+from rules_dir import HOSTILE, NO_SOAK, PWNED, ConfigMapDir, rules_files, rules_version, write_plain
 
 ACCOUNTS = ("4001", "4002", "4003")
 # plan() fails as a whole, but only for an id no example or sample has: only the live
@@ -199,7 +199,7 @@ def test_rules_failing_only_on_live_accounts_are_rejected(tmp_path, pg, cluster,
 
 def test_configmap_swap_takes_effect_and_rolls_the_workers(tmp_path, pg, cluster, namespace, migrated_db,
                                                            operator_factory, kubeconfig):
-    good = rules_files()
+    good = rules_files(NO_SOAK)  # the change goes out in waves (1, then 2), without a soak
     cm = ConfigMapDir(tmp_path / "rules", good)
     op = start(pg, cluster, migrated_db, namespace, operator_factory, cm.path)
     quiesce(op)
@@ -210,7 +210,7 @@ def test_configmap_swap_takes_effect_and_rolls_the_workers(tmp_path, pg, cluster
     timings = []
     for round_ in range(1, 6):
         value = f"v{round_}"
-        new = rules_files({"deployment.lua": [(MODE_ENV, MODE_ENV + f'        {{ name = "RULES_ROLLOUT", value = "{value}" }},\n')]})
+        new = rules_files({**NO_SOAK, "deployment.lua": [(MODE_ENV, MODE_ENV + f'        {{ name = "RULES_ROLLOUT", value = "{value}" }},\n')]})
         version = rules_version(new)
 
         # what a user does first: check the candidate, see what it would change
@@ -263,10 +263,10 @@ def test_configmap_swap_takes_effect_and_rolls_the_workers(tmp_path, pg, cluster
 
 
 def test_plain_file_edit_takes_effect(tmp_path, pg, cluster, namespace, migrated_db, operator_factory):
-    rules = write_plain(tmp_path / "rules", rules_files())
+    rules = write_plain(tmp_path / "rules", rules_files(NO_SOAK))
     op = start(pg, cluster, migrated_db, namespace, operator_factory, rules)
     quiesce(op)
-    edited = rules_files({"deployment.lua": [(MODE_ENV, MODE_ENV + '        { name = "EDITED_IN_PLACE", value = "yes" },\n')]})
+    edited = rules_files({**NO_SOAK, "deployment.lua": [(MODE_ENV, MODE_ENV + '        { name = "EDITED_IN_PLACE", value = "yes" },\n')]})
     t_edit = time.time()
     (rules / "deployment.lua").write_text(edited["deployment.lua"])
     effect = wait_for(lambda: [r for r in op.logs() if r.get("msg") == "rules in effect"
