@@ -18,6 +18,7 @@
 #include "migrate.h"
 #include "pg.h"
 #include "reconcile.h"
+#include "rollout.h"
 
 #define BOOLOID 16
 #define CLI_CHECK_ROWS 256 /* accounts a reload check plans over, as run's PLAN_CHUNK */
@@ -294,6 +295,8 @@ static int make_plan(cli_view *v, plan_result *out, char *err, size_t errlen)
     plan_input in = {.accounts = accounts, .observed = &observed, .full = 1, .active_total = -1,
                      .delete_allowance = cfg->delete_budget, .settled = NULL, .max_rows = 0};
     int rc = rec_plan(r, cfg, &in, out, err, errlen);
+    if (rc == 0) /* workers a rollout has not reached: planned as `run` plans them */
+        rollout_plan_filter(cfg, v->db, r, &observed, out);
     PQclear(accounts);
     cache_free_deployments(&observed);
     return rc;

@@ -170,6 +170,8 @@ void rollout_declare_metrics(void)
 
 static void publish_metrics(const rollout *ro)
 {
+    if (ro->report == NULL) /* `plan`: no metrics */
+        return;
     static const char *const phases[] = {"complete", "progressing", "halted", "aborted"};
     for (size_t i = 0; i < 4; i++) {
         char labels[48];
@@ -961,6 +963,15 @@ void rollout_filter(rollout *ro, pg_conn *db, strmap *observed, plan_result *pla
     }
     plan->n = keep;
     rec_plan_free(&dropped);
+    /* Members reached once and not any more (a rolled-back wave, an abort)
+     * that still carry what the new rules rendered: the new rules see
+     * nothing to do for them, the previous rules put them back. */
+    for (size_t i = (size_t)ro->reached; i < ro->nmembers; i++) {
+        const member *m = &ro->members[i];
+        const obs_deploy *d = m->admit_hash ? strmap_get(observed, m->name) : NULL;
+        if (d && *m->account_id && d->applied_hash && strcmp(d->applied_hash, m->admit_hash) != 0)
+            strmap_put(&ids, m->account_id, (void *)1);
+    }
     strmap_free(&reached);
     if (ids.len == 0) {
         strmap_free(&ids);
@@ -1019,6 +1030,14 @@ out:
     rec_plan_free(&old);
     strmap_free(&subset);
     strmap_free(&ids);
+}
+
+void rollout_plan_filter(const config *cfg, pg_conn *db, rules *current, strmap *observed, plan_result *plan)
+{
+    rollout *ro = rollout_new(cfg, NULL, NULL);
+    if (load(ro, db) == 0 && rollout_ready(ro, current))
+        rollout_filter(ro, db, observed, plan);
+    rollout_free(ro);
 }
 
 /* ---- reporting --------------------------------------------------------------- */

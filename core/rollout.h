@@ -34,6 +34,7 @@ typedef struct rollout rollout;
 typedef void (*rollout_report_fn)(void *ud, const char *event, const char *name, const char *message,
                                   int warning);
 
+/* report NULL: a read-only view (no metrics, nothing reported). */
 rollout *rollout_new(const config *cfg, rollout_report_fn report, void *ud);
 void rollout_free(rollout *ro);
 
@@ -62,6 +63,11 @@ int rollout_tick(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enq
  * the current rules' ones in *plan. A failure to plan them drops those
  * actions (nothing is sent for them) and is logged. */
 void rollout_filter(rollout *ro, pg_conn *db, strmap *observed, plan_result *plan);
+
+/* `plan`: what rollout_filter would make of *plan in `run` now, from the
+ * stored state (read only). Nothing happens when the rules in current are
+ * not the rollout's target (run would start a new rollout with them). */
+void rollout_plan_filter(const config *cfg, pg_conn *db, rules *current, strmap *observed, plan_result *plan);
 
 /* Declares the rollout's metrics (docs/operations.md). */
 void rollout_declare_metrics(void);
