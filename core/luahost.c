@@ -9,7 +9,9 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -651,6 +653,51 @@ int luahost_dir_bundle(const char *dir, buf *all, char *err, size_t errlen)
         free(names[i]);
     free(names);
     return rc;
+}
+
+char *luahost_bundle_unpack(const buf *b, const char *base)
+{
+    char *dir = xasprintf("%s/rollout-from-XXXXXX", base);
+    if (mkdtemp(dir) == NULL) {
+        free(dir);
+        return NULL;
+    }
+    size_t at = 0;
+    while (at < b->len) {
+        const char *name = b->data + at;
+        size_t nlen = strnlen(name, b->len - at);
+        if (at + nlen + 1 >= b->len + 1 || strchr(name, '/') || name[0] == '.')
+            break;
+        const char *data = name + nlen + 1;
+        size_t left = b->len - (at + nlen + 1), dlen = strnlen(data, left);
+        char *path = xasprintf("%s/%s", dir, name);
+        FILE *f = fopen(path, "wb");
+        if (f) {
+            fwrite(data, 1, dlen, f);
+            fclose(f);
+        }
+        free(path);
+        at += nlen + 1 + dlen + 1;
+    }
+    return dir;
+}
+
+void luahost_bundle_remove(const char *dir, const buf *b)
+{
+    size_t at = 0;
+    while (at < b->len) {
+        const char *name = b->data + at;
+        size_t nlen = strnlen(name, b->len - at);
+        const char *data = name + nlen + 1;
+        size_t dlen = at + nlen + 1 < b->len ? strnlen(data, b->len - (at + nlen + 1)) : 0;
+        if (strchr(name, '/') == NULL && name[0] != '.') {
+            char *path = xasprintf("%s/%s", dir, name);
+            unlink(path);
+            free(path);
+        }
+        at += nlen + 1 + dlen + 1;
+    }
+    rmdir(dir);
 }
 
 int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)

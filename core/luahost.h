@@ -83,5 +83,11 @@ int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
  * sorted, its name, NUL, its text, NUL (the rollout keeps rules this way).
  * Returns 0 or -1 with err. */
 int luahost_dir_bundle(const char *dir, buf *all, char *err, size_t errlen);
+/* Writes a bundle's files into a fresh directory base/rollout-from-XXXXXX
+ * (names with '/' or a leading '.' end it). Returns the directory (caller
+ * frees; luahost_bundle_remove deletes it) or NULL with errno. */
+char *luahost_bundle_unpack(const buf *b, const char *base);
+/* Removes the files of bundle b from dir, then dir. */
+void luahost_bundle_remove(const char *dir, const buf *b);
 
 #endif

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "json.h"
 #include "log.h"
@@ -361,53 +360,6 @@ static int persist(rollout *ro, pg_conn *db)
     return rc;
 }
 
-/* Writes a bundle's files into a fresh directory under base. Returns the
- * directory (caller removes and frees) or NULL. */
-static char *bundle_unpack(const buf *b, const char *base)
-{
-    char *dir = xasprintf("%s/rollout-from-XXXXXX", base);
-    if (mkdtemp(dir) == NULL) {
-        free(dir);
-        return NULL;
-    }
-    size_t at = 0;
-    while (at < b->len) {
-        const char *name = b->data + at;
-        size_t nlen = strnlen(name, b->len - at);
-        if (at + nlen + 1 >= b->len + 1 || strchr(name, '/') || name[0] == '.')
-            break;
-        const char *data = name + nlen + 1;
-        size_t left = b->len - (at + nlen + 1), dlen = strnlen(data, left);
-        char *path = xasprintf("%s/%s", dir, name);
-        FILE *f = fopen(path, "wb");
-        if (f) {
-            fwrite(data, 1, dlen, f);
-            fclose(f);
-        }
-        free(path);
-        at += nlen + 1 + dlen + 1;
-    }
-    return dir;
-}
-
-static void remove_dir(const char *dir, const buf *b)
-{
-    size_t at = 0;
-    while (at < b->len) {
-        const char *name = b->data + at;
-        size_t nlen = strnlen(name, b->len - at);
-        const char *data = name + nlen + 1;
-        size_t dlen = at + nlen + 1 < b->len ? strnlen(data, b->len - (at + nlen + 1)) : 0;
-        if (strchr(name, '/') == NULL && name[0] != '.') {
-            char *path = xasprintf("%s/%s", dir, name);
-            unlink(path);
-            free(path);
-        }
-        at += nlen + 1 + dlen + 1;
-    }
-    rmdir(dir);
-}
-
 /* Loads the previous rules from their stored files, with the previous image. */
 static int from_load(rollout *ro)
 {
@@ -416,7 +368,7 @@ static int from_load(rollout *ro)
         return -1;
     const char *base = ro->cfg->rules_state_dir && *ro->cfg->rules_state_dir ? ro->cfg->rules_state_dir : "/tmp";
     mkdir(base, 0700);
-    char *dir = bundle_unpack(&ro->from_rules, base);
+    char *dir = luahost_bundle_unpack(&ro->from_rules, base);
     if (dir == NULL) {
         log_warn("cannot write the previous rules to a directory", "dir", base, "error", strerror(errno), NULL);
         return -1;
@@ -430,7 +382,7 @@ static int from_load(rollout *ro)
         snprintf(err, sizeof err, "version %s instead of %s", rules_version(ro->from), ro->from_version);
         rc = -1;
     }
-    remove_dir(dir, &ro->from_rules);
+    luahost_bundle_remove(dir, &ro->from_rules);
     free(dir);
     if (rc < 0) {
         log_warn("cannot load the previous rules of the rollout", "error", err, NULL);
