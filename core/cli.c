@@ -787,6 +787,7 @@ int status_main(const config *cfg, int argc, char **argv)
         buf_free(&b);
     } else {
         status_print_table(&s);
+        rollout_print_summary(cfg, v->db, stdout);
     }
     status_free(&s);
     rc = 0;

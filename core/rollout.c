@@ -992,6 +992,21 @@ void rollout_plan_filter(const config *cfg, pg_conn *db, rules *current, strmap 
     rollout_free(ro);
 }
 
+void rollout_print_summary(const config *cfg, pg_conn *db, FILE *f)
+{
+    rollout *ro = rollout_new(cfg, NULL, NULL);
+    if (load(ro, db) == 0 && ro->has_row) {
+        if (phase_is(ro, "complete"))
+            fprintf(f, "rollout: complete (rules %.12s)\n", ro->to_version);
+        else
+            fprintf(f, "rollout: %s, wave %d of %zu, %d of %zu changed workers on rules %.12s%s%s "
+                       "(sync-airbnb-operator rollout status)\n",
+                    ro->phase, ro->wave + 1, ro->nwaves, ro->reached, ro->nmembers, ro->to_version,
+                    ro->halt_reason ? ": " : "", ro->halt_reason ? ro->halt_reason : "");
+    }
+    rollout_free(ro);
+}
+
 /* ---- reporting --------------------------------------------------------------- */
 
 void rollout_json(const rollout *ro, buf *b)

@@ -18,6 +18,8 @@
 #ifndef ROLLOUT_H
 #define ROLLOUT_H
 
+#include <stdio.h>
+
 #include "cache.h"
 #include "config.h"
 #include "pg.h"
@@ -68,6 +70,10 @@ void rollout_filter(rollout *ro, pg_conn *db, strmap *observed, plan_result *pla
  * stored state (read only). Nothing happens when the rules in current are
  * not the rollout's target (run would start a new rollout with them). */
 void rollout_plan_filter(const config *cfg, pg_conn *db, rules *current, strmap *observed, plan_result *plan);
+
+/* `status`: one line about the rollout from the stored state (nothing when
+ * none is recorded). */
+void rollout_print_summary(const config *cfg, pg_conn *db, FILE *f);
 
 /* Declares the rollout's metrics (docs/operations.md). */
 void rollout_declare_metrics(void);
