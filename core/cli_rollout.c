@@ -67,10 +67,10 @@ static int show(pg_conn *db, int json)
         fputs(b.data, stdout);
         buf_free(&b);
     } else {
-        printf("phase:        %s%s%s\n", value(res, 0), PQgetisnull(res, 0, 10) ? "" : " (requested: ",
-               PQgetisnull(res, 0, 10) ? "" : value(res, 10));
-        if (!PQgetisnull(res, 0, 10))
-            printf(")\n");
+        if (PQgetisnull(res, 0, 10))
+            printf("phase:        %s\n", value(res, 0));
+        else
+            printf("phase:        %s (requested: %s)\n", value(res, 0), value(res, 10));
         printf("rules:        %.12s (image %s)\n", value(res, 1), value(res, 2));
         if (!PQgetisnull(res, 0, 3))
             printf("previous:     %.12s (image %s)\n", value(res, 3), value(res, 4));
