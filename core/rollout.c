@@ -464,14 +464,24 @@ static int snapshot_current(rules *current, const config *cfg, buf *out)
 
 /* ---- starting a rollout ---------------------------------------------------- */
 
+/* A plan of the accounts in res against observed, as a partial pass makes
+ * it but with nothing settled, deferred or deletable: the rollout's own
+ * renders. */
+static int plan_accounts(rules *r, const config *cfg, PGresult *res, strmap *observed, plan_result *out,
+                         char *err, size_t errlen)
+{
+    plan_input in = {.accounts = res, .observed = observed, .full = 0, .active_total = -1,
+                     .delete_allowance = 0, .settled = NULL, .max_rows = 0, .busy = NULL};
+    return rec_plan(r, cfg, &in, out, err, errlen);
+}
+
 /* account id → desired hash of every active account in res under r. */
 static int render_hashes(rules *r, const config *cfg, PGresult *res, strmap *out)
 {
     strmap none = STRMAP_INIT;
-    plan_input in = {res, &none, 0, -1, 0, NULL, 0, NULL};
     plan_result p = {0};
     char err[1024];
-    int rc = rec_plan(r, cfg, &in, &p, err, sizeof err);
+    int rc = plan_accounts(r, cfg, res, &none, &p, err, sizeof err);
     if (rc == 0) {
         for (size_t i = 0; i < p.n; i++)
             if (p.actions[i].kind == ACT_CREATE && p.actions[i].account_id && p.actions[i].desired_hash)
@@ -955,8 +965,7 @@ void rollout_filter(rollout *ro, pg_conn *db, strmap *observed, plan_result *pla
         if (d->account_id && strmap_get(&ids, d->account_id))
             strmap_put(&subset, d->name, d);
     }
-    plan_input in = {res, &subset, 0, -1, 0, NULL, 0, NULL};
-    if (rec_plan(ro->from, &ro->from_cfg, &in, &old, err, sizeof err) < 0) {
+    if (plan_accounts(ro->from, &ro->from_cfg, res, &subset, &old, err, sizeof err) < 0) {
         log_warn("rollout: planning with the previous rules failed; nothing sent for those workers", "error", err,
                  NULL);
         goto out;
