@@ -11,6 +11,8 @@ kwok turns such a pod from Running+Ready into Failed (exit 1) a few seconds late
 - a bad change halts after the canary with every other worker untouched, rolls the
   canary back (policy rollback = true), and meanwhile creates and credential rolls of
   other accounts proceed on the previous rules; newer good rules supersede it;
+- without rollback in the policy the canary stays on the bad template until a person
+  aborts, which puts it back;
 - a leader change in the middle of a rollout: the new leader resumes it from the
   stored state (no wave repeated, none skipped).
 """
@@ -280,3 +282,33 @@ def test_leader_change_mid_rollout_resumes(tmp_path, pg, cluster, namespace, mig
     started = [e for e in events(cluster, namespace, "RolloutStarted")]
     assert sum(e.get("count", 1) for e in started) == 1, started
     assert any(r.get("event") == "RolloutComplete" for r in second.logs() if r.get("msg") == "rollout")
+
+
+def test_halt_without_rollback_keeps_the_canary_until_a_person_aborts(tmp_path, pg, cluster, namespace,
+                                                                     migrated_db, operator_factory, kubeconfig):
+    ids = [f"64{i:02d}" for i in range(3)]
+    names = sorted(f"sync-airbnb-worker-{i}" for i in ids)
+    pol = dict(soak_seconds=10, ready_timeout_seconds=60, rollback=False)
+    cm = ConfigMapDir(tmp_path / "rules", rules(**pol))
+    add_accounts(pg, migrated_db, ids)
+    op = start(operator_factory, cm)
+    wait_for(lambda: settled(cluster, namespace, names), 60)
+    env = cli_env(migrated_db, kubeconfig, namespace, cm.path)
+    before = deployments(cluster, namespace)
+    cm.update(rules("bad", chaos=True, **pol))
+    st = wait_for(lambda: (s := status(env))["phase"] == "halted" and s, 60,
+                  lambda: (status(env), op.raw_log()[-3000:]))
+    assert st["reached"] == 1, st  # policy rollback = false: the canary stays as it is
+    assert chaos_of(deployments(cluster, namespace)[names[0]])
+    for n in names[1:]:
+        assert deployments(cluster, namespace)[n]["metadata"]["generation"] == before[n]["metadata"]["generation"]
+    p = run_cli("rollout", "abort", env=env)
+    assert p.returncode == 0, p.stderr
+    wait_for(lambda: status(env)["phase"] == "aborted", 15, lambda: status(env))
+    back = wait_for(lambda: not chaos_of(d := deployments(cluster, namespace)[names[0]]) and d, 30)
+    assert back["spec"]["template"] == before[names[0]]["spec"]["template"]
+    assert events(cluster, namespace, "RolloutAborted")
+    # aborted: the previous rules for everyone, creates included, until newer rules come
+    add_accounts(pg, migrated_db, ["6499"])
+    fresh = wait_for(lambda: deployments(cluster, namespace).get("sync-airbnb-worker-6499"), 20)
+    assert not chaos_of(fresh)
