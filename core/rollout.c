@@ -757,11 +757,18 @@ static int member_healthy(const rollout *ro, cache *c, const member *m)
     if (d == NULL)
         return 1; /* gone (its account was deactivated): nothing to wait for */
     int updated = d->applied_hash && m->admit_hash && strcmp(d->applied_hash, m->admit_hash) != 0;
-    if (!updated)
+    if (!updated) {
+        log_debug("rollout: waiting for the update", "deployment", m->name, NULL);
         return 0;
+    }
     if (d->observed_generation < d->generation || d->updated_replicas < d->replicas ||
-        d->ready_replicas < d->replicas || d->available_replicas < d->replicas)
+        d->ready_replicas < d->replicas || d->available_replicas < d->replicas) {
+        char st[128];
+        snprintf(st, sizeof st, "gen %ld observed %ld replicas %d updated %d ready %d available %d", d->generation,
+                 d->observed_generation, d->replicas, d->updated_replicas, d->ready_replicas, d->available_replicas);
+        log_debug("rollout: waiting for the Deployment", "deployment", m->name, "status", st, NULL);
         return 0;
+    }
     /* Ready pods of this template, created since the wave began. */
     size_t it = 0;
     void *v;
@@ -773,6 +780,8 @@ static int member_healthy(const rollout *ro, cache *c, const member *m)
             (p->created_unix_s == 0 || p->created_unix_s >= since))
             ready++;
     }
+    if (ready < d->replicas)
+        log_debug("rollout: waiting for Ready pods of the new template", "deployment", m->name, NULL);
     return ready >= d->replicas;
 }
 
@@ -871,7 +880,8 @@ int rollout_tick(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enq
 {
     if (rules_host(current) == NULL)
         return 0;
-    if (!ro->loaded && load(ro, db) < 0)
+    int fresh = !ro->loaded; /* the passes waited for this read (rollout_ready) */
+    if (fresh && load(ro, db) < 0)
         return 0;
     if (!ro->has_row || strcmp(ro->to_version, rules_version(current)) != 0 ||
         strcmp(ro->to_image, ro->cfg->worker_image) != 0) {
@@ -893,7 +903,7 @@ int rollout_tick(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enq
     if (ro->dirty)
         persist(ro, db);
     publish_metrics(ro);
-    return 0;
+    return fresh;
 }
 
 /* ---- planning the workers not reached -------------------------------------- */

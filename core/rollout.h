@@ -55,8 +55,9 @@ int rollout_ready(const rollout *ro, rules *current);
  * judges the current wave from the Deployments and Pods in c, advances,
  * halts or rolls back, and acts on a person's resume/abort. Account ids to
  * plan again (newly reached, rolled back) are added to *enqueue (keys
- * copied, values 1). Returns 1 when a full pass should follow (a rollout
- * was started or resolved), 0 otherwise. */
+ * copied, values 1). Returns 1 when a full pass should follow (the state
+ * was just read, or a rollout started or resolved: passes waited for it),
+ * 0 otherwise. */
 int rollout_tick(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enqueue);
 
 /* After the pass planned with the current rules (and before it sends):

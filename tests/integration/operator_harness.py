@@ -58,7 +58,7 @@ class Operator:
             "OPERATOR_NAMESPACE": namespace,
             "HEALTH_ADDR": "127.0.0.1:0",
             "LOG_FORMAT": "json",
-            "LOG_LEVEL": "info",
+            "LOG_LEVEL": os.environ.get("SAO_TEST_LOG_LEVEL", "info"),
             "RESYNC_INTERVAL_SECONDS": "30",
             "POD_NAME": f"op-{namespace}-{time.monotonic_ns()}",
         })

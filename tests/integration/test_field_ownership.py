@@ -104,5 +104,5 @@ def test_removed_fields_disappear_from_old_and_new_workers(pg, cluster, namespac
         d = deployment(cluster, namespace, name)
         return d and "minReadySeconds" not in d["spec"] and "EXTRA_SETTING" not in env_names(d) and d
     for name in ("sync-airbnb-worker-8101", "sync-airbnb-worker-8102"):
-        wait_for(lambda: gone(name), 60, lambda: deployment(cluster, namespace, name)["spec"])
+        wait_for(lambda: gone(name), 180, lambda: deployment(cluster, namespace, name)["spec"])
         assert operator_entries(deployment(cluster, namespace, name)) == ["Apply"]

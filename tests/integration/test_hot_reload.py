@@ -224,8 +224,9 @@ def test_configmap_swap_takes_effect_and_rolls_the_workers(tmp_path, pg, cluster
         t_swap = cm.update(new)
         effect = wait_for(lambda: [r for r in op.logs() if r.get("msg") == "rules in effect" and r.get("version") == version],
                           10, lambda: op.raw_log()[-3000:], interval=0.02)[0]
+        # in waves (1, then 2), each after the previous one's pods are Ready
         wait_for(lambda: all(env_of(d).get("RULES_ROLLOUT") == value for d in deployments(cluster, namespace).values()),
-                 30, lambda: {n: env_of(d) for n, d in deployments(cluster, namespace).items()})
+                 120, lambda: {n: env_of(d) for n, d in deployments(cluster, namespace).items()})
         # an update is logged when its response arrives, which can be just after the object is visible
         def updates_logged():
             return [r for r in op.logs() if r.get("msg") == "update" and r.get("deployment") in WORKERS
@@ -273,7 +274,7 @@ def test_plain_file_edit_takes_effect(tmp_path, pg, cluster, namespace, migrated
                                and r.get("version") == rules_version(edited)], 10, lambda: op.raw_log()[-3000:],
                       interval=0.02)[0]
     wait_for(lambda: all(env_of(d).get("EDITED_IN_PLACE") == "yes" for d in deployments(cluster, namespace).values()),
-             30, lambda: {n: env_of(d) for n, d in deployments(cluster, namespace).items()})
+             120, lambda: {n: env_of(d) for n, d in deployments(cluster, namespace).items()})
     print(f"\nplain edit -> rules in effect: {(log_time(effect) - t_edit) * 1000:.0f} ms")
 
 

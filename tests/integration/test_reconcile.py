@@ -1019,7 +1019,7 @@ def test_new_worker_image_on_restart_updates_every_worker(pg, cluster, api, name
 
     def images():
         return {n: d["spec"]["template"]["spec"]["containers"][0]["image"] for n, d in api.deployments(namespace).items()}
-    wait_for(lambda: set(images().values()) == {"sync-airbnb:2.0"}, 30, images)
+    wait_for(lambda: set(images().values()) == {"sync-airbnb:2.0"}, 120, images)
     updates = [r for r in audit(pg, migrated_db) if r["action"] == "update"]
     assert [r["deployment"] for r in updates] == sorted(name_of(a) for a in ("keep", "i1")), "canary first, by name"
     for aid in ("keep", "i1"):  # rolled out: a second ReplicaSet, done

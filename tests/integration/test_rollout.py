@@ -88,6 +88,21 @@ def settled(cluster, ns, names) -> bool:
     return True
 
 
+def states(cluster, ns) -> str:
+    """What a failed wait shows: each worker's generation, status and pods."""
+    pods = cluster.kubectl_json("get", "pods", namespace=ns)["items"]
+    out = []
+    for n, d in sorted(deployments(cluster, ns).items()):
+        st = d.get("status", {})
+        mine = [(p["metadata"]["name"][-5:], p["metadata"]["creationTimestamp"], p["status"].get("phase"),
+                 [c["status"] for c in p["status"].get("conditions", []) if c["type"] == "Ready"])
+                for p in pods if p["metadata"]["labels"].get("app.kubernetes.io/instance") == n]
+        out.append(f"{n} gen={d['metadata']['generation']} obs={st.get('observedGeneration')} "
+                   f"upd={st.get('updatedReplicas')} ready={st.get('readyReplicas')} "
+                   f"avail={st.get('availableReplicas')} chaos={chaos_of(d)} pods={mine}")
+    return "\n".join(out)
+
+
 def audit(pg, db) -> list[dict]:
     out = pg.psql("select coalesce(json_agg(json_build_object('action', action, 'deployment', deployment, "
                   "'account_id', account_id, 'reason', reason, 'at', extract(epoch from at)) order by id), '[]') "
@@ -124,7 +139,7 @@ def test_good_change_goes_out_in_waves(tmp_path, pg, cluster, namespace, migrate
     cm = ConfigMapDir(tmp_path / "rules", base)
     add_accounts(pg, migrated_db, ids)
     op = start(operator_factory, cm)
-    wait_for(lambda: settled(cluster, namespace, names), 60, lambda: deployments(cluster, namespace).keys())
+    wait_for(lambda: settled(cluster, namespace, names), 180, lambda: deployments(cluster, namespace).keys())
     env = cli_env(migrated_db, kubeconfig, namespace, cm.path)
     wait_for(lambda: status(env)["phase"] == "complete", 10, lambda: status(env))
     gens = {n: d["metadata"]["generation"] for n, d in deployments(cluster, namespace).items()}
@@ -144,8 +159,8 @@ def test_good_change_goes_out_in_waves(tmp_path, pg, cluster, namespace, migrate
     t0 = time.time()
     cm.update(good)
     wait_for(lambda: all(env_of(d).get("RULES_ROLLOUT") == "v2" for d in deployments(cluster, namespace).values()),
-             120, lambda: (status(env), op.raw_log()[-3000:]))
-    wait_for(lambda: status(env)["phase"] == "complete", 60, lambda: status(env))
+             300, lambda: (status(env), states(cluster, namespace), op.raw_log()[-3000:]))
+    wait_for(lambda: status(env)["phase"] == "complete", 120, lambda: (status(env), states(cluster, namespace)))
     took = time.time() - t0
     updates = [r for r in audit(pg, migrated_db) if r["action"] == "update" and r["at"] >= t0 - 1]
     assert sorted(r["deployment"] for r in updates) == names, updates  # each worker once
@@ -173,11 +188,11 @@ def test_bad_change_halts_after_the_canary_and_rolls_it_back(tmp_path, pg, clust
     ids = [f"62{i:02d}" for i in range(5)]
     names = sorted(f"sync-airbnb-worker-{i}" for i in ids)
     # kwok fails a chaos pod 1-6 s after it is Ready: the soak outlasts that
-    pol = dict(soak_seconds=10, ready_timeout_seconds=60, rollback=True)
+    pol = dict(soak_seconds=10, ready_timeout_seconds=240, rollback=True)
     cm = ConfigMapDir(tmp_path / "rules", rules(**pol))
     add_accounts(pg, migrated_db, ids)
     op = start(operator_factory, cm, RESYNC_INTERVAL_SECONDS=3)
-    wait_for(lambda: settled(cluster, namespace, names), 60, lambda: deployments(cluster, namespace).keys())
+    wait_for(lambda: settled(cluster, namespace, names), 180, lambda: deployments(cluster, namespace).keys())
     env = cli_env(migrated_db, kubeconfig, namespace, cm.path)
     before = deployments(cluster, namespace)
     bad = rules("bad", chaos=True, **pol)
@@ -186,14 +201,14 @@ def test_bad_change_halts_after_the_canary_and_rolls_it_back(tmp_path, pg, clust
 
     canary, others = names[0], names[1:]
     wait_for(lambda: chaos_of(deployments(cluster, namespace)[canary]), 20, lambda: status(env))
-    st = wait_for(lambda: (s := status(env))["phase"] == "halted" and s, 60,
-                  lambda: (status(env), op.raw_log()[-3000:]))
+    st = wait_for(lambda: (s := status(env))["phase"] == "halted" and s, 180,
+                  lambda: (status(env), states(cluster, namespace), op.raw_log()[-3000:]))
     assert canary in st["halt_reason"] and st["wave"] == 1 and st["reached"] == 0, st
     # rolled back: the canary's template is the one it had, its pod Ready again
     wait_for(lambda: not chaos_of(d := deployments(cluster, namespace)[canary]) and
              env_of(d).get("RULES_ROLLOUT") is None, 30, lambda: deployments(cluster, namespace)[canary]["spec"])
     assert deployments(cluster, namespace)[canary]["spec"]["template"] == before[canary]["spec"]["template"]
-    wait_for(lambda: settled(cluster, namespace, [canary]), 60)
+    wait_for(lambda: settled(cluster, namespace, [canary]), 180)
     # reported: Event on the Lease and on the canary, audit row, metric, /readyz, status
     halted = wait_for(lambda: events(cluster, namespace, "RolloutHalted"), 10)
     assert {e["involvedObject"]["kind"] for e in halted} == {"Lease", "Deployment"}, halted
@@ -236,15 +251,15 @@ def test_bad_change_halts_after_the_canary_and_rolls_it_back(tmp_path, pg, clust
     p = run_cli("rollout", "resume", env=env)
     assert p.returncode == 0, p.stderr
     wait_for(lambda: status(env)["phase"] == "progressing", 15, lambda: status(env))
-    wait_for(lambda: status(env)["phase"] == "halted", 60, lambda: status(env))
+    wait_for(lambda: status(env)["phase"] == "halted", 180, lambda: (status(env), states(cluster, namespace)))
     assert all(not chaos_of(deployments(cluster, namespace)[n]) for n in others)
     assert any("resumed by a person" in r["reason"] for r in audit(pg, migrated_db) if r["action"] == "rollout")
 
     # newer good rules supersede the halted rollout and reach everyone
-    good = rules("v3", soak_seconds=1, ready_timeout_seconds=60, rollback=True)
+    good = rules("v3", soak_seconds=1, ready_timeout_seconds=240, rollback=True)
     cm.update(good)
-    wait_for(lambda: status(env)["phase"] == "complete" and status(env)["to_version"] == rules_version(good), 120,
-             lambda: (status(env), op.raw_log()[-3000:]))
+    wait_for(lambda: status(env)["phase"] == "complete" and status(env)["to_version"] == rules_version(good), 400,
+             lambda: (status(env), states(cluster, namespace), op.raw_log()[-3000:]))
     final = deployments(cluster, namespace)
     assert all(env_of(d).get("RULES_ROLLOUT") == "v3" and not chaos_of(d) for d in final.values()), \
         {n: env_of(d) for n, d in final.items()}
@@ -259,7 +274,7 @@ def test_leader_change_mid_rollout_resumes(tmp_path, pg, cluster, namespace, mig
     add_accounts(pg, migrated_db, ids)
     lease = {"LEASE_DURATION_SECONDS": 6, "RENEW_DEADLINE_SECONDS": 4, "RETRY_PERIOD_SECONDS": 1}
     first = start(operator_factory, cm, **lease)
-    wait_for(lambda: settled(cluster, namespace, names), 60)
+    wait_for(lambda: settled(cluster, namespace, names), 180)
     second = operator_factory(env={"RULES_DIR": str(cm.path), **{k: str(v) for k, v in lease.items()}})
     wait_for(lambda: second.readyz()["checks"]["leader"]["is_leader"] is False and
              second.readyz()["checks"]["leader"]["holder"], 20)
@@ -267,10 +282,11 @@ def test_leader_change_mid_rollout_resumes(tmp_path, pg, cluster, namespace, mig
     t0 = time.time()
     cm.update(rules("v2", **pol))
     # waves 1, 2, 4: stop the leader once the second wave is under way
-    wait_for(lambda: status(env)["wave"] >= 2, 60, lambda: status(env))
+    wait_for(lambda: status(env)["wave"] >= 2, 180, lambda: (status(env), states(cluster, namespace)))
     assert first.stop() == 0
     wait_for(lambda: second.readyz()["checks"]["leader"]["is_leader"], 30)
-    wait_for(lambda: status(env)["phase"] == "complete", 120, lambda: (status(env), second.raw_log()[-3000:]))
+    wait_for(lambda: status(env)["phase"] == "complete", 400,
+             lambda: (status(env), states(cluster, namespace), second.raw_log()[-3000:]))
     ds = deployments(cluster, namespace)
     assert all(env_of(d).get("RULES_ROLLOUT") == "v2" for d in ds.values())
     updates = [r for r in audit(pg, migrated_db) if r["action"] == "update" and r["at"] >= t0 - 1]
@@ -288,16 +304,16 @@ def test_halt_without_rollback_keeps_the_canary_until_a_person_aborts(tmp_path, 
                                                                      migrated_db, operator_factory, kubeconfig):
     ids = [f"64{i:02d}" for i in range(3)]
     names = sorted(f"sync-airbnb-worker-{i}" for i in ids)
-    pol = dict(soak_seconds=10, ready_timeout_seconds=60, rollback=False)
+    pol = dict(soak_seconds=10, ready_timeout_seconds=240, rollback=False)
     cm = ConfigMapDir(tmp_path / "rules", rules(**pol))
     add_accounts(pg, migrated_db, ids)
     op = start(operator_factory, cm)
-    wait_for(lambda: settled(cluster, namespace, names), 60)
+    wait_for(lambda: settled(cluster, namespace, names), 180)
     env = cli_env(migrated_db, kubeconfig, namespace, cm.path)
     before = deployments(cluster, namespace)
     cm.update(rules("bad", chaos=True, **pol))
-    st = wait_for(lambda: (s := status(env))["phase"] == "halted" and s, 60,
-                  lambda: (status(env), op.raw_log()[-3000:]))
+    st = wait_for(lambda: (s := status(env))["phase"] == "halted" and s, 180,
+                  lambda: (status(env), states(cluster, namespace), op.raw_log()[-3000:]))
     assert st["reached"] == 1, st  # policy rollback = false: the canary stays as it is
     assert chaos_of(deployments(cluster, namespace)[names[0]])
     for n in names[1:]:
