@@ -56,12 +56,15 @@ def main() -> int:
     run_cli("migrate", "up", env={"DATABASE_URL": db, "MIGRATE_CREATE_ACCOUNTS_TABLE": "true"}, check=True)
     work = Path(os.environ.get("TEST_LOG_DIR", "/tmp")) / f"bench-rollout-{stamp}"
     cm = ConfigMapDir(work / "rules", rules_files())
-    pg.psql("insert into airbnb.accounts(account_id, airbnb_cookie, x_client_version, user_agent, is_active) "
-            f"select 'b' || g, 'cookie-' || g || '-Zq8', 'v1', 'ua', true from generate_series(1, {n}) g", url=db)
     env = {"DATABASE_URL": db, "KUBECONFIG": cluster.kubeconfig, "OPERATOR_NAMESPACE": ns, "RULES_DIR": str(cm.path)}
-    op = Operator.start(database_url=db, kubeconfig=cluster.kubeconfig, namespace=ns,
-                        env={"RULES_DIR": str(cm.path), "LOG_LEVEL": "warn"}, log_dir=str(work))
+    op = None
     try:
+        op = Operator.start(database_url=db, kubeconfig=cluster.kubeconfig, namespace=ns,
+                            env={"RULES_DIR": str(cm.path), "LOG_LEVEL": "warn"}, log_dir=str(work))
+        # the accounts after the start: the start-up check of the rules plans over at most a sample
+        pg.psql("insert into airbnb.accounts(account_id, airbnb_cookie, x_client_version, user_agent, is_active) "
+                f"select 'b' || g, 'cookie-' || g || '-Zq8', 'v1', 'ua', true from generate_series(1, {n}) g",
+                url=db)
         def ready_count() -> int:
             items = cluster.kubectl_json("get", "deployments", namespace=ns, timeout=120)["items"]
             return sum(1 for d in items if d.get("status", {}).get("readyReplicas") == 1)
@@ -122,7 +125,8 @@ def main() -> int:
               f"| bad change: swap -> halted | {halt_s:.0f} s |\n"
               f"| bad change: swap -> canary rolled back | {rollback_s:.0f} s |\n", flush=True)
     finally:
-        op.stop()
+        if op:
+            op.stop()
         cluster.delete_namespace(ns)
         pg.drop_database(dbname)
     return 0
