@@ -74,8 +74,10 @@ static int show(pg_conn *db, int json)
         printf("rules:        %.12s (image %s)\n", value(res, 1), value(res, 2));
         if (!PQgetisnull(res, 0, 3))
             printf("previous:     %.12s (image %s)\n", value(res, 3), value(res, 4));
-        printf("workers:      %s reached of %s changed\n", value(res, 6), value(res, 5));
-        printf("wave:         %s of %s (started %s)\n", value(res, 7), value(res, 8), value(res, 12));
+        if (strcmp(value(res, 0), "complete") != 0) {
+            printf("workers:      %s reached of %s changed\n", value(res, 6), value(res, 5));
+            printf("wave:         %s of %s (started %s)\n", value(res, 7), value(res, 8), value(res, 12));
+        }
         if (!PQgetisnull(res, 0, 9))
             printf("halted:       %s\n", value(res, 9));
         printf("started:      %s\n", value(res, 11));
