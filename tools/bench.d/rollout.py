@@ -60,7 +60,7 @@ def main() -> int:
     op = None
     try:
         op = Operator.start(database_url=db, kubeconfig=cluster.kubeconfig, namespace=ns,
-                            env={"RULES_DIR": str(cm.path), "LOG_LEVEL": "warn"}, log_dir=str(work),
+                            env={"RULES_DIR": str(cm.path)}, log_dir=str(work),
                             start_timeout=120)
         # the accounts after the start: the start-up check of the rules plans over at most a sample
         pg.psql("insert into airbnb.accounts(account_id, airbnb_cookie, x_client_version, user_agent, is_active) "
