@@ -20,6 +20,8 @@
 typedef struct member {
     char *name, *account_id;
     char *admit_hash; /* its applied hash when it was reached; NULL: not reached yet */
+    int on_from;      /* at the start it ran what the previous rules render (not a version
+                       * a superseded rollout had moved it to): they may plan it */
 } member;
 
 typedef struct policy {
@@ -73,13 +75,15 @@ static void members_index(rollout *ro)
         strmap_put(&ro->by_name, ro->members[i].name, &ro->members[i]);
 }
 
-static void member_add(rollout *ro, const char *name, const char *account_id, const char *admit_hash)
+static void member_add(rollout *ro, const char *name, const char *account_id, const char *admit_hash,
+                       int on_from)
 {
     ro->members = xrealloc(ro->members, (ro->nmembers + 1) * sizeof *ro->members);
     member *m = &ro->members[ro->nmembers++];
     m->name = xstrdup(name);
     m->account_id = xstrdup(account_id ? account_id : "");
     m->admit_hash = admit_hash ? xstrdup(admit_hash) : NULL;
+    m->on_from = on_from;
     members_index(ro); /* the array moved */
 }
 
@@ -320,7 +324,7 @@ static int persist(rollout *ro, pg_conn *db)
             buf_json_string(&mem, m->admit_hash, strlen(m->admit_hash));
         else
             buf_puts(&mem, "null");
-        buf_putc(&mem, ']');
+        buf_puts(&mem, m->on_from ? ",true]" : ",false]");
     }
     buf_putc(&mem, ']');
     buf_putc(&wv, '[');
@@ -419,7 +423,8 @@ static int load(rollout *ro, pg_conn *db)
             const json_value *m = json_at(mem, i);
             const char *name = json_string(json_at(m, 0));
             if (name)
-                member_add(ro, name, json_string(json_at(m, 1)), json_string(json_at(m, 2)));
+                member_add(ro, name, json_string(json_at(m, 1)), json_string(json_at(m, 2)),
+                           json_bool(json_at(m, 3), 1));
         }
         json_free(mem);
         json_value *wv = json_parse(PQgetvalue(res, 0, 8), (size_t)PQgetlength(res, 0, 8), NULL, 0);
@@ -550,7 +555,8 @@ static int find_members(rollout *ro, pg_conn *db, rules *current, cache *c)
                     continue; /* not a live account under either: its delete is not a rules change */
                 if (was && now && strcmp(was, now) == 0)
                     continue;
-                member_add(ro, d->name, d->account_id, NULL);
+                member_add(ro, d->name, d->account_id, NULL,
+                           was && d->applied_hash && strcmp(was, d->applied_hash) == 0);
             }
         }
         if (res)
@@ -921,12 +927,15 @@ void rollout_filter(rollout *ro, pg_conn *db, strmap *observed, plan_result *pla
     size_t keep = 0;
     for (size_t i = 0; i < plan->n; i++) {
         action *a = &plan->actions[i];
+        const member *m = a->name ? strmap_get(&ro->by_name, a->name) : NULL;
         int held_back = a->account_id && a->name &&
-                        ((a->kind == ACT_UPDATE && strmap_get(&ro->by_name, a->name) &&
-                          !strmap_get(&reached, a->name)) ||
+                        ((a->kind == ACT_UPDATE && m && !strmap_get(&reached, a->name)) ||
                          (a->kind == ACT_CREATE && creates_too));
         if (held_back) {
-            strmap_put(&ids, a->account_id, (void *)1);
+            /* A member a superseded rollout had already moved is left as it
+             * is until its wave: the previous rules would move it back. */
+            if (a->kind == ACT_CREATE || m->on_from || m->admit_hash)
+                strmap_put(&ids, a->account_id, (void *)1);
             dropped.actions = xrealloc(dropped.actions, (dropped.n + 1) * sizeof *dropped.actions);
             dropped.actions[dropped.n++] = *a;
         } else {
@@ -988,7 +997,7 @@ void rollout_filter(rollout *ro, pg_conn *db, strmap *observed, plan_result *pla
             continue;
         if (a->kind == ACT_CREATE && a->name && strmap_get(&ro->by_name, a->name) == NULL) {
             /* Born on the previous rules: the rollout reaches it too. */
-            member_add(ro, a->name, a->account_id, NULL);
+            member_add(ro, a->name, a->account_id, NULL, 1);
             ro->dirty = 1;
         }
         plan->actions = xrealloc(plan->actions, (plan->n + 1) * sizeof *plan->actions);
