@@ -10,9 +10,8 @@
 
 #include "config.h"
 #include "pg.h"
+#include "rollout.h"
 #include "util.h"
-
-int rollout_main(const config *cfg, int argc, char **argv);
 
 static const char *value(const PGresult *res, int col)
 {

@@ -475,9 +475,13 @@ static int snapshot_current(rules *current, const config *cfg, buf *out)
 static int plan_accounts(rules *r, const config *cfg, PGresult *res, strmap *observed, plan_result *out,
                          char *err, size_t errlen)
 {
-    plan_input in = {.accounts = res, .observed = observed, .full = 0, .active_total = -1,
+    acct_rows rows;
+    rows_from_pgresult(&rows, res);
+    plan_input in = {.accounts = &rows, .observed = observed, .full = 0, .active_total = -1,
                      .delete_allowance = 0, .settled = NULL, .max_rows = 0, .busy = NULL};
-    return rec_plan(r, cfg, &in, out, err, errlen);
+    int rc = rec_plan(r, cfg, &in, out, err, errlen);
+    rows_free(&rows);
+    return rc;
 }
 
 /* account id → desired hash of every active account in res under r. */
@@ -1037,19 +1041,15 @@ void rollout_print_summary(const config *cfg, pg_conn *db, FILE *f)
 
 /* ---- reporting --------------------------------------------------------------- */
 
-void rollout_json(const rollout *ro, buf *b)
+void rollout_json(const rollout *ro, json_out *o)
 {
-    buf_puts(b, "{\"phase\":");
-    if (!ro->loaded) {
-        buf_puts(b, "null}");
-        return;
-    }
-    buf_json_string(b, ro->phase, strlen(ro->phase));
-    buf_puts(b, ",\"to_version\":");
-    if (ro->to_version)
-        buf_json_string(b, ro->to_version, strlen(ro->to_version));
-    else
-        buf_puts(b, "null");
-    buf_printf(b, ",\"workers\":%zu,\"reached\":%d,\"wave\":%d,\"waves\":%zu,\"halted\":%s}", ro->nmembers,
-               ro->reached, ro->nwaves ? ro->wave + 1 : 0, ro->nwaves, phase_is(ro, "halted") ? "true" : "false");
+    jo_object(o);
+    jo_kstr(o, "phase", ro->loaded ? ro->phase : NULL);
+    jo_kstr(o, "to_version", ro->loaded ? ro->to_version : NULL);
+    jo_kint(o, "workers", (long long)ro->nmembers);
+    jo_kint(o, "reached", ro->reached);
+    jo_kint(o, "wave", ro->nwaves ? ro->wave + 1 : 0);
+    jo_kint(o, "waves", (long long)ro->nwaves);
+    jo_kbool(o, "halted", ro->loaded && phase_is(ro, "halted"));
+    jo_end(o);
 }

@@ -22,6 +22,7 @@
 
 #include "cache.h"
 #include "config.h"
+#include "json.h"
 #include "pg.h"
 #include "reconcile.h"
 #include "rules.h"
@@ -80,6 +81,9 @@ void rollout_print_summary(const config *cfg, pg_conn *db, FILE *f);
 void rollout_declare_metrics(void);
 
 /* The /readyz detail: a JSON object (no error text: codes and counts). */
-void rollout_json(const rollout *ro, buf *b);
+void rollout_json(const rollout *ro, json_out *o);
+
+/* `sync-airbnb-operator rollout [status|resume|abort]` (cli_rollout.c). */
+int rollout_main(const config *cfg, int argc, char **argv);
 
 #endif
