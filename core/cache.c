@@ -1,8 +1,10 @@
 /* cache: see cache.h. One list+watch state machine per kind. */
+#define _GNU_SOURCE /* strptime, timegm */
 #include "cache.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "ownership.h"
@@ -156,6 +158,11 @@ obs_pod *cache_parse_pod(const json_value *obj)
     obs_pod *p = xcalloc(1, sizeof *p);
     p->name = xstrdup(name);
     p->instance = dup_or_null(json_string(json_path(meta, "labels", INSTANCE_LABEL, NULL)));
+    const char *created = json_string(json_get(meta, "creationTimestamp"));
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (created && strptime(created, "%Y-%m-%dT%H:%M:%SZ", &tm) != NULL)
+        p->created_unix_s = (long long)timegm(&tm);
     const json_value *st = json_get(obj, "status");
     p->phase = dup_or_null(json_string(json_get(st, "phase")));
     const json_value *conds = json_get(st, "conditions");

@@ -47,6 +47,7 @@ typedef struct obs_pod {
     char *phase;
     char *waiting_reason; /* e.g. CrashLoopBackOff; NULL if none */
     int ready, restarts;
+    long long created_unix_s; /* metadata.creationTimestamp; 0 unknown (the rollout's wave gate) */
     int seen;
 } obs_pod;
 

@@ -18,6 +18,7 @@
 #include "migrate.h"
 #include "pg.h"
 #include "reconcile.h"
+#include "rollout.h"
 #include "rules_check.h"
 #include "worker_state.h"
 #include "yamlout.h"
@@ -285,6 +286,8 @@ static int make_plan(cli_view *v, plan_result *out, char *err, size_t errlen)
                      .delete_allowance = cfg->delete_budget, .settled = NULL, .max_rows = 0};
     int rc = rec_plan(r, cfg, &in, out, err, errlen);
     out->paused = (int)wstate_count_paused(&observed);
+    if (rc == 0) /* workers a rollout has not reached: planned as `run` plans them */
+        rollout_plan_filter(cfg, v->db, r, &observed, out);
     rows_free(&rows);
     PQclear(accounts);
     cache_free_deployments(&observed);
@@ -782,6 +785,7 @@ int status_main(const config *cfg, int argc, char **argv)
         buf_free(&b);
     } else {
         status_print_table(&s);
+        rollout_print_summary(cfg, v->db, stdout);
     }
     status_free(&s);
     rc = 0;

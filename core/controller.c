@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "migrate.h"
 #include "reconcile.h"
+#include "rollout.h"
 #include "rules.h"
 #include "safety.h"
 #include "strmap.h"
@@ -48,6 +49,7 @@ typedef struct ctl {
     kube_async *ka;
     cache *cache; /* the informer: the Deployments and Pods we manage */
     rules *rules; /* stage 2's rules (reconcile.h plans with them) */
+    rollout *rollout; /* rules changes in waves (rollout.h): filters stage 2's plan */
     uv_fs_event_t rules_watch;
     uv_timer_t reload_timer;
     safety_window window; /* stage 3's mass-delete window (safety.h) */
@@ -80,6 +82,7 @@ typedef struct ctl {
 } ctl;
 
 static void publish(ctl *c);
+static void rollout_step(ctl *c);
 
 static int is_leader(const ctl *c)
 {
@@ -201,7 +204,8 @@ static int execute(ctl *c, const action *a)
 static int ready_to_plan(ctl *c)
 {
     return !c->stopping && watch_db_up(c->watch) && watch_schema_ok(c->watch) && c->cache &&
-           cache_synced(c->cache) && rules_host(c->rules) != NULL && is_leader(c);
+           cache_synced(c->cache) && rules_host(c->rules) != NULL && is_leader(c) &&
+           rollout_ready(c->rollout, c->rules);
 }
 
 /* Accounts with a write of theirs expected are left out of a partial pass
@@ -330,6 +334,7 @@ static void pass(void *ud)
                  token, NULL);
         trail_note(&c->trail, "hold", "deletes released by a person (Lease annotation " LEADER_RELEASE_ANNOTATION ")");
     }
+    rollout_filter(c->rollout, db, cache_deployments(c->cache), &plan); /* workers not reached: previous rules */
     int writes = 0;
     for (size_t i = 0; i < plan.n; i++) {
         /* Only a delete that was sent uses the budget. */
@@ -485,6 +490,7 @@ static void reload_rules(ctl *c)
         trail_lease_event(&c->trail, "RulesReloaded",
                           "new rules loaded, self-checked and planned over the live accounts", 0);
         watch_kick_full(c->watch);
+        rollout_step(c); /* a rendered change starts a rollout before that pass */
     } else {
         metrics_add("sync_airbnb_operator_rules_reloads_total", "result=\"failure\"", 1);
         char msg[1200];
@@ -522,6 +528,7 @@ static void on_leader_async(uv_async_t *a)
     if (now != c->was_leader) {
         log_info(now ? "became leader; reconciling" : "not the leader; standing by", NULL);
         c->was_leader = now;
+        rollout_invalidate(c->rollout); /* the rollout goes on from its stored state */
         if (now)
             watch_kick_full(c->watch);
         else
@@ -573,10 +580,41 @@ static void on_expectation_lapsed(const char *account_id, const char *name, void
         watch_enqueue(c->watch, account_id);
 }
 
+/* The rollout's turn (rollout.h): start, judge, advance, halt; the accounts
+ * it reaches or rolls back are planned again. */
+static void rollout_step(ctl *c)
+{
+    if (c->stopping || !watch_db_up(c->watch) || !watch_schema_ok(c->watch) || c->cache == NULL ||
+        !cache_synced(c->cache) || !is_leader(c))
+        return;
+    strmap again = STRMAP_INIT;
+    int full = rollout_tick(c->rollout, watch_db(c->watch), c->rules, c->cache, &again);
+    size_t it = 0;
+    const char *k;
+    while (strmap_next(&again, &it, &k, NULL))
+        watch_enqueue(c->watch, k);
+    strmap_free(&again);
+    if (full)
+        watch_kick_full(c->watch);
+}
+
+/* Log line, audit row, Event on the Lease (and on the worker's Deployment). */
+static void report_rollout(void *ud, const char *event, const char *name, const char *message, int warning)
+{
+    ctl *c = ud;
+    log_msg(warning ? LOG_WARN : LOG_INFO, "rollout", "event", event, "deployment", name ? name : "", "detail",
+            message, NULL);
+    trail_note(&c->trail, "rollout", message);
+    trail_lease_event(&c->trail, event, message, warning);
+    if (name)
+        event_queue_post(&c->trail.events, "apps/v1", "Deployment", name, NULL, event, message, NULL, warning);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     ctl *c = t->data;
     health_beat(); /* the loop is turning: /healthz and the Lease depend on it */
+    rollout_step(c);
     if (c->resyncs_postponed > 0 && !resync_must_wait(c) && writer_inflight(c->writer) == 0) {
         c->resyncs_postponed = 0;
         watch_kick_full(c->watch);
@@ -685,6 +723,8 @@ static char *readiness(ctl *c, int *ready_out)
     jo_end(&o);
     jo_kint(&o, "inflight", c->writer ? (long long)writer_inflight(c->writer) : 0);
     jo_kint(&o, "expected", (long long)expect_count(&c->expect));
+    jo_key(&o, "rollout");
+    rollout_json(c->rollout, &o);
     jo_end(&o); /* checks */
     jo_end(&o);
     *ready_out = ready;
@@ -716,7 +756,10 @@ static void publish(ctl *c)
 
 static void on_db_changed(void *ud)
 {
-    publish(ud);
+    ctl *c = ud;
+    if (c->watch && !watch_db_up(c->watch))
+        rollout_invalidate(c->rollout); /* read the state again once the database is back */
+    publish(c);
 }
 
 static void close_walk(uv_handle_t *h, void *arg)
@@ -772,6 +815,7 @@ static void declare_metrics(void)
     metrics_declare("sync_airbnb_operator_deletes_held", METRICS_GAUGE, "Deletes currently held (empty set or budget).");
     metrics_declare("sync_airbnb_operator_leader", METRICS_GAUGE, "1 when this process holds the Lease.");
     metrics_declare("sync_airbnb_operator_schema_at_head", METRICS_GAUGE, "1 when the database schema is at head.");
+    rollout_declare_metrics();
 }
 
 int run_main(const config *cfg, int argc, char **argv)
@@ -803,6 +847,7 @@ int run_main(const config *cfg, int argc, char **argv)
     }
     health_beat_init((unsigned)cfg->loop_stall_s * 1000u);
     c->rules = rules_new(cfg);
+    c->rollout = rollout_new(cfg, report_rollout, c);
     rules_set_check(c->rules, check_candidate, c);
     rules_keep_last_good(c->rules);
     if (rules_load_at_start(c->rules, err, sizeof err) < 0) {
@@ -896,6 +941,7 @@ out:
         trail_flush(&c->trail); /* what the last iteration queued */
     watch_free(c->watch);
     rules_free(c->rules);
+    rollout_free(c->rollout);
     strmap_free(&c->requeue);
     expect_free(&c->expect);
     rec_settled_free(&c->settled);

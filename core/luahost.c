@@ -9,7 +9,9 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -622,7 +624,7 @@ static int lua_file_filter(const struct dirent *d)
     return 1;
 }
 
-int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
+int luahost_dir_bundle(const char *dir, buf *all, char *err, size_t errlen)
 {
     struct dirent **names = NULL;
     int n = scandir(dir, &names, lua_file_filter, alphasort);
@@ -630,7 +632,6 @@ int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
         util_seterr(err, errlen, "cannot read rules directory %s: %s", dir, strerror(errno));
         return -1;
     }
-    buf all = {0};
     int rc = 0;
     for (int i = 0; i < n; i++) {
         char *path = xasprintf("%s/%s", dir, names[i]->d_name);
@@ -640,10 +641,10 @@ int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
             util_seterr(err, errlen, "cannot read %s: %s", path, strerror(errno));
             rc = -1;
         } else {
-            buf_puts(&all, names[i]->d_name);
-            buf_putc(&all, '\0');
-            buf_append(&all, data, len);
-            buf_putc(&all, '\0');
+            buf_puts(all, names[i]->d_name);
+            buf_putc(all, '\0');
+            buf_append(all, data, len);
+            buf_putc(all, '\0');
         }
         free(data);
         free(path);
@@ -651,6 +652,58 @@ int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
     for (int i = 0; i < n; i++)
         free(names[i]);
     free(names);
+    return rc;
+}
+
+char *luahost_bundle_unpack(const buf *b, const char *base)
+{
+    char *dir = xasprintf("%s/rollout-from-XXXXXX", base);
+    if (mkdtemp(dir) == NULL) {
+        free(dir);
+        return NULL;
+    }
+    size_t at = 0;
+    while (at < b->len) {
+        const char *name = b->data + at;
+        size_t nlen = strnlen(name, b->len - at);
+        if (at + nlen + 1 >= b->len + 1 || strchr(name, '/') || name[0] == '.')
+            break;
+        const char *data = name + nlen + 1;
+        size_t left = b->len - (at + nlen + 1), dlen = strnlen(data, left);
+        char *path = xasprintf("%s/%s", dir, name);
+        FILE *f = fopen(path, "wb");
+        if (f) {
+            fwrite(data, 1, dlen, f);
+            fclose(f);
+        }
+        free(path);
+        at += nlen + 1 + dlen + 1;
+    }
+    return dir;
+}
+
+void luahost_bundle_remove(const char *dir, const buf *b)
+{
+    size_t at = 0;
+    while (at < b->len) {
+        const char *name = b->data + at;
+        size_t nlen = strnlen(name, b->len - at);
+        const char *data = name + nlen + 1;
+        size_t dlen = at + nlen + 1 < b->len ? strnlen(data, b->len - (at + nlen + 1)) : 0;
+        if (strchr(name, '/') == NULL && name[0] != '.') {
+            char *path = xasprintf("%s/%s", dir, name);
+            unlink(path);
+            free(path);
+        }
+        at += nlen + 1 + dlen + 1;
+    }
+    rmdir(dir);
+}
+
+int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen)
+{
+    buf all = {0};
+    int rc = luahost_dir_bundle(dir, &all, err, errlen);
     if (rc == 0)
         util_sha256_hex(all.data ? all.data : "", all.len, out);
     buf_free(&all);

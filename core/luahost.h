@@ -17,6 +17,7 @@
 
 #include <lua.h>
 #include <stddef.h>
+#include "util.h" /* buf */
 
 #define LUAHOST_DEFAULT_BUDGET_MS 500
 /* Per state. The pod's limit is 256 MiB: two states during a reload (96 MiB)
@@ -78,5 +79,15 @@ luahost *luahost_from_state(lua_State *L);
 /* Hex sha256 over the concatenated contents of every *.lua in dir (sorted by
  * name): the "rules version" shown in /readyz. out must hold 65 bytes. */
 int luahost_dir_version(const char *dir, char out[65], char *err, size_t errlen);
+/* The bytes that version hashes, appended to *all: for every *.lua in dir,
+ * sorted, its name, NUL, its text, NUL (the rollout keeps rules this way).
+ * Returns 0 or -1 with err. */
+int luahost_dir_bundle(const char *dir, buf *all, char *err, size_t errlen);
+/* Writes a bundle's files into a fresh directory base/rollout-from-XXXXXX
+ * (names with '/' or a leading '.' end it). Returns the directory (caller
+ * frees; luahost_bundle_remove deletes it) or NULL with errno. */
+char *luahost_bundle_unpack(const buf *b, const char *base);
+/* Removes the files of bundle b from dir, then dir. */
+void luahost_bundle_remove(const char *dir, const buf *b);
 
 #endif

@@ -12,6 +12,7 @@
 #include "migrate.h"
 #include "pg.h"
 #include "repl.h"
+#include "rollout.h"
 #include "util.h"
 
 typedef int (*command_fn)(const config *cfg, int argc, char **argv);
@@ -78,6 +79,12 @@ static const command commands[] = {
      "  zsh:   source <(sync-airbnb-operator completion zsh)\n"
      "         or save it as _sync-airbnb-operator in a directory of $fpath\n",
      completion_main},
+    {"rollout", "rollout [status|resume|abort] [flags]", "show, resume or abort the rules rollout in waves",
+     "  status  the rollout's phase, waves and reached workers (default; -o json for JSON)\n"
+     "  resume  start the halted (or aborted) wave again\n"
+     "  abort   put every reached worker back on the previous rules until newer rules arrive\n"
+     "The leader acts on resume/abort within a few seconds (docs/rules.md, Rollouts).\n",
+     rollout_main},
     {"version", "version", "print the version", "", version_main},
 };
 

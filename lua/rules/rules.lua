@@ -31,11 +31,15 @@
 --   validate_deployment(obj)     -> true | nil, err
 --   examples                     the promises self_check holds the rules to
 --   self_check(ctx)              -> true | nil, err; the core refuses rules that fail it
+--   rollout_policy               {canary, growth, max_wave, soak_seconds, ready_timeout_seconds,
+--                                max_restarts, rollback} (rollout.lua)
+--   rollout_waves(total)         -> array of wave sizes summing to total
 local deployment = require("deployment")
 local examples = require("examples")
 local fingerprint = require("fingerprint")
 local naming = require("naming")
 local plan = require("plan")
+local rollout = require("rollout")
 local validate = require("validate")
 
 local M = {}
@@ -51,6 +55,11 @@ M.plan = plan.plan
 M.observed_after = plan.observed_after
 M.validate_deployment = validate.deployment
 M.examples = examples
+M.rollout_policy = rollout.policy
+
+function M.rollout_waves(total)
+    return rollout.waves(total, M.rollout_policy)
+end
 
 --- Holds the rules to their examples (examples.lua).
 ---@param ctx table|nil {namespace, worker_image, now}
@@ -58,6 +67,10 @@ M.examples = examples
 ---@return true|nil ok
 ---@return string|nil err
 function M.self_check(ctx, override)
+    local ok, err = rollout.check(M.rollout_policy)
+    if not ok then
+        return nil, err
+    end
     return examples.check(M, ctx, override)
 end
 

@@ -35,7 +35,7 @@ static void write_file(const char *dir, const char *name, const char *content)
 static char *copy_shipped_rules(const char *src, const char *name, const char *extra)
 {
     static const char *const files[] = {"deployment.lua", "examples.lua", "fingerprint.lua", "naming.lua",
-                                        "plan.lua", "rules.lua", "validate.lua", NULL};
+                                        "plan.lua", "rollout.lua", "rules.lua", "validate.lua", NULL};
     char *dir = mkdir_rules(name);
     for (int i = 0; files[i]; i++) {
         char *path = xasprintf("%s/%s", src, files[i]);
@@ -283,6 +283,47 @@ static void test_call_rule_refuses_metatables(void)
     luahost_free(h);
 }
 
+/* The rollout stores rules as a bundle and plans with them again later
+ * (rollout.c): unpacked, they are the same files, the same version. */
+static void test_bundle_round_trip(void)
+{
+    config cfg;
+    char err[256];
+    CHECK(config_load(&cfg, 0, NULL, NULL, NULL, err, sizeof err) == 0);
+    char *dir = copy_shipped_rules(cfg.rules_dir, "bundled", NULL);
+    write_file(dir, "notes.txt", "not a rule file: not bundled\n");
+    buf b = {0};
+    char v1[65], v2[65];
+    CHECK(luahost_dir_bundle(dir, &b, err, sizeof err) == 0);
+    CHECK(luahost_dir_version(dir, v1, err, sizeof err) == 0);
+    char hex[65];
+    util_sha256_hex(b.data, b.len, hex);
+    CHECK_STR(hex, v1);
+    CHECK(strstr(b.data, "notes.txt") == NULL);
+    char *copy = luahost_bundle_unpack(&b, tmproot);
+    CHECK(copy != NULL);
+    CHECK(luahost_dir_version(copy, v2, err, sizeof err) == 0);
+    CHECK_STR(v2, v1);
+    luahost_bundle_remove(copy, &b);
+    struct stat st;
+    CHECK(stat(copy, &st) != 0); /* gone with its files */
+    /* a name with a slash ends the bundle: nothing is written outside */
+    buf evil = {0};
+    buf_append(&evil, "../escape.lua\0x\0", 17);
+    char *e = luahost_bundle_unpack(&evil, tmproot);
+    CHECK(e != NULL);
+    char *outside = xasprintf("%s/escape.lua", tmproot);
+    CHECK(stat(outside, &st) != 0);
+    luahost_bundle_remove(e, &evil);
+    free(outside);
+    free(e);
+    buf_free(&evil);
+    free(copy);
+    buf_free(&b);
+    free(dir);
+    config_free(&cfg);
+}
+
 int main(void)
 {
     if (mkdtemp(tmproot) == NULL)
@@ -296,6 +337,7 @@ int main(void)
     RUN(test_budget_holds_inside_c_functions);
     RUN(test_no_finalizers);
     RUN(test_call_rule_refuses_metatables);
+    RUN(test_bundle_round_trip);
     char *cmd = xasprintf("rm -rf %s", tmproot);
     if (system(cmd) != 0)
         fprintf(stderr, "cleanup failed\n");

@@ -388,7 +388,7 @@ static rules *poisoned_rules(void)
 {
     snprintf(poison_dir, sizeof poison_dir, "/tmp/sao-test-pipeline-%d", (int)getpid());
     mkdir(poison_dir, 0700);
-    const char *files[] = {"deployment", "examples", "fingerprint", "naming", "plan", "validate"};
+    const char *files[] = {"deployment", "examples", "fingerprint", "naming", "plan", "rollout", "validate"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         char *src = xasprintf("%s/lua/rules/%s.lua", SAO_SOURCE_DIR, files[i]);
         char *dst = xasprintf("%s/%s.lua", poison_dir, files[i]);

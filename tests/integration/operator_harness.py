@@ -50,7 +50,7 @@ class Operator:
 
     @classmethod
     def start(cls, *, database_url: str, kubeconfig: str, namespace: str, env: dict | None = None,
-              log_dir: str | None = None, args: tuple = ()) -> "Operator":
+              log_dir: str | None = None, args: tuple = (), start_timeout: float = 20) -> "Operator":
         full_env = dict(os.environ)
         full_env.update({
             "DATABASE_URL": database_url,
@@ -58,7 +58,7 @@ class Operator:
             "OPERATOR_NAMESPACE": namespace,
             "HEALTH_ADDR": "127.0.0.1:0",
             "LOG_FORMAT": "json",
-            "LOG_LEVEL": "info",
+            "LOG_LEVEL": os.environ.get("SAO_TEST_LOG_LEVEL", "info"),
             "RESYNC_INTERVAL_SECONDS": "30",
             "POD_NAME": f"op-{namespace}-{time.monotonic_ns()}",
         })
@@ -73,7 +73,7 @@ class Operator:
         proc = subprocess.Popen([binary(), "run", *args], env=full_env, stdout=f, stderr=subprocess.STDOUT)
         f.close()
         op = cls(proc, log_path)
-        op._wait_port()
+        op._wait_port(start_timeout)
         return op
 
     def _wait_port(self, timeout: float = 20) -> None:

@@ -31,6 +31,12 @@ def rules_files(edits: dict[str, list[tuple[str, str]]] | None = None) -> dict[s
     return files
 
 
+# Rules changes go out in waves, each soaked for rollout.lua's soak_seconds (30 s)
+# after its pods are Ready. Tests that change the rendered workers but are not about
+# rollouts give their rules no soak: the waves still run, gated on Ready pods.
+NO_SOAK = {"rollout.lua": [("    soak_seconds = 30,", "    soak_seconds = 0,")]}
+
+
 def rules_version(files: dict[str, str]) -> str:
     """The version the operator reports (luahost_dir_version): sha256 over every module
     file sorted by name, as name NUL contents NUL."""

@@ -16,7 +16,7 @@ import pytest
 from operator_harness import ROOT, run_cli
 
 DOC = ROOT / "docs" / "configuration.md"
-COMMANDS = ["run", "migrate", "plan", "status", "check-rules", "repl", "completion", "version"]
+COMMANDS = ["run", "migrate", "plan", "status", "check-rules", "repl", "rollout", "completion", "version"]
 # Read from the environment but not settings (docs/configuration.md, "In-cluster
 # configuration"): Kubernetes sets them; KUBE_SA_DIR is for tests.
 NOT_SETTINGS = {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBE_SA_DIR"}

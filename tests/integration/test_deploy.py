@@ -423,6 +423,7 @@ GRANT USAGE ON SCHEMA airbnb, sync_airbnb_operator TO {role};
 GRANT SELECT ON airbnb.accounts, sync_airbnb_operator.schema_migrations, sync_airbnb_operator.credentials_generation TO {role};
 GRANT INSERT ON sync_airbnb_operator.audit_log TO {role};
 GRANT USAGE ON SEQUENCE sync_airbnb_operator.audit_log_id_seq TO {role};
+GRANT SELECT, INSERT, UPDATE ON sync_airbnb_operator.rollout TO {role};
 """
 
 
@@ -464,6 +465,7 @@ def test_operator_runs_with_the_documented_least_privilege_role(pg, cluster, nam
     assert run_cli("status", env=env).returncode == 0
     assert run_cli("plan", env=env).returncode == 0
     assert run_cli("migrate", "check", env=env).returncode == 0
+    assert run_cli("rollout", "status", env=env).returncode == 0
     # and it cannot change what it only reads
     r = pg.psql("update airbnb.accounts set is_active = true", url=operator_role, check=False)
     assert r.returncode != 0 and "permission denied" in r.stderr

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 
 from operator_harness import wait_for
-from rules_dir import ConfigMapDir, rules_files
+from rules_dir import NO_SOAK, ConfigMapDir, rules_files
 
 EXTRA = [("            replicas = 1,\n", "            replicas = 1,\n            minReadySeconds = 7,\n"),
          ('        { name = "PGAPPNAME", value = M.worker_application_name },\n',
@@ -77,7 +77,7 @@ def test_removed_fields_disappear_from_old_and_new_workers(pg, cluster, namespac
     assert old["spec"]["strategy"]["type"] == "RollingUpdate" and "rollingUpdate" in old["spec"]["strategy"]
     assert operator_entries(old) == ["Update"]
 
-    rules = ConfigMapDir(tmp_path / "rules", rules_files({"deployment.lua": EXTRA}))
+    rules = ConfigMapDir(tmp_path / "rules", rules_files({**NO_SOAK, "deployment.lua": EXTRA}))
     pg.psql("insert into airbnb.accounts (account_id, airbnb_cookie, x_client_version, user_agent, is_active)"
             " values ('8101', 'SECRET-c-8101-zq', 'v1', 'ua', true), ('8102', 'SECRET-c-8102-zq', 'v1', 'ua', true)",
             url=migrated_db)
@@ -98,11 +98,11 @@ def test_removed_fields_disappear_from_old_and_new_workers(pg, cluster, namespac
         [r for r in op.logs() if r.get("level") in ("warn", "error")]
 
     # The rules stop rendering both fields: they go from every live worker.
-    rules.update(rules_files())
+    rules.update(rules_files(NO_SOAK))  # in waves (1, then 1), without a soak
 
     def gone(name):
         d = deployment(cluster, namespace, name)
         return d and "minReadySeconds" not in d["spec"] and "EXTRA_SETTING" not in env_names(d) and d
     for name in ("sync-airbnb-worker-8101", "sync-airbnb-worker-8102"):
-        wait_for(lambda: gone(name), 60, lambda: deployment(cluster, namespace, name)["spec"])
+        wait_for(lambda: gone(name), 180, lambda: deployment(cluster, namespace, name)["spec"])
         assert operator_entries(deployment(cluster, namespace, name)) == ["Apply"]

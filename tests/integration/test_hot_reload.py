@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 import pytest
 
 from operator_harness import run_cli, wait_for
-from rules_dir import HOSTILE, PWNED, ConfigMapDir, rules_files, rules_version, write_plain
+from rules_dir import HOSTILE, NO_SOAK, PWNED, ConfigMapDir, rules_files, rules_version, write_plain
 
 ACCOUNTS = ("4001", "4002", "4003")
 # plan() fails as a whole, but only for an id no example or sample has: only the live
@@ -199,7 +199,7 @@ def test_rules_failing_only_on_live_accounts_are_rejected(tmp_path, pg, cluster,
 
 def test_configmap_swap_takes_effect_and_rolls_the_workers(tmp_path, pg, cluster, namespace, migrated_db,
                                                            operator_factory, kubeconfig):
-    good = rules_files()
+    good = rules_files(NO_SOAK)  # the change goes out in waves (1, then 2), without a soak
     cm = ConfigMapDir(tmp_path / "rules", good)
     op = start(pg, cluster, migrated_db, namespace, operator_factory, cm.path)
     quiesce(op)
@@ -210,7 +210,7 @@ def test_configmap_swap_takes_effect_and_rolls_the_workers(tmp_path, pg, cluster
     timings = []
     for round_ in range(1, 6):
         value = f"v{round_}"
-        new = rules_files({"deployment.lua": [(MODE_ENV, MODE_ENV + f'        {{ name = "RULES_ROLLOUT", value = "{value}" }},\n')]})
+        new = rules_files({**NO_SOAK, "deployment.lua": [(MODE_ENV, MODE_ENV + f'        {{ name = "RULES_ROLLOUT", value = "{value}" }},\n')]})
         version = rules_version(new)
 
         # what a user does first: check the candidate, see what it would change
@@ -224,8 +224,9 @@ def test_configmap_swap_takes_effect_and_rolls_the_workers(tmp_path, pg, cluster
         t_swap = cm.update(new)
         effect = wait_for(lambda: [r for r in op.logs() if r.get("msg") == "rules in effect" and r.get("version") == version],
                           10, lambda: op.raw_log()[-3000:], interval=0.02)[0]
+        # in waves (1, then 2), each after the previous one's pods are Ready
         wait_for(lambda: all(env_of(d).get("RULES_ROLLOUT") == value for d in deployments(cluster, namespace).values()),
-                 30, lambda: {n: env_of(d) for n, d in deployments(cluster, namespace).items()})
+                 120, lambda: {n: env_of(d) for n, d in deployments(cluster, namespace).items()})
         # an update is logged when its response arrives, which can be just after the object is visible
         def updates_logged():
             return [r for r in op.logs() if r.get("msg") == "update" and r.get("deployment") in WORKERS
@@ -263,17 +264,17 @@ def test_configmap_swap_takes_effect_and_rolls_the_workers(tmp_path, pg, cluster
 
 
 def test_plain_file_edit_takes_effect(tmp_path, pg, cluster, namespace, migrated_db, operator_factory):
-    rules = write_plain(tmp_path / "rules", rules_files())
+    rules = write_plain(tmp_path / "rules", rules_files(NO_SOAK))
     op = start(pg, cluster, migrated_db, namespace, operator_factory, rules)
     quiesce(op)
-    edited = rules_files({"deployment.lua": [(MODE_ENV, MODE_ENV + '        { name = "EDITED_IN_PLACE", value = "yes" },\n')]})
+    edited = rules_files({**NO_SOAK, "deployment.lua": [(MODE_ENV, MODE_ENV + '        { name = "EDITED_IN_PLACE", value = "yes" },\n')]})
     t_edit = time.time()
     (rules / "deployment.lua").write_text(edited["deployment.lua"])
     effect = wait_for(lambda: [r for r in op.logs() if r.get("msg") == "rules in effect"
                                and r.get("version") == rules_version(edited)], 10, lambda: op.raw_log()[-3000:],
                       interval=0.02)[0]
     wait_for(lambda: all(env_of(d).get("EDITED_IN_PLACE") == "yes" for d in deployments(cluster, namespace).values()),
-             30, lambda: {n: env_of(d) for n, d in deployments(cluster, namespace).items()})
+             120, lambda: {n: env_of(d) for n, d in deployments(cluster, namespace).items()})
     print(f"\nplain edit -> rules in effect: {(log_time(effect) - t_edit) * 1000:.0f} ms")
 
 

@@ -35,6 +35,7 @@ import urllib.parse
 import pytest
 
 from operator_harness import ROOT, run_cli, wait_for
+from rules_dir import NO_SOAK, rules_files, write_plain
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 FINGERPRINT = "sync-airbnb.io/credentials-fingerprint"
@@ -1003,16 +1004,24 @@ def test_restart_adopts_existing_workers_and_applies_what_changed_meanwhile(pg, 
         ("create", "s-new"), ("delete", "s-gone"), ("update", "s-cred")]
 
 
-def test_new_worker_image_on_restart_updates_every_worker(pg, cluster, api, namespace, migrated_db, start):
+def test_new_worker_image_on_restart_updates_every_worker(pg, cluster, api, namespace, migrated_db, start,
+                                                          tmp_path):
+    """A new WORKER_IMAGE is a rollout (issue 18): in waves, the canary first; with no
+    soak here (rules_dir.NO_SOAK), each wave waits only for the previous one's Ready pod."""
+    rules = write_plain(tmp_path / "rules", rules_files(NO_SOAK))
     insert(pg, migrated_db, "keep", "i1")
-    op = start()
+    op = start(RULES_DIR=rules)
     wait_for(lambda: len(api.deployments(namespace)) == 2, 10, "workers not created")
+    for aid in ("keep", "i1"):
+        settled(cluster, api, namespace, name_of(aid))
     assert op.stop() == 0
-    start(WORKER_IMAGE="sync-airbnb:2.0")
+    start(WORKER_IMAGE="sync-airbnb:2.0", RULES_DIR=rules)
 
     def images():
         return {n: d["spec"]["template"]["spec"]["containers"][0]["image"] for n, d in api.deployments(namespace).items()}
-    wait_for(lambda: set(images().values()) == {"sync-airbnb:2.0"}, 10, images)
+    wait_for(lambda: set(images().values()) == {"sync-airbnb:2.0"}, 120, images)
+    updates = [r for r in audit(pg, migrated_db) if r["action"] == "update"]
+    assert [r["deployment"] for r in updates] == sorted(name_of(a) for a in ("keep", "i1")), "canary first, by name"
     for aid in ("keep", "i1"):  # rolled out: a second ReplicaSet, done
         wait_for(lambda: len(replicasets_of(cluster, namespace, name_of(aid))) == 2, 10, "no new ReplicaSet")
         settled(cluster, api, namespace, name_of(aid))

@@ -204,7 +204,8 @@ def test_status_table_and_json(pg, cluster, kubectl, kubeconfig, namespace, migr
     assert rows["2003"] == ["2003", "no", "-", "-", "-", "-", "never"]
     assert "Managed Deployments without an account" in p.stdout
     assert re.search(r"^stray\s+-\s+\d/\d\s+\d+$", p.stdout, re.M), p.stdout
-    assert lines[-1].startswith("3 accounts (2 active), 2 with a worker (2 ready), 1 managed Deployments without an account")
+    assert lines[-2].startswith("3 accounts (2 active), 2 with a worker (2 ready), 1 managed Deployments without an account")
+    assert lines[-1].startswith("rollout: "), lines[-1]  # the rules rollout's line
     assert "Q9vTz" not in p.stdout
 
     p = run_cli("status", "-o", "json", env=env)
@@ -241,7 +242,7 @@ def test_status_table_and_json(pg, cluster, kubectl, kubeconfig, namespace, migr
     assert all(a["fingerprint_in_sync"] is None and a["account_fingerprint"] is None for a in doc["accounts"])
     p = run_cli("status", env=dict(env, RULES_DIR=str(broken)))
     assert p.returncode == 0 and p.stdout.splitlines()[1].split()[5] == "?", p.stdout
-    assert p.stdout.rstrip().endswith("rules (not loaded)")
+    assert p.stdout.rstrip().splitlines()[-2].endswith("rules (not loaded)"), p.stdout
 
 
 # ---- repl -------------------------------------------------------------------------------
