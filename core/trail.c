@@ -117,6 +117,8 @@ void trail_write(trail *t, const write_outcome *o)
     case WRITE_UPDATED:
     case WRITE_DELETED:
     case WRITE_ALREADY_OURS: /* the create was made; its answer was lost */
+        if (o->ownership_moved)
+            log_info("moved the fields our create owned to our apply", "deployment", o->name, NULL);
         trail_action(t, rec_action_name(o->kind), o->account_id, o->name, o->uid, o->reason, 0);
         forget_report(t, "error", o->name);
         break;

@@ -24,9 +24,11 @@ struct writer {
  * POST timed out, or got 409) is followed by a GET (VERIFY). A Deployment
  * whose fields our POST still owns gets them moved to our apply
  * (ownership.h) before its first update: a GET (OWN_GET), then a JSON patch
- * (OWN_PATCH). Not right after the create: that would double the requests
- * of a mass creation (KUBE_QPS bounds them), and until the first update
- * nothing the rules render has been dropped from the object anyway. */
+ * (OWN_PATCH), then the update's apply itself in the same request chain
+ * (planning it again would wait a pass and the patch's watch echo). Not right
+ * after the create: that would double the requests of a mass creation
+ * (KUBE_QPS bounds them), and until the first update nothing the rules
+ * render has been dropped from the object anyway. */
 enum write_stage { STAGE_WRITE, STAGE_VERIFY, STAGE_OWN_GET, STAGE_OWN_PATCH };
 
 typedef struct write_req {
@@ -34,7 +36,9 @@ typedef struct write_req {
     act_kind kind;
     enum write_stage stage;
     int attempts; /* ownership: patches tried */
+    int moved;    /* ownership: the fields were moved (reported with the update) */
     char *account_id, *name, *reason;
+    char *apply_body; /* an update behind the ownership step: its apply, sent next */
     char *failure; /* VERIFY: what happened to the create, reported if it did not happen */
 } write_req;
 
@@ -55,6 +59,7 @@ static void write_req_free(write_req *w)
     free(w->name);
     free(w->reason);
     free(w->failure);
+    free(w->apply_body);
     free(w);
 }
 
@@ -82,6 +87,25 @@ static int send_stage(write_req *w, const char *method, const char *ctype, const
     int rc = send_request(w, method, path, ctype, body);
     free(path);
     return rc;
+}
+
+/* The server-side apply of an update, forced: the operator's apply owns
+ * every field the rules render. */
+static char *apply_path(const writer *wr, const char *name)
+{
+    return xasprintf(DEPLOYMENTS "/%s?fieldManager=" OWN_FIELD_MANAGER "&force=true", wr->cfg->namespace, name);
+}
+
+/* After the ownership step: the update's apply. Returns 1 if it went out. */
+static int send_apply(write_req *w)
+{
+    if (w->apply_body == NULL)
+        return 0;
+    char *path = apply_path(w->wr, w->name);
+    w->stage = STAGE_WRITE;
+    int sent = send_request(w, "PATCH", path, "application/apply-patch+yaml", w->apply_body) == 0;
+    free(path);
+    return sent;
 }
 
 /* Moves the fields our POST owns to our apply, from obj when it is a fresh
@@ -125,6 +149,7 @@ static void outcome(write_req *w, write_result result, const char *reason, const
             o.applied_generation = (long)json_number(json_path(obj, "metadata", "generation", NULL), 0);
     }
     o.backoff = result == WRITE_FAILED || result == WRITE_UNMANAGED_CONFLICT;
+    o.ownership_moved = w->moved;
     w->wr->done(&o, w->wr->ud);
 }
 
@@ -135,9 +160,11 @@ static int own_step(write_req *w, const kube_response *resp, int ok, const char 
     int again = 0;
     write_outcome o = {.kind = w->kind, .account_id = w->account_id, .name = w->name, .replan = 1};
     if (obj && w->stage == STAGE_OWN_GET) {
-        again = own_upgrade(w, obj);
+        again = own_upgrade(w, obj) || send_apply(w); /* (nothing left to move: the apply) */
         o.result = WRITE_OWNERSHIP_MOVED; /* (not again: nothing left to move, resource_version 0) */
     } else if (obj) {
+        w->moved = 1;
+        again = send_apply(w); /* not sent (leadership lost): reported, planned again */
         o.result = WRITE_OWNERSHIP_MOVED;
         o.resource_version = cache_resource_version(obj);
     } else if (resp && (resp->status == 409 || resp->status == 422) && w->attempts < 3) {
@@ -258,6 +285,8 @@ int writer_send(writer *wr, const action *a, const obs_deploy *live)
         /* Our POST still owns fields: move them to our apply first, so that
          * this apply removes what the rules no longer render; the account
          * is planned again once that is done. */
+        if (a->kind == ACT_UPDATE && a->body)
+            w->apply_body = xstrdup(a->body);
         if (own_upgrade(w, NULL))
             return 1;
         write_req_free(w);
@@ -274,7 +303,7 @@ int writer_send(writer *wr, const action *a, const obs_deploy *live)
         break;
     case ACT_UPDATE:
         method = "PATCH";
-        path = xasprintf(DEPLOYMENTS "/%s?fieldManager=" OWN_FIELD_MANAGER "&force=true", cfg->namespace, a->name);
+        path = apply_path(wr, a->name);
         ctype = "application/apply-patch+yaml"; /* JSON is YAML */
         body = a->body;
         break;

@@ -46,6 +46,7 @@ typedef struct write_outcome {
     long applied_generation;          /* > 0: the generation our apply produced */
     int backoff;                      /* RETRY_LATER: 1 when the account should back off */
     int replan;                       /* 1: plan the account again (an update waits for it) */
+    int ownership_moved;              /* UPDATED: our create's fields were moved to our apply first */
 } write_outcome;
 
 typedef void (*writer_done_fn)(const write_outcome *o, void *ud);
