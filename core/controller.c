@@ -31,6 +31,7 @@
 #include "rules.h"
 #include "strmap.h"
 #include "util.h"
+#include "wstatus.h"
 
 #define NOTIFY_CHANNEL "sync_airbnb_accounts"
 #define PASS_DEBOUNCE_MS 5
@@ -57,6 +58,7 @@ typedef struct ctl {
     kube_client *kc;
     kube_async *ka;
     cache *cache;
+    wstatus *ws; /* worker health rows for the admin side */
 
     rules *rules;
     uv_fs_event_t rules_watch;
@@ -332,6 +334,7 @@ static void write_succeeded(ctl *c, write_req *w, const json_value *obj)
     } else {
         report(c, what, w->account_id, w->name, NULL, w->reason, 0);
     }
+    wstatus_on_write(c->ws, w->account_id, NULL);
     free(strmap_del(&c->backoff, w->account_id ? w->account_id : ""));
     forget_report(c, "error", w->name);
 }
@@ -340,6 +343,7 @@ static void write_failed(ctl *c, write_req *w, const char *reason)
 {
     if (first_report(c, "error", w->name, reason))
         report(c, "error", w->account_id, w->name, NULL, reason, 1);
+    wstatus_on_write(c->ws, w->account_id, reason);
     fail_later(c, w->account_id);
 }
 
@@ -412,6 +416,7 @@ static int write_step(ctl *c, write_req *w, const kube_response *resp, const cha
     if (ok && w->kind == ACT_DELETE) {
         cache_remove_deployment(c->cache, w->name);
         report(c, what, w->account_id, w->name, NULL, w->reason, 0);
+        wstatus_on_write(c->ws, w->account_id, NULL);
         free(strmap_del(&c->backoff, w->account_id ? w->account_id : ""));
         forget_report(c, "error", w->name);
         return 0;
@@ -699,9 +704,11 @@ static void pass(ctl *c)
     }
     plan_input in = {res, observed, full, active_total, (int)c->delete_tokens, &c->settled, PLAN_CHUNK, &busy};
     if (rec_plan(c->rules, cfg, &in, &plan, err, sizeof err) < 0) {
+        wstatus_on_pass(c->ws, res, full, NULL, rules_version(c->rules));
         set_pass_error(c, err);
         goto out;
     }
+    wstatus_on_pass(c->ws, res, full, &plan, rules_version(c->rules));
     set_pass_error(c, NULL);
     hold_mass_deletes(c, &plan);
     int writes = 0;
@@ -961,6 +968,7 @@ static void on_cache_change(enum cache_kind kind, const char *name, const void *
                             void *ud)
 {
     ctl *c = ud;
+    wstatus_on_cache(c->ws, kind, name, old, now);
     if (name == NULL) { /* a list completed */
         if (kind == CACHE_DEPLOYMENT)
             kick_full(c);
@@ -1064,6 +1072,7 @@ static void on_leader_async(uv_async_t *a)
     if (now != c->was_leader) {
         log_info(now ? "became leader; reconciling" : "not the leader; standing by", NULL);
         c->was_leader = now;
+        wstatus_leader(c->ws, now);
         if (now)
             kick_full(c);
         else
@@ -1133,6 +1142,7 @@ static void on_tick(uv_timer_t *t)
     if (c->inflight.len == 0) /* nothing to make way for (e.g. the database is away) */
         event_queue_flush(&c->events);
     kube_stats_foreach(kube_stat, NULL);
+    wstatus_metrics(c->ws);
     /* Hand freed heap back after busy seconds (parsed watch events and
      * rendered Deployments are many small, short-lived allocations). */
     if (c->passes != c->trimmed_at_passes) {
@@ -1278,6 +1288,7 @@ static void declare_metrics(void)
     metrics_declare("sync_airbnb_operator_deletes_held", METRICS_GAUGE, "Deletes currently held (empty set or budget).");
     metrics_declare("sync_airbnb_operator_leader", METRICS_GAUGE, "1 when this process holds the Lease.");
     metrics_declare("sync_airbnb_operator_schema_at_head", METRICS_GAUGE, "1 when the database schema is at head.");
+    wstatus_declare_metrics();
 }
 
 int run_main(const config *cfg, int argc, char **argv)
@@ -1368,7 +1379,9 @@ int run_main(const config *cfg, int argc, char **argv)
 
     c->delete_tokens = cfg->delete_budget;
     c->delete_refill_ms = util_now_ms();
+    c->ws = wstatus_new(&c->loop, cfg, NULL, may_write, c);
     c->cache = cache_start(&c->loop, c->ka, cfg->namespace, on_cache_change, c);
+    wstatus_set_cache(c->ws, c->cache);
 
     c->db = pg_connect(cfg->database_url, cfg->db_timeout_ms, err, sizeof err);
     if (c->db && pg_listen(c->db, NOTIFY_CHANNEL, err, sizeof err) == 0)
@@ -1411,6 +1424,7 @@ out:
     uv_walk(&c->loop, close_walk, NULL);
     uv_run(&c->loop, UV_RUN_DEFAULT);
     uv_loop_close(&c->loop);
+    wstatus_free(c->ws); /* after the loop: its write in flight has finished */
     kube_client_free(c->kc);
     kube_config_free(&c->kcfg);
     audit_flush(&c->audit, c->db_up ? c->db : NULL, c->cfg->identity); /* what the last iteration queued */

@@ -20,4 +20,5 @@ return {
   "003_accounts_table",
   "004_accounts_notify",
   "005_credentials_generation",
+  "006_worker_status",
 }
