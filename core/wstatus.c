@@ -143,6 +143,7 @@ typedef struct ws_job {
     ws_snap *snaps;
     size_t nsnaps;
     int ok, need_load;
+    double seconds; /* in the database */
     char err[512];
     PGresult *loaded;
 } ws_job;
@@ -600,9 +601,18 @@ static int run_sql(ws_job *j, const char *sql, const char *param)
     return pg_command(j->ws->conn, sql, param ? 1 : 0, params, j->err, sizeof j->err);
 }
 
+static void job_write(ws_job *j);
+
 static void job_work(uv_work_t *req)
 {
     ws_job *j = req->data;
+    uint64_t t0 = util_now_ms();
+    job_write(j);
+    j->seconds = (double)(util_now_ms() - t0) / 1000.0;
+}
+
+static void job_write(ws_job *j)
+{
     wstatus *ws = j->ws;
     if (!pg_ok(ws->conn)) {
         int up;
@@ -766,6 +776,10 @@ static void job_done(uv_work_t *req, int status)
             e->has_written = 1;
             if (e->has_cur && row_equal(&e->cur, &e->written))
                 strmap_del(&ws->unsent, s->account_id);
+        }
+        if (!j->load) {
+            metrics_add("sync_airbnb_operator_worker_status_batches_total", NULL, 1);
+            metrics_observe("sync_airbnb_operator_worker_status_write_duration_seconds", NULL, j->seconds);
         }
         if (upserts)
             metrics_add("sync_airbnb_operator_worker_status_rows_written_total", "op=\"upsert\"", (double)upserts);
@@ -944,6 +958,10 @@ void wstatus_declare_metrics(void)
                     "Rows of the worker status model not yet written to the database.");
     metrics_declare("sync_airbnb_operator_worker_status_rows_written_total", METRICS_COUNTER,
                     "Rows of sync_airbnb_operator.worker_status written, by op (upsert, delete).");
+    metrics_declare("sync_airbnb_operator_worker_status_batches_total", METRICS_COUNTER,
+                    "Batches (transactions) written to sync_airbnb_operator.worker_status.");
+    metrics_declare("sync_airbnb_operator_worker_status_write_duration_seconds", METRICS_HISTOGRAM,
+                    "Time of one batch in the database (connect, statements, NOTIFY, COMMIT).");
     metrics_declare("sync_airbnb_operator_worker_status_write_failures_total", METRICS_COUNTER,
                     "Batches of worker status that could not be written (retried).");
 }
