@@ -397,9 +397,11 @@ void wstatus_on_pass(wstatus *ws, const PGresult *res, int full, const plan_resu
         ws_entry *e = a->account_id ? entry_get(ws, a->account_id, 0) : NULL;
         if (e == NULL || e->seen == ws->seq)
             continue;
+        /* Planned without a row: the row is gone (a partial pass asked for it). */
         int held = a->kind == ACT_HOLD;
-        if (e->held != held) {
+        if (e->held != held || e->account) {
             e->held = held;
+            e->account = 0;
             mark(ws, e);
         }
     }
@@ -471,9 +473,30 @@ void wstatus_leader(wstatus *ws, int is_leader)
 
 /* ---- computing rows ------------------------------------------------------------ */
 
+/* Its Deployment as the cache has it now. Our own delete leaves the cache
+ * without a watch event for it (cache_remove_deployment), so a name the
+ * cache no longer has is dropped here. */
+static const obs_deploy *live_deployment(wstatus *ws, ws_entry *e)
+{
+    if (e->deployment == NULL)
+        return NULL;
+    const obs_deploy *d = strmap_get(cache_deployments(ws->cache), e->deployment);
+    if (d == NULL) {
+        char *owner = strmap_get(&ws->dep_account, e->deployment);
+        if (owner && strcmp(owner, e->account_id) == 0)
+            free(strmap_del(&ws->dep_account, e->deployment));
+        free(e->deployment);
+        e->deployment = NULL;
+        e->gen_applied = -1;
+        free(e->rules_version);
+        e->rules_version = NULL;
+    }
+    return d;
+}
+
 static void compute(wstatus *ws, ws_entry *e, const strmap *sums, ws_row *out)
 {
-    const obs_deploy *d = e->deployment ? strmap_get(cache_deployments(ws->cache), e->deployment) : NULL;
+    const obs_deploy *d = live_deployment(ws, e);
     const wstatus_pods *pods = d ? strmap_get(sums, d->name) : NULL;
     wstatus_input in = {e->account, e->active, e->deleted, e->paused, e->held, e->rollout, e->error, d, pods};
     const char *failure;
@@ -535,6 +558,7 @@ static void recompute_dirty(wstatus *ws)
         ws_entry *e = strmap_get(&ws->entries, k);
         if (e == NULL)
             continue;
+        live_deployment(ws, e);
         if (gone(e)) {
             if (e->has_written) {
                 if (strmap_get(&ws->unsent, k) == NULL)
