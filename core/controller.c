@@ -1142,7 +1142,6 @@ static void on_tick(uv_timer_t *t)
     if (c->inflight.len == 0) /* nothing to make way for (e.g. the database is away) */
         event_queue_flush(&c->events);
     kube_stats_foreach(kube_stat, NULL);
-    wstatus_metrics(c->ws);
     /* Hand freed heap back after busy seconds (parsed watch events and
      * rendered Deployments are many small, short-lived allocations). */
     if (c->passes != c->trimmed_at_passes) {

@@ -227,6 +227,7 @@ static void set_str(char **dst, const char *src)
 }
 
 static void on_timer(uv_timer_t *t);
+static void wstatus_metrics(wstatus *ws);
 
 /* The next flush in ms at the latest. */
 static void schedule(wstatus *ws, int ms)
@@ -589,6 +590,7 @@ static void recompute_dirty(wstatus *ws)
     free(slots);
     strmap_free(&want);
     strmap_free(&sums);
+    wstatus_metrics(ws); /* /metrics follows the model as it changes, not a second later */
 }
 
 /* ---- the writer thread ------------------------------------------------------------ */
@@ -812,6 +814,7 @@ static void job_done(uv_work_t *req, int status)
         if (ws->unsent.len > 0 || ws->dirty.len > 0)
             schedule(ws, 0);
     }
+    wstatus_metrics(ws);
     job_free(j);
 }
 
@@ -865,15 +868,17 @@ static void flush(wstatus *ws)
 {
     if (ws->job || !ws->have_accounts)
         return;
-    recompute_dirty(ws);
-    if (!ws->may_write(ws->ud))
-        return; /* a standby keeps the model (for /metrics), the leader writes */
-    if (ws->need_load) {
+    int leader = ws->may_write(ws->ud);
+    if (leader && ws->need_load) {
+        /* Before computing: the table carries ready_changed_at over a restart. */
         ws_job *j = xcalloc(1, sizeof *j);
         j->load = 1;
         start_job(ws, j);
         return;
     }
+    recompute_dirty(ws);
+    if (!leader)
+        return; /* a standby keeps the model (for /metrics), the leader writes */
     if (ws->unsent.len == 0)
         return;
     ws_job *j = xcalloc(1, sizeof *j);
@@ -990,7 +995,8 @@ void wstatus_declare_metrics(void)
                     "Batches of worker status that could not be written (retried).");
 }
 
-void wstatus_metrics(wstatus *ws)
+/* The gauges of the model, set after each change of it. */
+static void wstatus_metrics(wstatus *ws)
 {
     if (ws == NULL || !ws->have_accounts)
         return;

@@ -87,8 +87,6 @@ void wstatus_set_paused(wstatus *ws, const char *account_id, int paused);
 void wstatus_set_rollout(wstatus *ws, const char *account_id, int waiting);
 /* Leadership changed: a new leader reads the table before writing. */
 void wstatus_leader(wstatus *ws, int is_leader);
-/* Sets the gauges of the model (call from the loop, e.g. once a second). */
-void wstatus_metrics(wstatus *ws);
 void wstatus_declare_metrics(void);
 
 #endif
