@@ -708,9 +708,9 @@ static void pass(ctl *c)
         set_pass_error(c, err);
         goto out;
     }
-    wstatus_on_pass(c->ws, res, full, &plan, rules_version(c->rules));
     set_pass_error(c, NULL);
     hold_mass_deletes(c, &plan);
+    wstatus_on_pass(c->ws, res, full, &plan, rules_version(c->rules)); /* holds included */
     int writes = 0;
     for (size_t i = 0; i < plan.n; i++) {
         /* Only a delete that was sent uses the budget. */
