@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "json.h"
 #include "log.h"
 #include "metrics.h"
 #include "scrub.h"
@@ -175,35 +176,46 @@ void event_post(kube_async *ka, const char *ns, const char *identity, int timeou
     gmtime_r(&now, &tm);
     strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
     buf b = {0};
-    buf_puts(&b, "{\"apiVersion\":\"v1\",\"kind\":\"Event\",\"metadata\":{\"generateName\":");
+    json_out o;
+    jo_init(&o, &b);
+    jo_object(&o);
+    jo_kstr(&o, "apiVersion", "v1");
+    jo_kstr(&o, "kind", "Event");
+    jo_key(&o, "metadata");
+    jo_object(&o);
     char *gen = xasprintf("%s.", name);
-    buf_json_string(&b, gen, strlen(gen));
+    jo_kstr(&o, "generateName", gen);
     free(gen);
-    buf_puts(&b, ",\"namespace\":");
-    buf_json_string(&b, ns, strlen(ns));
-    buf_printf(&b, "},\"involvedObject\":{\"apiVersion\":\"%s\",\"kind\":\"%s\",\"name\":", api_version, kind);
-    buf_json_string(&b, name, strlen(name));
-    buf_puts(&b, ",\"namespace\":");
-    buf_json_string(&b, ns, strlen(ns));
-    if (uid) {
-        buf_puts(&b, ",\"uid\":");
-        buf_json_string(&b, uid, strlen(uid));
-    }
-    buf_puts(&b, "},\"reason\":");
-    buf_json_string(&b, reason, strlen(reason));
-    buf_puts(&b, ",\"message\":");
+    jo_kstr(&o, "namespace", ns);
+    jo_end(&o);
+    jo_key(&o, "involvedObject");
+    jo_object(&o);
+    jo_kstr(&o, "apiVersion", api_version);
+    jo_kstr(&o, "kind", kind);
+    jo_kstr(&o, "name", name);
+    jo_kstr(&o, "namespace", ns);
+    if (uid)
+        jo_kstr(&o, "uid", uid);
+    jo_end(&o);
+    jo_kstr(&o, "reason", reason);
     if (account_id) {
         char full[1024]; /* a 9,000-byte account id makes no 9 KB Event */
         snprintf(full, sizeof full, "%s (account %s)", message, account_id);
-        buf_json_string(&b, full, strlen(full));
+        jo_kstr(&o, "message", full);
     } else {
-        buf_json_string(&b, message, strlen(message));
+        jo_kstr(&o, "message", message);
     }
-    buf_printf(&b, ",\"type\":\"%s\",\"source\":{\"component\":\"sync-airbnb-operator\"},"
-                   "\"reportingComponent\":\"sync-airbnb-operator\",\"reportingInstance\":",
-               warning ? "Warning" : "Normal");
-    buf_json_string(&b, identity, strlen(identity));
-    buf_printf(&b, ",\"firstTimestamp\":\"%s\",\"lastTimestamp\":\"%s\",\"count\":1}", ts, ts);
+    jo_kstr(&o, "type", warning ? "Warning" : "Normal");
+    jo_key(&o, "source");
+    jo_object(&o);
+    jo_kstr(&o, "component", "sync-airbnb-operator");
+    jo_end(&o);
+    jo_kstr(&o, "reportingComponent", "sync-airbnb-operator");
+    jo_kstr(&o, "reportingInstance", identity);
+    jo_kstr(&o, "firstTimestamp", ts);
+    jo_kstr(&o, "lastTimestamp", ts);
+    jo_kint(&o, "count", 1);
+    jo_end(&o);
     char *path = xasprintf("/api/v1/namespaces/%s/events", ns);
     if (done == NULL)
         done = event_post_logged;

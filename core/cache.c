@@ -68,6 +68,16 @@ static int foreign_spec_edit(const json_value *meta)
     return 0;
 }
 
+unsigned long long cache_resource_version(const json_value *obj)
+{
+    const char *rv = json_string(json_path(obj, "metadata", "resourceVersion", NULL));
+    if (rv == NULL || *rv < '0' || *rv > '9')
+        return 0;
+    char *end;
+    unsigned long long n = strtoull(rv, &end, 10);
+    return *end == '\0' ? n : 0;
+}
+
 obs_deploy *cache_parse_deployment(const json_value *obj)
 {
     const json_value *meta = json_get(obj, "metadata");
@@ -124,6 +134,7 @@ obs_deploy *cache_parse_deployment(const json_value *obj)
     d->managed = mb && strcmp(mb, MANAGED_BY_VALUE) == 0;
     d->update_owned = d->managed && own_has_update_entry(meta);
     d->generation = (long)json_number(json_get(meta, "generation"), 0);
+    d->resource_version = cache_resource_version(obj);
     /* A hint for first sight (upsert): edited by hand, so not what we applied. */
     if (d->generation > 1 && foreign_spec_edit(meta))
         d->applied_generation = d->generation - 1;
@@ -550,19 +561,6 @@ strmap *cache_deployments(cache *c)
 strmap *cache_pods(cache *c)
 {
     return &c->pods.items;
-}
-
-void cache_upsert_deployment(cache *c, obs_deploy *d)
-{
-    obs_deploy *old = strmap_get(&c->deploy.items, d->name);
-    d->seen = old ? old->seen : 1;
-    strmap_put(&c->deploy.items, d->name, d);
-    obs_deploy_free(old);
-}
-
-void cache_remove_deployment(cache *c, const char *name)
-{
-    obs_deploy_free(strmap_del(&c->deploy.items, name));
 }
 
 const char *cache_last_error(const cache *c)

@@ -30,6 +30,10 @@ typedef struct obs_deploy {
     int nann;
     long generation, observed_generation;
     long applied_generation; /* generation our last apply produced; 0 unknown */
+    /* metadata.resourceVersion when it is a decimal number (etcd's always
+     * is), else 0. Only ever compared for equality (the API's contract):
+     * expect.h matches a write's watch echo with it. */
+    unsigned long long resource_version;
     int managed;             /* carries the managed-by label */
     int update_owned;        /* our POST's "Update" managedFields entry is still there
                               * (ownership.h): moved to our apply before the next update */
@@ -46,6 +50,8 @@ typedef struct obs_pod {
     int seen;
 } obs_pod;
 
+/* metadata.resourceVersion of obj as obs_deploy keeps it (0: not a number). */
+unsigned long long cache_resource_version(const json_value *obj);
 /* Parse one object of the API (as decoded JSON). Caller frees with *_free. */
 obs_deploy *cache_parse_deployment(const json_value *obj);
 obs_pod *cache_parse_pod(const json_value *obj);
@@ -75,10 +81,11 @@ int cache_synced(const cache *c);
 /* The maps (name → obs_deploy / obs_pod), owned by the cache. */
 strmap *cache_deployments(cache *c);
 strmap *cache_pods(cache *c);
-/* Records an object we just wrote (the API's response), so that a pass
- * before the watch event sees it. Takes ownership of d. */
-void cache_upsert_deployment(cache *c, obs_deploy *d);
-void cache_remove_deployment(cache *c, const char *name);
+/* The store has one writer: the list and the watch. What the operator just
+ * wrote is not put in it; until the watch brings the write's echo the write
+ * is *expected* (expect.h, client-go's "expectations"), and a pass leaves
+ * the account alone, so a stale event can never make it send the write
+ * again. */
 /* Last error of a list/watch (NULL if fine) and whether the watches are up. */
 const char *cache_last_error(const cache *c);
 int cache_watching(const cache *c);

@@ -19,10 +19,10 @@
 #include "migrate.h"
 #include "pg.h"
 #include "reconcile.h"
+#include "rules_check.h"
 #include "wstatus.h"
 
 #define BOOLOID 16
-#define CLI_CHECK_ROWS 256 /* accounts a reload check plans over, as run's PLAN_CHUNK */
 
 struct cli_view {
     const config *cfg;
@@ -68,9 +68,12 @@ static int check_live(cli_view *v, luahost *candidate, char *err, size_t errlen)
     char lerr[512];
     if (read_live(v, &observed, &accounts, lerr, sizeof lerr) < 0)
         return 0;
-    plan_input in = {.accounts = accounts, .observed = &observed, .full = 1, .active_total = -1,
-                     .delete_allowance = 0, .settled = NULL, .max_rows = CLI_CHECK_ROWS};
+    acct_rows rows;
+    rows_from_pgresult(&rows, accounts);
+    plan_input in = {.accounts = &rows, .observed = &observed, .full = 1, .active_total = -1,
+                     .delete_allowance = 0, .settled = NULL, .max_rows = REC_PLAN_CHUNK};
     int rc = rec_check_plan(v->rules, candidate, v->cfg, &in, err, errlen);
+    rows_free(&rows);
     PQclear(accounts);
     cache_free_deployments(&observed);
     return rc;
@@ -192,22 +195,6 @@ static int read_live(cli_view *v, strmap *observed, PGresult **accounts, char *e
 
 /* ---- output helpers --------------------------------------------------------- */
 
-static void json_str(buf *b, const char *s)
-{
-    if (s)
-        buf_json_string(b, s, strlen(s));
-    else
-        buf_puts(b, "null");
-}
-
-static void json_key(buf *b, int first, const char *key)
-{
-    if (!first)
-        buf_putc(b, ',');
-    buf_json_string(b, key, strlen(key));
-    buf_putc(b, ':');
-}
-
 /* A text table: rows of owned cells, printed with columns aligned. */
 typedef struct table {
     size_t ncols, nrows;
@@ -293,9 +280,12 @@ static int make_plan(cli_view *v, plan_result *out, char *err, size_t errlen)
     /* A full pass with the whole delete budget (run's bucket holds at most
      * DELETE_BUDGET, so this is the most it could delete now) over every
      * account: run hands them to the rules in chunks, over several passes. */
-    plan_input in = {.accounts = accounts, .observed = &observed, .full = 1, .active_total = -1,
+    acct_rows rows;
+    rows_from_pgresult(&rows, accounts);
+    plan_input in = {.accounts = &rows, .observed = &observed, .full = 1, .active_total = -1,
                      .delete_allowance = cfg->delete_budget, .settled = NULL, .max_rows = 0};
     int rc = rec_plan(r, cfg, &in, out, err, errlen);
+    rows_free(&rows);
     PQclear(accounts);
     cache_free_deployments(&observed);
     return rc;
@@ -304,42 +294,38 @@ static int make_plan(cli_view *v, plan_result *out, char *err, size_t errlen)
 static void plan_write_json(buf *b, const plan_result *p, const plan_counts *c, const char *version,
                             const config *cfg)
 {
-    buf_puts(b, "{");
-    json_key(b, 1, "rules_version");
-    json_str(b, version);
-    json_key(b, 0, "namespace");
-    json_str(b, cfg->namespace);
-    json_key(b, 0, "pending");
-    buf_puts(b, c->pending ? "true" : "false");
-    json_key(b, 0, "summary");
-    buf_putc(b, '{');
+    json_out o;
+    jo_init(&o, b);
+    jo_object(&o);
+    jo_kstr(&o, "rules_version", version);
+    jo_kstr(&o, "namespace", cfg->namespace);
+    jo_kbool(&o, "pending", c->pending);
+    jo_key(&o, "summary");
+    jo_object(&o);
     for (int k = ACT_CREATE; k <= ACT_ERROR; k++)
-        buf_printf(b, "\"%s\":%d,", rec_action_name((act_kind)k), c->by_kind[k]);
-    buf_printf(b, "\"desired\":%d,\"observed\":%d}", p->desired, p->observed);
-    json_key(b, 0, "hold_reason");
-    json_str(b, p->hold_reason);
-    json_key(b, 0, "actions");
-    buf_putc(b, '[');
+        jo_kint(&o, rec_action_name((act_kind)k), c->by_kind[k]);
+    jo_kint(&o, "desired", p->desired);
+    jo_kint(&o, "observed", p->observed);
+    jo_end(&o);
+    jo_kstr(&o, "hold_reason", p->hold_reason);
+    jo_key(&o, "actions");
+    jo_array(&o);
     for (size_t i = 0; i < p->n; i++) {
         const action *a = &p->actions[i];
-        buf_puts(b, i ? ",{" : "{");
-        json_key(b, 1, "action");
-        json_str(b, rec_action_name(a->kind));
-        json_key(b, 0, "account_id");
-        json_str(b, a->account_id);
-        json_key(b, 0, "deployment");
-        json_str(b, a->name);
-        json_key(b, 0, "reason");
-        json_str(b, a->reason);
-        if (a->body) { /* the object as it would be applied (JSON already) */
-            json_key(b, 0, "desired_hash");
-            json_str(b, a->desired_hash);
-            json_key(b, 0, "object");
-            buf_puts(b, a->body);
+        jo_object(&o);
+        jo_kstr(&o, "action", rec_action_name(a->kind));
+        jo_kstr(&o, "account_id", a->account_id);
+        jo_kstr(&o, "deployment", a->name);
+        jo_kstr(&o, "reason", a->reason);
+        if (a->body) { /* the object as it would be applied (JSON already: safety.c made it) */
+            jo_kstr(&o, "desired_hash", a->desired_hash);
+            jo_key(&o, "object");
+            jo_raw(&o, a->body);
         }
-        buf_putc(b, '}');
+        jo_end(&o);
     }
-    buf_puts(b, "]}");
+    jo_end(&o);
+    jo_end(&o);
 }
 
 int cli_plan_json(cli_view *v, buf *out, int *pending, char *err, size_t errlen)
@@ -497,18 +483,22 @@ static int worker_name(rules *r, const config *cfg, const char *id, char *out, s
 static void fingerprint_state(rules *r, const config *cfg, const PGresult *res, int row, acct_row *a)
 {
     lua_State *L = luahost_state(rules_host(r));
+    acct_rows rows;
+    rows_from_pgresult(&rows, res);
     if (push_rule(r, "credentials_fingerprint") == 0) {
-        rec_push_account(L, res, row);
+        rec_push_account(L, &rows, row);
         if (call_rule(r, cfg, "credentials_fingerprint", 1) == 0) {
             if (lua_type(L, -1) == LUA_TSTRING)
                 snprintf(a->expected, sizeof a->expected, "%s", lua_tostring(L, -1));
             lua_pop(L, 1);
         }
     }
-    if (a->d->fingerprint == NULL)
+    if (a->d->fingerprint == NULL) {
+        rows_free(&rows);
         return;
+    }
     if (push_rule(r, "credentials_in_sync") == 0) {
-        rec_push_account(L, res, row);
+        rec_push_account(L, &rows, row);
         rec_push_observed(L, a->d);
         if (call_rule(r, cfg, "credentials_in_sync", 2) == 0) {
             if (lua_type(L, -1) == LUA_TBOOLEAN)
@@ -518,6 +508,7 @@ static void fingerprint_state(rules *r, const config *cfg, const PGresult *res, 
     } else if (a->expected[0]) {
         a->in_sync = strcmp(a->expected, a->d->fingerprint) == 0;
     }
+    rows_free(&rows);
 }
 
 static void sum_pods(status_view *s)
@@ -681,78 +672,60 @@ static const pod_sum *row_pods(const status_view *s, const acct_row *a)
     return sum ? sum : &none;
 }
 
-static void status_write_row(buf *b, const status_view *s, const acct_row *a)
+static void status_write_row(json_out *o, const status_view *s, const acct_row *a)
 {
     const pod_sum *pods = row_pods(s, a);
-    buf_putc(b, '{');
+    jo_object(o);
     if (a->row >= 0) {
         int deleted = col(s, a->row, "deleted_at") != NULL;
-        json_key(b, 1, "account_id");
-        json_str(b, col(s, a->row, "account_id"));
-        json_key(b, 0, "active");
-        buf_puts(b, flag(s, a->row, "is_active") && !deleted ? "true" : "false");
-        json_key(b, 0, "deleted");
-        buf_puts(b, deleted ? "true" : "false");
-        json_key(b, 0, "deployment");
-        json_str(b, a->d ? a->d->name : NULL);
+        jo_kstr(o, "account_id", col(s, a->row, "account_id"));
+        jo_kbool(o, "active", flag(s, a->row, "is_active") && !deleted);
+        jo_kbool(o, "deleted", deleted);
+        jo_kstr(o, "deployment", a->d ? a->d->name : NULL);
     } else {
-        json_key(b, 1, "deployment");
-        json_str(b, a->d->name);
-        json_key(b, 0, "account_id"); /* the annotation, if any */
-        json_str(b, a->d->account_id);
+        jo_kstr(o, "deployment", a->d->name);
+        jo_kstr(o, "account_id", a->d->account_id); /* the annotation, if any */
     }
-    json_key(b, 0, "ready_pods");
-    buf_printf(b, "%d", pods->ready);
-    json_key(b, 0, "replicas");
-    buf_printf(b, "%d", a->d ? a->d->replicas : 0);
-    json_key(b, 0, "restarts");
-    buf_printf(b, "%d", pods->restarts);
-    json_key(b, 0, "waiting_reason");
-    json_str(b, pods->waiting_reason);
+    jo_kint(o, "ready_pods", pods->ready);
+    jo_kint(o, "replicas", a->d ? a->d->replicas : 0);
+    jo_kint(o, "restarts", pods->restarts);
+    jo_kstr(o, "waiting_reason", pods->waiting_reason);
     const char *failure;
     enum wstatus_reason reason = row_reason(s, a, &failure);
-    json_key(b, 0, "reason");
-    json_str(b, wstatus_reason_name(reason));
-    json_key(b, 0, "pod_phase");
-    json_str(b, a->d ? pods->w.phase : NULL);
-    json_key(b, 0, "last_error");
-    json_str(b, failure);
+    jo_kstr(o, "reason", wstatus_reason_name(reason));
+    jo_kstr(o, "pod_phase", a->d ? pods->w.phase : NULL);
+    jo_kstr(o, "last_error", failure);
     if (a->row >= 0) {
-        json_key(b, 0, "fingerprint_in_sync");
-        buf_puts(b, a->in_sync < 0 ? "null" : a->in_sync ? "true" : "false");
-        json_key(b, 0, "fingerprint");
-        json_str(b, a->d ? a->d->fingerprint : NULL);
-        json_key(b, 0, "account_fingerprint");
-        json_str(b, a->expected[0] ? a->expected : NULL);
-        json_key(b, 0, "last_sync_at");
-        json_str(b, col(s, a->row, "last_sync_at"));
+        jo_key(o, "fingerprint_in_sync");
+        if (a->in_sync < 0)
+            jo_null(o);
+        else
+            jo_bool(o, a->in_sync);
+        jo_kstr(o, "fingerprint", a->d ? a->d->fingerprint : NULL);
+        jo_kstr(o, "account_fingerprint", a->expected[0] ? a->expected : NULL);
+        jo_kstr(o, "last_sync_at", col(s, a->row, "last_sync_at"));
     }
-    buf_putc(b, '}');
+    jo_end(o);
 }
 
 static void status_write_json(buf *b, const status_view *s, const config *cfg)
 {
-    buf_puts(b, "{");
-    json_key(b, 1, "namespace");
-    json_str(b, cfg->namespace);
-    json_key(b, 0, "rules_version");
-    json_str(b, s->rules_version);
-    json_key(b, 0, "accounts");
-    buf_putc(b, '[');
-    for (size_t i = 0; i < s->naccounts; i++) {
-        if (i)
-            buf_putc(b, ',');
-        status_write_row(b, s, &s->rows[i]);
-    }
-    buf_putc(b, ']');
-    json_key(b, 0, "deployments_without_account");
-    buf_putc(b, '[');
-    for (size_t i = s->naccounts; i < s->nrows; i++) {
-        if (i > s->naccounts)
-            buf_putc(b, ',');
-        status_write_row(b, s, &s->rows[i]);
-    }
-    buf_puts(b, "]}");
+    json_out o;
+    jo_init(&o, b);
+    jo_object(&o);
+    jo_kstr(&o, "namespace", cfg->namespace);
+    jo_kstr(&o, "rules_version", s->rules_version);
+    jo_key(&o, "accounts");
+    jo_array(&o);
+    for (size_t i = 0; i < s->naccounts; i++)
+        status_write_row(&o, s, &s->rows[i]);
+    jo_end(&o);
+    jo_key(&o, "deployments_without_account");
+    jo_array(&o);
+    for (size_t i = s->naccounts; i < s->nrows; i++)
+        status_write_row(&o, s, &s->rows[i]);
+    jo_end(&o);
+    jo_end(&o);
 }
 
 int cli_status_json(cli_view *v, buf *out, char *err, size_t errlen)

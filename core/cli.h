@@ -4,11 +4,11 @@
  *   cli.c        plan_main, status_main and the cli_view they and the REPL
  *                read through: the database, the cluster and the rules,
  *                exactly as `run` reads them (never writing anything)
- *   cli_check.c  cli_check_rules_main: lint, load, render sample accounts
- *                and validate their Deployments in C, self-check
+ *   cli_check.c  cli_check_rules_main: prints rules_check_dir's verdict
+ *                (rules_check.h)
  *
- * plan_main and status_main are the weak entry points declared in main.c;
- * main.c points `check-rules` at cli_check_rules_main. */
+ * main.c dispatches `plan`, `status` and `check-rules` to plan_main,
+ * status_main and cli_check_rules_main. */
 #ifndef CLI_H
 #define CLI_H
 
@@ -24,6 +24,10 @@
 #define CLI_PLAN_NOTHING 0
 #define CLI_PLAN_ERROR 1
 #define CLI_PLAN_PENDING 2
+
+/* The entry points of `plan` and `status`; return the exit code. */
+int plan_main(const config *cfg, int argc, char **argv);
+int status_main(const config *cfg, int argc, char **argv);
 
 /* ---- the view: what `run` would read (cli.c) ------------------------------ */
 
@@ -73,37 +77,5 @@ void cli_quiet_logs(const config *cfg);
 /* ---- check-rules (cli_check.c) -------------------------------------------- */
 
 int cli_check_rules_main(const config *cfg, int argc, char **argv);
-/* The one rules check, for `check-rules` and hot reload alike: lint, load,
- * render the samples (C validation, no credential), self_check. Returns the
- * number of problems (0: the rules pass), each a line in problems; *stage
- * names the stage that failed. On 0 with checked != NULL, *checked gets the
- * loaded, self-checked host (the caller frees it). */
-struct luahost;
-int cli_check_dir(const config *cfg, const char *dir, buf *problems, const char **stage, int *nfiles,
-                  int *nsamples, struct luahost **checked);
-
-/* Lints every module file of dir (undeclared globals, global assignments,
- * unknown requires). Returns the number of problems (one line each appended
- * to problems) or -1 when dir cannot be read; *nfiles gets the file count.
- * Hot reload runs it too (rules.c). */
-int cli_lint_dir(const char *dir, buf *problems, int *nfiles);
-
-/* Checks one rendered Deployment (decoded JSON): name a DNS-1123 label of at
- * most 63 characters, apiVersion apps/v1 and kind Deployment, valid label
- * keys and values (object and pod template), a non-empty
- * spec.selector.matchLabels that is a subset of the pod template's labels,
- * at least one container, each with a name and an image. Returns 0, or -1
- * with the first problem in err. */
-int cli_validate_deployment(const json_value *obj, char *err, size_t errlen);
-
-/* Static check of one Lua chunk (Lua 5.4 bytecode): appends one line
- * "chunk:line: message\n" to problems per read of a global that is not in
- * globals, per assignment to any global, and per require("literal") of a
- * module that is not in modules (both maps: key → non-NULL). Returns the
- * number of problems, or -1 with a "chunk:line: message" syntax error (or an
- * unreadable bytecode format) appended. chunk is the name shown, e.g.
- * "deployment.lua". */
-int cli_lint_chunk(const char *chunk, const char *src, size_t len, const strmap *globals,
-                   const strmap *modules, buf *problems);
 
 #endif

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "names.h"
 #include "pg.h"
 #include "scrub.h"
 #include "util.h"
@@ -183,7 +184,7 @@ static int is_dir(const char *p)
 /* Where lua/<sub> is when not configured: next to the binary when it was
  * installed (<prefix>/bin → <prefix>/share/sync-airbnb-operator/lua), else
  * the source checkout it was built from, else the configured install prefix. */
-static char *default_lua_dir(const char *sub)
+char *config_lua_dir(const char *sub)
 {
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -205,18 +206,6 @@ static char *default_lua_dir(const char *sub)
     return xasprintf("%s/lua/%s", SAO_DATA_DIR, sub);
 }
 
-static int valid_ident(const char *s, size_t n)
-{
-    if (n == 0 || n > 63)
-        return 0;
-    if (!((s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
-        return 0;
-    for (size_t i = 1; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
-            return 0;
-    return 1;
-}
-
 static int finish(config *c, char *err, size_t errlen)
 {
     /* accounts table: schema.table, lowercase identifiers (they are quoted in SQL) */
@@ -225,7 +214,7 @@ static int finish(config *c, char *err, size_t errlen)
     const char *rel = dot ? dot + 1 : t;
     size_t slen = dot ? (size_t)(dot - t) : 6;
     const char *schema = dot ? t : "public";
-    if ((dot && !valid_ident(t, slen)) || !valid_ident(rel, strlen(rel))) {
+    if ((dot && !names_pg_ident_n(t, slen)) || !names_pg_ident_n(rel, strlen(rel))) {
         util_seterr(err, errlen,
                     "ACCOUNTS_TABLE: invalid value \"%s\" (schema.table of lowercase letters, "
                     "digits and _)", t);
@@ -250,10 +239,10 @@ static int finish(config *c, char *err, size_t errlen)
             c->namespace = xstrdup("sync-airbnb");
     }
     if (c->rules_dir == NULL)
-        c->rules_dir = default_lua_dir("rules");
+        c->rules_dir = config_lua_dir("rules");
     if (c->migrations_dir == NULL)
-        c->migrations_dir = default_lua_dir("migrations");
-    c->builtin_rules_dir = default_lua_dir("rules");
+        c->migrations_dir = config_lua_dir("migrations");
+    c->builtin_rules_dir = config_lua_dir("rules");
     if (c->identity == NULL) {
         char host[256] = "operator";
         gethostname(host, sizeof host - 1);

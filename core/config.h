@@ -55,6 +55,10 @@ int config_load(config *c, int argc, char **argv, char ***rest, int *nrest, char
                 size_t errlen);
 void config_free(config *c);
 /* Checks DATABASE_URL is present and parses (libpq conninfo or URI). */
+/* Where lua/<sub> is (rules, migrations, repl): next to the installed binary,
+ * else the source checkout it was built from, else the install prefix.
+ * Caller frees. */
+char *config_lua_dir(const char *sub);
 int config_require_database(const config *c, char *err, size_t errlen);
 /* Prints the flag/environment reference (used by every subcommand's --help). */
 void config_print_help(void *stream);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "json.h"
 #include "metrics.h"
 #include "scrub.h"
 #include "util.h"
@@ -50,6 +51,42 @@ struct health {
     int ready, alive, port;
 };
 
+/* Writes each member of obj (an object) not named skip1/skip2. */
+static void write_members(json_out *o, const json_value *obj, const char *skip1, const char *skip2)
+{
+    for (size_t i = 0; json_typeof(obj) == JSON_OBJECT && i < json_len(obj); i++) {
+        const char *k = json_key_at(obj, i);
+        if (strcmp(k, skip1) == 0 || (skip2 && strcmp(k, skip2) == 0))
+            continue;
+        jo_key(o, k);
+        jo_value(o, json_at(obj, i));
+    }
+}
+
+/* The last document with "ready":false and a "loop" check in front of its
+ * checks: a reader finds every check it knows, and the stall. */
+static char *stalled_document(const char *doc, unsigned long stalled_ms)
+{
+    json_value *v = json_parse(doc, strlen(doc), NULL, 0);
+    buf b = {0};
+    json_out o;
+    jo_init(&o, &b);
+    jo_object(&o);
+    jo_kbool(&o, "ready", 0);
+    jo_key(&o, "checks");
+    jo_object(&o);
+    jo_key(&o, "loop");
+    jo_object(&o);
+    jo_kint(&o, "stalled_ms", (long long)stalled_ms);
+    jo_end(&o);
+    write_members(&o, json_get(v, "checks"), "loop", NULL);
+    jo_end(&o);
+    write_members(&o, v, "ready", "checks");
+    jo_end(&o);
+    json_free(v);
+    return buf_steal(&b);
+}
+
 static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, const char *ctype,
                                char *body, size_t len)
 {
@@ -82,16 +119,16 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         return respond(conn, 200, "text/plain", xstrdup("ok\n"), 3);
     }
     if (strcmp(url, "/readyz") == 0) {
-        if (!health_loop_alive()) { /* the document is as old as the stall */
-            char *msg = xasprintf("{\"ready\":false,\"checks\":{\"loop\":{\"stalled_ms\":%lu}}}",
-                                  health_beat_age_ms());
-            return respond(conn, 503, "application/json", msg, strlen(msg));
-        }
         pthread_mutex_lock(&h->lock);
-        char *body = xstrdup(h->ready_json ? h->ready_json : "{\"ready\":false,\"checks\":{}}");
+        char *doc = xstrdup(h->ready_json ? h->ready_json : "{\"ready\":false,\"checks\":{}}");
         int ready = h->ready;
         pthread_mutex_unlock(&h->lock);
-        return respond(conn, ready ? 200 : 503, "application/json", body, strlen(body));
+        if (!health_loop_alive()) { /* the document is as old as the stall: not ready, and why */
+            char *msg = stalled_document(doc, health_beat_age_ms());
+            free(doc);
+            return respond(conn, 503, "application/json", msg, strlen(msg));
+        }
+        return respond(conn, ready ? 200 : 503, "application/json", doc, strlen(doc));
     }
     if (strcmp(url, "/metrics") == 0) {
         buf b = {0};
@@ -118,7 +155,7 @@ static struct MHD_Daemon *start_daemon(health *h, unsigned flags, const struct s
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HEALTH_PER_IP, MHD_OPTION_END);
 }
 
-health *health_start(const char *addr, char *err, size_t errlen)
+health *health_start(const char *addr, const char *first_json, char *err, size_t errlen)
 {
     const char *colon = strrchr(addr, ':');
     if (colon == NULL) {
@@ -154,6 +191,8 @@ health *health_start(const char *addr, char *err, size_t errlen)
     health *h = xcalloc(1, sizeof *h);
     pthread_mutex_init(&h->lock, NULL);
     h->alive = 1;
+    /* In place before the daemon answers anything: every check from the first answer. */
+    h->ready_json = first_json ? scrub_dup(first_json) : NULL;
     if (v4) {
         h->daemon = start_daemon(h, 0, (struct sockaddr *)&sin);
     } else if (v6) {
@@ -168,6 +207,7 @@ health *health_start(const char *addr, char *err, size_t errlen)
     if (h->daemon == NULL) {
         util_seterr(err, errlen, "HEALTH_ADDR: cannot listen on %s (address in use?)", addr);
         pthread_mutex_destroy(&h->lock);
+        free(h->ready_json);
         free(h);
         return NULL;
     }

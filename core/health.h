@@ -9,11 +9,16 @@
 typedef struct health health;
 
 /* addr: "[host]:port" (":8080", "127.0.0.1:0"); port 0 picks a free port.
- * Returns NULL with err on failure (port in use, bad address). */
-health *health_start(const char *addr, char *err, size_t errlen);
+ * first_json: the /readyz document (not ready) served until the first
+ * health_publish, in place before the first answer, so that every check is
+ * there from the start. Returns NULL with err on failure (port in use, bad
+ * address). */
+health *health_start(const char *addr, const char *first_json, char *err, size_t errlen);
 /* The port actually bound. */
 int health_port(const health *h);
-/* Replaces the /readyz document (copied) and its verdict. */
+/* Replaces the /readyz document (copied) and its verdict. While the loop
+ * is stalled, /readyz answers 503 with this document's checks and a "loop"
+ * check in front ({"stalled_ms": N}). */
 void health_publish(health *h, int ready, const char *json);
 /* /healthz answers 503 after this (the loop is wedged or shutting down). */
 void health_set_alive(health *h, int alive);

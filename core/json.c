@@ -579,3 +579,124 @@ int json_walk_strings(const json_value *v, int (*fn)(const char *s, size_t len, 
     }
     return 0;
 }
+
+/* ---- writing without a DOM ------------------------------------------------- */
+
+static void jo_before(json_out *o)
+{
+    if (o->after_key) {
+        o->after_key = 0;
+        return;
+    }
+    if (o->depth > 0 && o->depth <= JSON_OUT_DEPTH) {
+        if (o->comma[o->depth - 1])
+            buf_putc(o->b, ',');
+        o->comma[o->depth - 1] = 1;
+    }
+}
+
+void jo_init(json_out *o, buf *b)
+{
+    memset(o, 0, sizeof *o);
+    o->b = b;
+}
+
+static void jo_open(json_out *o, char c)
+{
+    jo_before(o);
+    buf_putc(o->b, c);
+    if (o->depth < JSON_OUT_DEPTH) {
+        o->comma[o->depth] = 0;
+        o->open[o->depth] = c;
+    }
+    o->depth++;
+}
+
+void jo_object(json_out *o)
+{
+    jo_open(o, '{');
+}
+
+void jo_array(json_out *o)
+{
+    jo_open(o, '[');
+}
+
+void jo_end(json_out *o)
+{
+    if (o->depth == 0)
+        return;
+    o->depth--;
+    buf_putc(o->b, o->depth < JSON_OUT_DEPTH && o->open[o->depth] == '[' ? ']' : '}');
+}
+
+void jo_key(json_out *o, const char *key)
+{
+    jo_before(o);
+    buf_json_string(o->b, key, strlen(key));
+    buf_putc(o->b, ':');
+    o->after_key = 1;
+}
+
+void jo_str(json_out *o, const char *s)
+{
+    jo_before(o);
+    if (s)
+        buf_json_string(o->b, s, strlen(s));
+    else
+        buf_puts(o->b, "null");
+}
+
+void jo_bool(json_out *o, int v)
+{
+    jo_before(o);
+    buf_puts(o->b, v ? "true" : "false");
+}
+
+void jo_int(json_out *o, long long v)
+{
+    jo_before(o);
+    buf_printf(o->b, "%lld", v);
+}
+
+void jo_double(json_out *o, double v)
+{
+    jo_before(o);
+    buf_printf(o->b, "%.6f", v);
+}
+
+void jo_value(json_out *o, const json_value *v)
+{
+    jo_before(o);
+    json_write(o->b, v);
+}
+
+void jo_null(json_out *o)
+{
+    jo_before(o);
+    buf_puts(o->b, "null");
+}
+
+void jo_raw(json_out *o, const char *json)
+{
+    jo_before(o);
+    buf_puts(o->b, json);
+}
+
+void jo_kstr(json_out *o, const char *key, const char *s)
+{
+    jo_key(o, key);
+    jo_str(o, s);
+}
+
+void jo_kbool(json_out *o, const char *key, int v)
+{
+    jo_key(o, key);
+    jo_bool(o, v);
+}
+
+void jo_kint(json_out *o, const char *key, long long v)
+{
+    jo_key(o, key);
+    jo_int(o, v);
+}

@@ -48,6 +48,37 @@ int json_walk_strings(const json_value *v, int (*fn)(const char *s, size_t len, 
 /* Serialises v (compact, object keys in their parsed order) onto b. */
 void json_write(buf *b, const json_value *v);
 
+/* Writing JSON without a DOM: the documents the core builds (the /readyz
+ * document, DeleteOptions...) go through these, so keys and strings are
+ * always escaped and commas always placed. Nesting up to JSON_OUT_DEPTH
+ * (deeper levels are written without their commas tracked: nothing the core
+ * writes comes near it; fieldsV1 trees of a Deployment are ~15 deep). */
+#define JSON_OUT_DEPTH 128
+typedef struct json_out {
+    buf *b;
+    int depth, after_key;
+    unsigned char comma[JSON_OUT_DEPTH]; /* per level: a value was written */
+    char open[JSON_OUT_DEPTH];           /* per level: '{' or '[' */
+} json_out;
+void jo_init(json_out *o, buf *b);
+void jo_object(json_out *o); /* { */
+void jo_array(json_out *o);  /* [ */
+void jo_end(json_out *o);    /* } or ], whichever is open */
+void jo_key(json_out *o, const char *key);
+void jo_str(json_out *o, const char *s); /* NULL: null */
+void jo_bool(json_out *o, int v);
+void jo_int(json_out *o, long long v);
+void jo_double(json_out *o, double v); /* %.6f */
+void jo_value(json_out *o, const json_value *v);
+void jo_null(json_out *o);
+/* A value that is JSON text already (made by this writer or checked by the
+ * parser, e.g. a final Deployment), copied as is. */
+void jo_raw(json_out *o, const char *json);
+/* key and value in one call */
+void jo_kstr(json_out *o, const char *key, const char *s);
+void jo_kbool(json_out *o, const char *key, int v);
+void jo_kint(json_out *o, const char *key, long long v);
+
 /* The Lua `json` module (bind_json.c); json_lua_encode is json.encode, a
  * lua_CFunction that may raise: call it under luahost_pcall. */
 struct lua_State;

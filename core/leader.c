@@ -93,34 +93,36 @@ static char *lease_body(const leader *l, const json_value *base, const char *hol
                         const char *acquire_time, const char *renew_time, long transitions)
 {
     buf b = {0};
-    buf_puts(&b, "{\"apiVersion\":\"coordination.k8s.io/v1\",\"kind\":\"Lease\",\"metadata\":{");
+    json_out o;
+    jo_init(&o, &b);
+    jo_object(&o);
+    jo_kstr(&o, "apiVersion", "coordination.k8s.io/v1");
+    jo_kstr(&o, "kind", "Lease");
+    jo_key(&o, "metadata");
+    jo_object(&o);
     const json_value *meta = json_get(base, "metadata");
     if (meta) {
-        int first = 1;
         for (size_t i = 0; i < json_len(meta); i++) {
             const char *key = json_key_at(meta, i);
             if (strcmp(key, "managedFields") == 0)
                 continue;
-            if (!first)
-                buf_putc(&b, ',');
-            first = 0;
-            buf_json_string(&b, key, strlen(key));
-            buf_putc(&b, ':');
-            json_write(&b, json_at(meta, i));
+            jo_key(&o, key);
+            jo_value(&o, json_at(meta, i));
         }
     } else {
-        buf_puts(&b, "\"name\":");
-        buf_json_string(&b, l->lease_name, strlen(l->lease_name));
-        buf_puts(&b, ",\"namespace\":");
-        buf_json_string(&b, l->namespace, strlen(l->namespace));
+        jo_kstr(&o, "name", l->lease_name);
+        jo_kstr(&o, "namespace", l->namespace);
     }
-    buf_puts(&b, "},\"spec\":{\"holderIdentity\":");
-    buf_json_string(&b, holder, strlen(holder));
-    buf_printf(&b, ",\"leaseDurationSeconds\":%d,\"acquireTime\":", duration_s);
-    buf_json_string(&b, acquire_time, strlen(acquire_time));
-    buf_puts(&b, ",\"renewTime\":");
-    buf_json_string(&b, renew_time, strlen(renew_time));
-    buf_printf(&b, ",\"leaseTransitions\":%ld}}", transitions);
+    jo_end(&o);
+    jo_key(&o, "spec");
+    jo_object(&o);
+    jo_kstr(&o, "holderIdentity", holder);
+    jo_kint(&o, "leaseDurationSeconds", duration_s);
+    jo_kstr(&o, "acquireTime", acquire_time);
+    jo_kstr(&o, "renewTime", renew_time);
+    jo_kint(&o, "leaseTransitions", transitions);
+    jo_end(&o);
+    jo_end(&o);
     return buf_steal(&b);
 }
 

@@ -6,17 +6,12 @@
 
 #include "cli.h"
 #include "config.h"
+#include "controller.h"
 #include "log.h"
+#include "migrate.h"
 #include "pg.h"
+#include "repl.h"
 #include "util.h"
-
-/* Implemented by the subsystems; weak so that the binary links while a
- * subsystem is still being written ("not yet implemented" until then). */
-int migrate_main(const config *cfg, int argc, char **argv) __attribute__((weak));
-int run_main(const config *cfg, int argc, char **argv) __attribute__((weak));
-int plan_main(const config *cfg, int argc, char **argv) __attribute__((weak));
-int status_main(const config *cfg, int argc, char **argv) __attribute__((weak));
-int repl_main(const config *cfg, int argc, char **argv) __attribute__((weak));
 
 typedef int (*command_fn)(const config *cfg, int argc, char **argv);
 
@@ -27,11 +22,8 @@ typedef struct command {
     const char *usage;
     const char *summary;
     const char *details;
-    command_fn *impl; /* pointer to a weak symbol, or NULL for the built-ins below */
-    command_fn builtin;
+    command_fn fn;
 } command;
-
-static command_fn run_ref, migrate_ref, plan_ref, status_ref, repl_ref;
 
 static const command commands[] = {
     {"run", "run [flags]", "watch the accounts table and keep one worker Deployment per active account",
@@ -39,24 +31,24 @@ static const command commands[] = {
      "takes the leader Lease, then reconciles on every account change (LISTEN/NOTIFY)\n"
      "and every RESYNC_INTERVAL_SECONDS. Serves /healthz, /readyz and /metrics on\n"
      "HEALTH_ADDR. Reloads the rules when RULES_DIR changes. SIGTERM stops it cleanly.\n",
-     &run_ref, NULL},
+     run_main},
     {"migrate", "migrate up|status|check [flags]", "create or check the operator's database objects",
      "  up      apply pending migrations (advisory lock: concurrent runners wait)\n"
      "  status  list applied and pending migrations (-o json for JSON)\n"
      "  check   exit 0 at head, 3 when migrations are pending, 1 on error\n",
-     &migrate_ref, NULL},
+     migrate_main},
     {"plan", "plan [flags]", "show what `run` would do now (exit 0: nothing, 2: changes pending, 1: error)",
      "Reads the accounts and the managed Deployments as a full pass of `run` does, runs\n"
      "the rules with the same safety checks (empty-set hold, a full DELETE_BUDGET), and\n"
      "prints the actions without executing them (-o json for JSON). Writes nothing.\n"
      "Exit 2 when a create, update or delete would be sent; holds and per-account\n"
      "errors are listed but are not pending changes, as `run` cannot execute them.\n",
-     &plan_ref, NULL},
+     plan_main},
     {"status", "status [flags]", "accounts vs worker Deployments vs pods, one row per account",
      "Columns: account, active, deployment, ready pods, restarts, fingerprint in sync,\n"
      "reason (what stands in the worker's way, as in sync_airbnb_operator.worker_status),\n"
      "last_sync_at (-o json for JSON).\n",
-     &status_ref, NULL},
+     status_main},
     {"check-rules", "check-rules [DIR] [flags]", "check a rules directory before shipping it (exit 1 with file:line)",
      "Checks DIR (default RULES_DIR) before it ships: every file compiles and reads or\n"
      "sets no undeclared global and requires no unknown module (file:line, also in code\n"
@@ -65,7 +57,7 @@ static const command commands[] = {
      "to Deployments that JSON-encode and pass checks made in C (DNS-1123 name, label\n"
      "keys and values, selector a subset of the pod labels, containers with images, no\n"
      "credential values); self_check passes. Exits 1 with file:line on any failure.\n",
-     NULL, cli_check_rules_main},
+     cli_check_rules_main},
     {"repl", "repl [flags]", "a Lua prompt with the operator's bindings, for debugging",
      "A full (unsandboxed, unbudgeted) Lua 5.4 state for an admin: libedit line editing\n"
      "and history (~/.sync_airbnb_operator_history); a chunk may span lines. Globals:\n"
@@ -75,8 +67,8 @@ static const command commands[] = {
      "are; reload() reloads RULES_DIR as hot reload does; ctx(); show(v).\n"
      "Piped stdin: no banner or prompts, stops at the first error with exit 1:\n"
      "  echo 'print(#plan())' | sync-airbnb-operator repl\n",
-     &repl_ref, NULL},
-    {"version", "version", "print the version", "", NULL, version_main},
+     repl_main},
+    {"version", "version", "print the version", "", version_main},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
@@ -108,12 +100,6 @@ static int version_main(const config *cfg, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    run_ref = run_main;
-    migrate_ref = migrate_main;
-    plan_ref = plan_main;
-    status_ref = status_main;
-    repl_ref = repl_main;
-
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return argc < 2 ? 2 : 0;
@@ -150,14 +136,7 @@ int main(int argc, char **argv)
     log_init(cfg.log_level, cfg.log_format);
     pg_scrub_register(cfg.database_url); /* before anything can print it */
 
-    command_fn fn = cmd->builtin ? cmd->builtin : *cmd->impl;
-    int rc;
-    if (fn == NULL) {
-        fprintf(stderr, "sync-airbnb-operator %s: not yet implemented\n", cmd->name);
-        rc = 1;
-    } else {
-        rc = fn(&cfg, nrest, rest);
-    }
+    int rc = cmd->fn(&cfg, nrest, rest);
     config_free(&cfg);
     return rc;
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "json.h"
 #include "log.h"
 #include "luahost.h"
 #include "util.h"
@@ -537,40 +538,40 @@ static const char *state_name(enum state st)
 
 /* One element of the JSON "migrations" array; description and applied_at
  * may be NULL (JSON null). */
-static void json_migration(buf *b, int first, const char *id, const char *description,
-                           const char *state, const char *checksum, const char *applied_at)
+static void json_migration(json_out *o, const char *id, const char *description, const char *state,
+                           const char *checksum, const char *applied_at)
 {
-    const char *strs[] = {id, description, state, checksum, applied_at};
-    const char *keys[] = {"id", "description", "state", "checksum", "applied_at"};
-    if (!first)
-        buf_putc(b, ',');
-    buf_putc(b, '{');
-    for (int k = 0; k < 5; k++) {
-        buf_printf(b, "%s\"%s\":", k ? "," : "", keys[k]);
-        if (strs[k])
-            buf_json_string(b, strs[k], strlen(strs[k]));
-        else
-            buf_puts(b, "null");
-    }
-    buf_putc(b, '}');
+    jo_object(o);
+    jo_kstr(o, "id", id);
+    jo_kstr(o, "description", description);
+    jo_kstr(o, "state", state);
+    jo_kstr(o, "checksum", checksum);
+    jo_kstr(o, "applied_at", applied_at);
+    jo_end(o);
 }
 
 static void status_json(const plan *p, enum head h, buf *b)
 {
-    buf_printf(b, "{\"at_head\":%s,\"migrations\":[", h == HEAD_AT ? "true" : "false");
-    int n = 0;
+    json_out o;
+    jo_init(&o, b);
+    jo_object(&o);
+    jo_kbool(&o, "at_head", h == HEAD_AT);
+    jo_key(&o, "migrations");
+    jo_array(&o);
     for (int i = 0; i < p->nfiles; i++) {
         const migration *m = &p->files[i];
         const applied_row *r = find_row(p, m->id);
-        json_migration(b, n++ == 0, m->id, m->description, state_name(state_of(p, m)),
-                       m->checksum, r ? r->applied_at : NULL);
+        json_migration(&o, m->id, m->description, state_name(state_of(p, m)), m->checksum,
+                       r ? r->applied_at : NULL);
     }
     for (int i = 0; i < p->nrows; i++) {
         const applied_row *r = &p->rows[i];
         if (!known(p, r->id))
-            json_migration(b, n++ == 0, r->id, NULL, "unknown", r->checksum, r->applied_at);
+            json_migration(&o, r->id, NULL, "unknown", r->checksum, r->applied_at);
     }
-    buf_puts(b, "]}\n");
+    jo_end(&o);
+    jo_end(&o);
+    buf_putc(b, '\n');
 }
 
 static void status_table(const plan *p, buf *b)

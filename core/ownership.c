@@ -1,6 +1,7 @@
 /* ownership: see ownership.h. */
 #include "ownership.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "util.h"
@@ -29,45 +30,52 @@ int own_has_update_entry(const json_value *meta)
 
 /* Writes the union of two fieldsV1 sets: both are trees of objects whose
  * keys name fields ("f:spec", "k:{...}", ".") and whose leaves are {}. */
-static void write_union(buf *b, const json_value *x, const json_value *y)
+static void write_union(json_out *o, const json_value *x, const json_value *y)
 {
     if (json_typeof(x) != JSON_OBJECT || json_typeof(y) != JSON_OBJECT) {
-        json_write(b, x);
+        jo_value(o, x);
         return;
     }
-    buf_putc(b, '{');
-    size_t n = 0;
-    for (size_t i = 0; i < json_len(x); i++, n++) {
+    jo_object(o);
+    for (size_t i = 0; i < json_len(x); i++) {
         const char *k = json_key_at(x, i);
-        if (n)
-            buf_putc(b, ',');
-        buf_json_string(b, k, strlen(k));
-        buf_putc(b, ':');
         const json_value *other = json_get(y, k);
+        jo_key(o, k);
         if (other)
-            write_union(b, json_at(x, i), other);
+            write_union(o, json_at(x, i), other);
         else
-            json_write(b, json_at(x, i));
+            jo_value(o, json_at(x, i));
     }
     for (size_t i = 0; i < json_len(y); i++) {
         const char *k = json_key_at(y, i);
         if (json_get(x, k))
             continue;
-        if (n++)
-            buf_putc(b, ',');
-        buf_json_string(b, k, strlen(k));
-        buf_putc(b, ':');
-        json_write(b, json_at(y, i));
+        jo_key(o, k);
+        jo_value(o, json_at(y, i));
     }
-    buf_putc(b, '}');
+    jo_end(o);
 }
 
-/* Appends a "test" op: the entry at index i still has this key and value. */
-static void test_op(buf *b, long i, const char *key, const json_value *value)
+/* One JSON patch operation on /metadata/managedFields/<i>[/<key>]; value
+ * NULL: none (remove); text: a string value instead. */
+static void patch_op(json_out *o, const char *op, long i, const char *key, const json_value *value,
+                     const char *text)
 {
-    buf_printf(b, "{\"op\":\"test\",\"path\":\"/metadata/managedFields/%ld/%s\",\"value\":", i, key);
-    json_write(b, value);
-    buf_puts(b, "},");
+    char path[96];
+    if (key)
+        snprintf(path, sizeof path, "/metadata/managedFields/%ld/%s", i, key);
+    else
+        snprintf(path, sizeof path, "/metadata/managedFields/%ld", i);
+    jo_object(o);
+    jo_kstr(o, "op", op);
+    jo_kstr(o, "path", path);
+    if (value) {
+        jo_key(o, "value");
+        jo_value(o, value);
+    } else if (text) {
+        jo_kstr(o, "value", text);
+    }
+    jo_end(o);
 }
 
 char *own_upgrade_patch(const json_value *obj)
@@ -81,22 +89,30 @@ char *own_upgrade_patch(const json_value *obj)
      * write by another manager meanwhile does not get in the way, a change
      * of ours does (then the server answers 422 and the caller reads again). */
     buf b = {0};
-    buf_putc(&b, '[');
-    test_op(&b, update, "manager", json_get(u, "manager"));
-    test_op(&b, update, "operation", json_get(u, "operation"));
-    test_op(&b, update, "fieldsV1", json_get(u, "fieldsV1"));
+    json_out o;
+    jo_init(&o, &b);
+    jo_array(&o);
+    patch_op(&o, "test", update, "manager", json_get(u, "manager"), NULL);
+    patch_op(&o, "test", update, "operation", json_get(u, "operation"), NULL);
+    patch_op(&o, "test", update, "fieldsV1", json_get(u, "fieldsV1"), NULL);
     if (apply < 0) {
-        buf_printf(&b, "{\"op\":\"replace\",\"path\":\"/metadata/managedFields/%ld/operation\","
-                       "\"value\":\"Apply\"}]", update);
+        patch_op(&o, "replace", update, "operation", NULL, "Apply");
+        jo_end(&o);
         return buf_steal(&b);
     }
     const json_value *a = json_at(managed, (size_t)apply);
-    test_op(&b, apply, "manager", json_get(a, "manager"));
-    test_op(&b, apply, "operation", json_get(a, "operation"));
-    test_op(&b, apply, "fieldsV1", json_get(a, "fieldsV1"));
-    buf_printf(&b, "{\"op\":\"replace\",\"path\":\"/metadata/managedFields/%ld/fieldsV1\",\"value\":",
-               apply);
-    write_union(&b, json_get(a, "fieldsV1"), json_get(u, "fieldsV1"));
-    buf_printf(&b, "},{\"op\":\"remove\",\"path\":\"/metadata/managedFields/%ld\"}]", update);
+    patch_op(&o, "test", apply, "manager", json_get(a, "manager"), NULL);
+    patch_op(&o, "test", apply, "operation", json_get(a, "operation"), NULL);
+    patch_op(&o, "test", apply, "fieldsV1", json_get(a, "fieldsV1"), NULL);
+    jo_object(&o);
+    jo_kstr(&o, "op", "replace");
+    char path[96];
+    snprintf(path, sizeof path, "/metadata/managedFields/%ld/fieldsV1", apply);
+    jo_kstr(&o, "path", path);
+    jo_key(&o, "value");
+    write_union(&o, json_get(a, "fieldsV1"), json_get(u, "fieldsV1"));
+    jo_end(&o);
+    patch_op(&o, "remove", update, NULL, NULL, NULL);
+    jo_end(&o);
     return buf_steal(&b);
 }

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "names.h"
 #include "scrub.h"
 #include "util.h"
 
@@ -524,13 +525,7 @@ int pg_advisory_unlock(pg_conn *c, int64_t key, char *err, size_t errlen)
 
 int pg_ident_valid(const char *s)
 {
-    if (s == NULL || !((*s >= 'a' && *s <= 'z') || *s == '_'))
-        return 0;
-    size_t n = 0;
-    for (const char *p = s; *p; p++, n++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
-            return 0;
-    return n <= 63;
+    return s != NULL && names_pg_ident_n(s, strlen(s));
 }
 
 char *pg_quote_ident(const char *s)

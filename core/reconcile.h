@@ -1,50 +1,24 @@
-/* reconcile: one planning step, shared by `run` and `plan`. Turns the account
- * rows and the observed Deployments into actions by calling the rules'
- * plan(accounts, observed, ctx), then enforces in C what no rule may change
- * (DESIGN.md §5):
- *   - update and delete only Deployments in the managed cache (label
- *     app.kubernetes.io/managed-by=sync-airbnb-operator, our namespace);
- *   - the rendered object's name, namespace and managed-by label are ours;
- *   - no credential value of the account appears in the rendered object;
- *   - deletes are held when the set of active accounts is empty (unless
- *     ALLOW_EMPTY_DESIRED) and beyond the delete budget.
- * If plan() itself fails, each account is planned on its own so that a rule
- * error affects only the account that triggers it. */
+/* reconcile: the planner, shared by `run` and `plan`. Turns the account
+ * rows (rows.h: plain C values, no libpq) and the observed Deployments into
+ * actions by calling the rules' plan(accounts, observed, ctx), each action
+ * passed through the safety filter (safety.h) as it is read. Accounts whose
+ * input did not change since a plan that left them alone are settled (not
+ * handed to the rules again); the rest are planned at most max_rows at a
+ * time. If plan() itself fails, each account is planned on its own so that
+ * a rule error affects only the account that triggers it.
+ *
+ * The pipeline (controller.h): watch → planner (here) → safety filter →
+ * writer → trail. The planner sends nothing and reports nothing. */
 #ifndef RECONCILE_H
 #define RECONCILE_H
 
-#include <libpq-fe.h>
 #include <lua.h>
 
+#include "action.h"
 #include "config.h"
+#include "rows.h"
 #include "rules.h"
 #include "strmap.h"
-
-typedef enum { ACT_CREATE, ACT_UPDATE, ACT_DELETE, ACT_HOLD, ACT_ERROR } act_kind;
-
-typedef struct action {
-    act_kind kind;
-    char *account_id;   /* may be NULL (e.g. a Deployment without the annotation) */
-    char *name;         /* Deployment name; may be NULL for an error without one */
-    char *reason;       /* short, never a credential value */
-    char *body;         /* create/update: the Deployment JSON to apply */
-    char *desired_hash; /* create/update */
-    char *uid;          /* delete: precondition */
-} action;
-
-typedef struct plan_result {
-    action *actions;
-    size_t n;
-    int desired;       /* active accounts in the input */
-    int observed;      /* managed Deployments in the input */
-    int held_deletes;  /* deletes turned into holds */
-    int refused;       /* actions the core refused (bad object, credential, unknown id...) */
-    char *hold_reason; /* why, when held_deletes > 0 */
-    int planned;       /* accounts handed to the rules (the rest were settled) */
-    int deferred;      /* accounts left for a later pass (max_rows, busy) */
-    char *deferred_ids;      /* their ids, each NUL-terminated, in row order (owned) */
-    size_t deferred_ids_len; /* bytes in deferred_ids */
-} plan_result;
 
 /* What the last plans left alone: a set of 16-byte digests (truncated
  * sha256) of everything the rules saw of an account (its row, its
@@ -56,7 +30,7 @@ typedef struct rec_settled {
 } rec_settled;
 
 typedef struct plan_input {
-    PGresult *accounts;   /* rows of ACCOUNTS_SELECT (borrowed) */
+    const acct_rows *accounts; /* the rows of rec_accounts_sql (borrowed) */
     strmap *observed;     /* name → obs_deploy (borrowed) */
     int full;             /* 1: accounts is the whole table */
     long active_total;    /* partial passes: active accounts in the whole table; -1 unknown */
@@ -78,6 +52,11 @@ typedef struct plan_input {
     /* Optional: account ids with a write in flight; deferred like max_rows. */
     strmap *busy;
 } plan_input;
+
+/* Accounts handed to the rules per pass (plan_input.max_rows in `run`, and
+ * the sample a reload plans over, in `run` and the REPL alike); the rest
+ * follow as the writes drain. */
+#define REC_PLAN_CHUNK 128
 
 /* The columns the rules get, in this order; the table name is appended by
  * rec_accounts_sql (validated, quoted identifiers). */
@@ -101,10 +80,9 @@ int rec_check_plan(rules *r, luahost *candidate, const config *cfg, const plan_i
 /* Push one account row / one observed Deployment exactly as plan() gets
  * them (rows: strings, is_active boolean, SQL NULL absent). */
 struct obs_deploy;
-void rec_push_account(lua_State *L, const PGresult *res, int row);
+void rec_push_account(lua_State *L, const acct_rows *rows, int row);
 void rec_push_observed(lua_State *L, const struct obs_deploy *d);
 
-const char *rec_action_name(act_kind k);
 /* Builds a PostgreSQL text[] literal of the ids (for = ANY($1)). Caller frees. */
 char *rec_text_array(const char *const *ids, size_t n);
 

@@ -15,6 +15,8 @@
  * stopping at the first error (exit 1), like `lua -`. Either way a chunk
  * may span lines (read until it compiles) and an expression's values are
  * printed, as lua.c does. */
+#include "repl.h"
+
 #include <editline/readline.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -49,82 +51,6 @@ typedef struct repl {
     char *history;    /* path, or NULL */
 } repl;
 
-/* Runs once in the REPL's state with (rules_dir, database_url,
- * db_timeout_ms, kubeconfig); sets the globals the banner lists and returns
- * the rules loader, show() and the warnings to print. */
-static const char prelude[] =
-    "local rules_dir, database_url, db_timeout_ms, kubeconfig = ...\n"
-    "local warnings = {}\n"
-    "json, hash, log, clock = require('json'), require('hash'), require('log'), require('clock')\n"
-    "if database_url then\n"
-    "    local conn, err = require('db').connect(database_url, { statement_timeout_ms = db_timeout_ms })\n"
-    "    db = conn\n"
-    "    if not conn then warnings[#warnings + 1] = 'db: not connected: ' .. err end\n"
-    "else\n"
-    "    warnings[#warnings + 1] = 'db: not connected (DATABASE_URL is not set)'\n"
-    "end\n"
-    "local client, err = require('kube').connect(kubeconfig and { kubeconfig = kubeconfig } or { in_cluster = true })\n"
-    "kube = client\n"
-    "if not client then warnings[#warnings + 1] = 'kube: not connected: ' .. err end\n"
-    "\n"
-    "-- The rules' files resolve from RULES_DIR, after the host modules (as in the sandbox).\n"
-    "local from_dir = {}\n"
-    "table.insert(package.searchers, 2, function(name)\n"
-    "    if type(name) ~= 'string' or not name:match('^[%w_]+$') then return nil end\n"
-    "    local path = rules_dir .. '/' .. name .. '.lua'\n"
-    "    local f = io.open(path, 'rb')\n"
-    "    if not f then return \"no file '\" .. path .. \"'\" end\n"
-    "    local src = f:read('a')\n"
-    "    f:close()\n"
-    "    local chunk, lerr = load(src, '@' .. name .. '.lua', 't')\n"
-    "    if not chunk then error(lerr, 0) end\n"
-    "    from_dir[name] = true\n"
-    "    return chunk, path\n"
-    "end)\n"
-    "local function load_rules()\n"
-    "    for name in pairs(from_dir) do package.loaded[name] = nil end\n"
-    "    from_dir = {}\n"
-    "    return require('rules')\n"
-    "end\n"
-    "\n"
-    "-- show(...): values as indented Lua, keys sorted, cycles marked.\n"
-    "local function render(value)\n"
-    "    local out, seen = {}, {}\n"
-    "    local function key_text(k)\n"
-    "        if type(k) == 'string' and k:match('^[%a_][%w_]*$') then return k end\n"
-    "        return '[' .. (type(k) == 'string' and string.format('%q', k) or tostring(k)) .. ']'\n"
-    "    end\n"
-    "    local function before(a, b)\n"
-    "        local ta, tb = type(a), type(b)\n"
-    "        if ta ~= tb then return ta < tb end\n"
-    "        if ta == 'number' or ta == 'string' then return a < b end\n"
-    "        return tostring(a) < tostring(b)\n"
-    "    end\n"
-    "    local function emit(v, indent)\n"
-    "        if type(v) == 'string' then out[#out + 1] = string.format('%q', v) return end\n"
-    "        if type(v) ~= 'table' then out[#out + 1] = tostring(v) return end\n"
-    "        if seen[v] then out[#out + 1] = '<cycle>' return end\n"
-    "        local keys = {}\n"
-    "        for k in pairs(v) do keys[#keys + 1] = k end\n"
-    "        if #keys == 0 then out[#out + 1] = '{}' return end\n"
-    "        table.sort(keys, before)\n"
-    "        seen[v] = true\n"
-    "        out[#out + 1] = '{\\n'\n"
-    "        for _, k in ipairs(keys) do\n"
-    "            out[#out + 1] = indent .. '  ' .. key_text(k) .. ' = '\n"
-    "            emit(v[k], indent .. '  ')\n"
-    "            out[#out + 1] = ',\\n'\n"
-    "        end\n"
-    "        out[#out + 1] = indent .. '}'\n"
-    "        seen[v] = nil\n"
-    "    end\n"
-    "    emit(value, '')\n"
-    "    return table.concat(out)\n"
-    "end\n"
-    "local function show(...)\n"
-    "    for i = 1, select('#', ...) do print(render((select(i, ...)))) end\n"
-    "end\n"
-    "return load_rules, show, warnings\n";
 
 /* ---- Ctrl-C ------------------------------------------------------------------ */
 
@@ -337,7 +263,14 @@ static int setup(repl *r, char *err, size_t errlen)
     preload(L, "hash", luaopen_hash);
     preload(L, "log", luaopen_log);
     preload(L, "clock", luaopen_clock);
-    if (luaL_loadbufferx(L, prelude, sizeof prelude - 1, "=repl", "t") != LUA_OK) {
+    /* lua/repl/prelude.lua: sets the globals the banner lists, returns the
+     * rules loader, show() and the warnings to print. */
+    char *dir = config_lua_dir("repl");
+    char *path = xasprintf("%s/prelude.lua", dir);
+    free(dir);
+    int loaded = luaL_loadfilex(L, path, "t");
+    free(path);
+    if (loaded != LUA_OK) {
         util_seterr(err, errlen, "%s", lua_tostring(L, -1));
         lua_pop(L, 1);
         return -1;

@@ -12,17 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
+#include "rules_check.h"
 #include "log.h"
 #include "util.h"
-
-/* t[k] without metamethods (what the rules return is untrusted). */
-static int rawfield(lua_State *L, int idx, const char *k)
-{
-    idx = lua_absindex(L, idx);
-    lua_pushstring(L, k);
-    return lua_rawget(L, idx);
-}
 
 struct rules {
     const config *cfg;
@@ -140,93 +132,38 @@ void rules_free(rules *r)
     free(r);
 }
 
-static void push_ctx(const config *cfg, lua_State *L)
-{
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, cfg->namespace);
-    lua_setfield(L, -2, "namespace");
-    lua_pushstring(L, cfg->worker_image);
-    lua_setfield(L, -2, "worker_image");
-    lua_pushinteger(L, (lua_Integer)(util_wall_ms() / 1000));
-    lua_setfield(L, -2, "now");
-}
-
 void rules_push_ctx(rules *r, lua_State *L)
 {
-    push_ctx(r->cfg, L);
-}
-
-luahost *rules_load_checked(const config *cfg, const char *dir, char *err, size_t errlen)
-{
-    luahost *h = luahost_new(0);
-    if (h == NULL) {
-        util_seterr(err, errlen, "cannot create a Lua state");
-        return NULL;
-    }
-    lua_State *L = luahost_state(h);
-    char lerr[1024];
-    if (luahost_load_dir(h, dir, "rules", cfg->rules_budget_ms, lerr, sizeof lerr) < 0) {
-        util_seterr(err, errlen, "%s", lerr);
-        goto err;
-    }
-    luahost_push_entry(h);
-    if (!lua_istable(L, -1)) {
-        util_seterr(err, errlen, "rules.lua: must return a table (got %s)", luaL_typename(L, -1));
-        lua_pop(L, 1);
-        goto err;
-    }
-    static const char *const required[] = {"plan", "deployment", "worker_name",
-                                           "credentials_fingerprint", NULL};
-    for (int i = 0; required[i]; i++) {
-        if (rawfield(L, -1, required[i]) != LUA_TFUNCTION) {
-            util_seterr(err, errlen, "rules.lua: the returned table has no function '%s'",
-                        required[i]);
-            lua_pop(L, 2);
-            goto err;
-        }
-        lua_pop(L, 1);
-    }
-    int has_check = rawfield(L, -1, "self_check") == LUA_TFUNCTION;
-    lua_remove(L, -2);
-    if (!has_check) {
-        lua_pop(L, 1);
-        return h;
-    }
-    push_ctx(cfg, L);
-    if (luahost_pcall(L, 1, 2, cfg->rules_budget_ms, lerr, sizeof lerr) < 0) {
-        util_seterr(err, errlen, "self-check: %s", lerr);
-        goto err;
-    }
-    if (!lua_toboolean(L, -2)) {
-        const char *why = lua_tostring(L, -1);
-        util_seterr(err, errlen, "self-check failed: %s", why ? why : "(no reason given)");
-        lua_pop(L, 2);
-        goto err;
-    }
-    lua_pop(L, 2);
-    return h;
-err:
-    luahost_free(h);
-    return NULL;
+    rules_check_push_ctx(r->cfg, L);
 }
 
 int rules_reload(rules *r, const char *dir, char *err, size_t errlen)
 {
     if (dir == NULL)
         dir = r->cfg->rules_dir;
-    char version[65], lerr[1024];
+    char version[65], after[65], lerr[1024];
     luahost *h = NULL;
-    if (luahost_dir_version(dir, version, lerr, sizeof lerr) == 0) {
+    /* The files are read twice (hashed, then loaded), each through the
+     * directory's ..data symlink, which a ConfigMap update swaps: a set
+     * whose version changed while it loaded is a mix of two; load it again. */
+    for (int attempt = 0; attempt < 3; attempt++) {
+        if (luahost_dir_version(dir, version, lerr, sizeof lerr) < 0)
+            break;
         /* Exactly check-rules' check (lint, load, samples, self_check). */
         buf problems = {0};
         const char *stage;
         int nfiles = 0, nsamples = 0;
-        if (cli_check_dir(r->cfg, dir, &problems, &stage, &nfiles, &nsamples, &h) != 0) {
+        if (rules_check_dir(r->cfg, dir, &problems, &stage, &nfiles, &nsamples, &h) != 0) {
             size_t first = problems.data ? strcspn(problems.data, "\n") : 0;
             util_seterr(lerr, sizeof lerr, "%.*s", (int)first, problems.data ? problems.data : "check failed");
             h = NULL;
         }
         buf_free(&problems);
+        if (luahost_dir_version(dir, after, lerr, sizeof lerr) == 0 && strcmp(after, version) == 0)
+            break;
+        luahost_free(h);
+        h = NULL;
+        util_seterr(lerr, sizeof lerr, "the rules directory changed while it was loaded");
     }
     if (h && r->check && r->check(r, h, r->check_ud, lerr, sizeof lerr) < 0) {
         luahost_free(h);

@@ -46,8 +46,4 @@ unsigned long rules_reload_count(const rules *r, int ok);
 /* Pushes the ctx table handed to every rule call: namespace, worker_image, now. */
 void rules_push_ctx(rules *r, lua_State *L);
 
-/* Loads dir into a new host and runs its self-check; used by rules_reload and
- * `check-rules`. Returns the host (caller frees) or NULL with err. */
-luahost *rules_load_checked(const config *cfg, const char *dir, char *err, size_t errlen);
-
 #endif

@@ -31,7 +31,6 @@ for name, module in pairs(helpers.fakes) do
     end
 end
 
-local json = helpers.fakes.json
 
 -- Oracles written independently of lua/rules/naming.lua, so the naming
 -- specs do not test the rules against themselves.

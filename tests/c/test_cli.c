@@ -4,11 +4,12 @@
 #include <string.h>
 
 #include "check.h"
-#include "cli.h"
+#include "names.h"
+#include "rules_check.h"
 #include "json.h"
 #include "util.h"
 
-/* ---- cli_validate_deployment ------------------------------------------------- */
+/* ---- names_validate_deployment ------------------------------------------------- */
 
 /* A valid Deployment with one field replaced: `at` is a text to find in the
  * template and `with` what to put there (NULL: unchanged). */
@@ -37,7 +38,7 @@ static int validate_variant(const char *at, const char *with, char *err, size_t 
         buf_puts(&b, valid);
     }
     json_value *doc = json_parse(b.data, b.len, err, errlen);
-    int rc = doc ? cli_validate_deployment(doc, err, errlen) : 98;
+    int rc = doc ? names_validate_deployment(doc, err, errlen) : 98;
     json_free(doc);
     buf_free(&b);
     return rc;
@@ -114,7 +115,7 @@ static void test_validate_containers(void)
                    "containers[1] (side) has no image");
 }
 
-/* ---- cli_lint_chunk ------------------------------------------------------------ */
+/* ---- rules_lint_chunk ------------------------------------------------------------ */
 
 static strmap globals = STRMAP_INIT, modules = STRMAP_INIT;
 static buf lint_out;
@@ -133,7 +134,7 @@ static void setup_maps(void)
 static const char *lint(const char *src, int *n)
 {
     buf_reset(&lint_out);
-    *n = cli_lint_chunk("t.lua", src, strlen(src), &globals, &modules, &lint_out);
+    *n = rules_lint_chunk("t.lua", src, strlen(src), &globals, &modules, &lint_out);
     return lint_out.data ? lint_out.data : "";
 }
 
@@ -208,7 +209,7 @@ static void test_lint_far_lines(void)
         buf_puts(&src, "  t.b = 2\n");
     buf_puts(&src, "  return late\nend\n");
     buf out = {0};
-    int n = cli_lint_chunk("far.lua", src.data, src.len, &globals, &modules, &out);
+    int n = rules_lint_chunk("far.lua", src.data, src.len, &globals, &modules, &out);
     CHECK(n == 2);
     CHECK_CONTAINS(out.data, "far.lua:702: undeclared global 'undeclared_here'");
     CHECK_CONTAINS(out.data, "far.lua:904: undeclared global 'late'");

@@ -120,6 +120,42 @@ static void test_lua_hash(void)
               "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
+/* The writer without a DOM: commas, nesting, escapes, null. */
+static void test_json_out_writes_valid_json(void)
+{
+    buf b = {0};
+    json_out o;
+    jo_init(&o, &b);
+    jo_object(&o);
+    jo_kbool(&o, "ready", 0);
+    jo_key(&o, "checks");
+    jo_object(&o);
+    jo_kstr(&o, "quote", "a\"b\\c\n");
+    jo_kstr(&o, "none", NULL);
+    jo_key(&o, "list");
+    jo_array(&o);
+    jo_int(&o, 1);
+    jo_object(&o);
+    jo_end(&o);
+    jo_array(&o);
+    jo_end(&o);
+    jo_str(&o, "x");
+    jo_end(&o);
+    jo_key(&o, "seconds");
+    jo_double(&o, 0.5);
+    jo_end(&o);
+    jo_kint(&o, "n", -3);
+    jo_end(&o);
+    CHECK_STR(b.data, "{\"ready\":false,\"checks\":{\"quote\":\"a\\\"b\\\\c\\n\",\"none\":null,"
+                      "\"list\":[1,{},[],\"x\"],\"seconds\":0.500000},\"n\":-3}");
+    json_value *v = json_parse(b.data, b.len, NULL, 0);
+    CHECK(v != NULL);
+    CHECK_STR(json_string(json_path(v, "checks", "quote", NULL)), "a\"b\\c\n");
+    CHECK(json_len(json_path(v, "checks", "list", NULL)) == 4);
+    json_free(v);
+    buf_free(&b);
+}
+
 int main(void)
 {
     RUN(test_dom_parse_and_lookup);
@@ -128,5 +164,6 @@ int main(void)
     RUN(test_lua_round_trips_empty_arrays_and_null);
     RUN(test_lua_errors);
     RUN(test_lua_hash);
+    RUN(test_json_out_writes_valid_json);
     return check_summary();
 }

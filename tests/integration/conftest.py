@@ -14,6 +14,10 @@ Per-test fixtures
                                 deleted after the test
   database_url str              URL of a new, empty database; dropped after the test
 
+Order: tests run in file order, except those marked `@pytest.mark.last` (or a module
+with `pytestmark = pytest.mark.last`), which run after all the others, in their own
+order (the heavy ones that stop a component).
+
 Environment: CLUSTER_DIR / PG_DIR select (and reuse) running instances; KEEP_CLUSTER=1
 keeps what this session started running afterwards.
 """
@@ -31,6 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Cluster, Postgres, unique_name  # noqa: E402
 
 KEEP = os.environ.get("KEEP_CLUSTER", "") not in ("", "0", "false")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "last: run after every other test of the session (conftest.py)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Moves the tests marked `last` behind the others, keeping both groups' order."""
+    items[:] = [i for i in items if i.get_closest_marker("last") is None] + [
+        i for i in items if i.get_closest_marker("last") is not None
+    ]
 
 
 @pytest.fixture(scope="session")

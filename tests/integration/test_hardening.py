@@ -16,7 +16,7 @@ faults, with the real operator binary, a real control plane and real PostgreSQL.
   of the namespace, Event, log line, metric, /readyz or audit row, also when a
   hostile rules edit tries to put them into an env var, a reason or an error. §5.4
 
-The apiserver restart test is test_zz_apiserver_restart.py (private control plane).
+The apiserver restart test is test_apiserver_restart.py (private control plane).
 Measured figures are printed (run pytest with -s to see them).
 """
 

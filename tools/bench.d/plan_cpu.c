@@ -7,7 +7,7 @@
  *
  * The rows come from generate_series (no table needed); there are no
  * observed Deployments, so every account is a create. A pass plans the
- * accounts PLAN_CHUNK (128) at a time, as `run` does (core/controller.c).
+ * accounts REC_PLAN_CHUNK (128) at a time, as `run` does (core/reconcile.h).
  * Prints the CPU time of each pass (rec_plan only) and the median. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +20,7 @@
 #include "strmap.h"
 #include "util.h"
 
-#define CHUNK 128 /* PLAN_CHUNK in core/controller.c */
+#define CHUNK REC_PLAN_CHUNK
 
 static double cpu_ms(void)
 {
@@ -78,7 +78,9 @@ int main(int argc, char **argv)
     for (int p = 0; p < passes; p++) {
         size_t creates = 0;
         for (int k = 0; k < chunks; k++) {
-            plan_input in = {res[k], &observed, 0, accounts, 0, NULL, CHUNK, NULL};
+            acct_rows rows;
+            rows_from_pgresult(&rows, res[k]);
+            plan_input in = {&rows, &observed, 0, accounts, 0, NULL, CHUNK, NULL};
             plan_result out;
             double t0 = cpu_ms();
             if (rec_plan(r, &cfg, &in, &out, err, sizeof err) < 0) {
@@ -86,6 +88,7 @@ int main(int argc, char **argv)
                 return 1;
             }
             ms[p] += cpu_ms() - t0;
+            rows_free(&rows);
             for (size_t i = 0; i < out.n; i++)
                 creates += out.actions[i].kind == ACT_CREATE;
             rec_plan_free(&out);

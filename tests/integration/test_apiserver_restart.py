@@ -1,9 +1,9 @@
 """kube-apiserver stopped and restarted under a running operator (issue 7).
 
 A private control plane (tools/cluster with its own CLUSTER_DIR, ~15 s to start from
-the cached binaries) so that stopping its apiserver disturbs no other test; the file
-is named test_zz_* so that, in one session, it runs after the others anyway (it is
-the heaviest). The apiserver is stopped by its pid and started again with the exact
+the cached binaries) so that stopping its apiserver disturbs no other test; it is
+marked `last` (conftest.py) so that, in one session, it runs after the others anyway
+(it is the heaviest). The apiserver is stopped by its pid and started again with the exact
 command line it had (read from /proc), logging to the same file and recording its
 new pid where `tools/cluster down` looks for it; etcd keeps the state.
 
@@ -29,6 +29,8 @@ import pytest
 from harness import Cluster
 from operator_harness import Operator, wait_for
 from test_hardening import LEASE_ENV, add_accounts, audit, deployments, is_leader, uids, worker
+
+pytestmark = pytest.mark.last
 
 DOWN_SECONDS = 12  # longer than LEASE_DURATION_SECONDS: the operator loses the lease too
 
