@@ -7,6 +7,7 @@
 #include "cli.h"
 
 #include <lauxlib.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include "rules_check.h"
 #include "worker_state.h"
 #include "yamlout.h"
+#include "wstatus.h"
 
 #define BOOLOID 16
 
@@ -412,6 +414,7 @@ out:
 typedef struct pod_sum {
     int ready, restarts;
     const char *waiting_reason; /* borrowed from the pod map */
+    wstatus_pods w;             /* the same sum as run's worker_status rows */
 } pod_sum;
 
 typedef struct acct_row {
@@ -427,6 +430,8 @@ typedef struct status_view {
     acct_row *rows;                 /* accounts first, then the orphans */
     size_t naccounts, nrows;
     const char *rules_version;
+    PGresult *operator_rows; /* what only run knows (holds, its errors...): worker_status; NULL unreadable */
+    strmap op_by_account;    /* account id → row in operator_rows (+1) */
 } status_view;
 
 static const char *col(const status_view *s, int row, const char *name)
@@ -534,6 +539,7 @@ static void sum_pods(status_view *s)
         sum->restarts += p->restarts;
         if (sum->waiting_reason == NULL)
             sum->waiting_reason = p->waiting_reason;
+        wstatus_pods_add(&sum->w, p);
     }
 }
 
@@ -598,8 +604,52 @@ static void status_free(status_view *s)
     while (strmap_next(&s->sums, &it, NULL, &v))
         free(v);
     strmap_free(&s->sums);
+    if (s->operator_rows)
+        PQclear(s->operator_rows);
+    strmap_free(&s->op_by_account);
     free(s->rows);
     memset(s, 0, sizeof *s);
+}
+
+/* The facts only the running operator knows (a held delete, a pause, a
+ * rollout wave, its own failed write), from the rows it writes. Without the
+ * table (not migrated, no privilege) status shows what it sees itself. */
+static void read_operator_rows(cli_view *v, status_view *s)
+{
+    char err[512];
+    s->operator_rows = pg_exec(v->db, "SELECT account_id, reason, last_error FROM " WSTATUS_TABLE
+                                      " WHERE reason IN ('paused', 'held', 'rollout', 'failing')",
+                               0, NULL, err, sizeof err);
+    if (s->operator_rows == NULL) {
+        log_debug("status: worker_status not read", "error", err, NULL);
+        return;
+    }
+    for (int i = 0; i < PQntuples(s->operator_rows); i++)
+        strmap_put(&s->op_by_account, PQgetvalue(s->operator_rows, i, 0), (void *)(intptr_t)(i + 1));
+}
+
+static const pod_sum *row_pods(const status_view *s, const acct_row *a);
+
+/* The row's reason, by the one derivation run's worker_status rows use. */
+static enum wstatus_reason row_reason(const status_view *s, const acct_row *a, const char **failure)
+{
+    const char *id = a->row >= 0 ? col(s, a->row, "account_id") : a->d->account_id;
+    intptr_t op = id ? (intptr_t)strmap_get(&s->op_by_account, id) : 0;
+    const char *op_reason = op ? PQgetvalue(s->operator_rows, (int)op - 1, 1) : "";
+    int deleted = a->row >= 0 && col(s, a->row, "deleted_at") != NULL;
+    wstatus_input in = {
+        .account_exists = a->row >= 0,
+        .active = a->row >= 0 && flag(s, a->row, "is_active"),
+        .deleted = deleted,
+        .paused = strcmp(op_reason, "paused") == 0,
+        .held = strcmp(op_reason, "held") == 0,
+        .rollout = strcmp(op_reason, "rollout") == 0,
+        .error = strcmp(op_reason, "failing") == 0 && !PQgetisnull(s->operator_rows, (int)op - 1, 2)
+                     ? PQgetvalue(s->operator_rows, (int)op - 1, 2) : NULL,
+        .d = a->d,
+        .pods = a->d ? &row_pods(s, a)->w : NULL,
+    };
+    return wstatus_derive(&in, failure);
 }
 
 static int make_status(cli_view *v, status_view *s, char *err, size_t errlen)
@@ -621,13 +671,14 @@ static int make_status(cli_view *v, status_view *s, char *err, size_t errlen)
     }
     sum_pods(s);
     match_rows(s, r, v->cfg);
+    read_operator_rows(v, s);
     s->rules_version = r ? rules_version(r) : NULL;
     return 0;
 }
 
 static const pod_sum *row_pods(const status_view *s, const acct_row *a)
 {
-    static const pod_sum none = {0, 0, NULL};
+    static const pod_sum none = {0};
     const pod_sum *sum = a->d ? strmap_get(&s->sums, a->d->name) : NULL;
     return sum ? sum : &none;
 }
@@ -657,6 +708,11 @@ static void status_write_row(json_out *o, const status_view *s, const acct_row *
     jo_kint(o, "replicas", a->d ? a->d->replicas : 0);
     jo_kint(o, "restarts", pods->restarts);
     jo_kstr(o, "waiting_reason", pods->waiting_reason);
+    const char *failure;
+    enum wstatus_reason reason = row_reason(s, a, &failure);
+    jo_kstr(o, "reason", wstatus_reason_name(reason));
+    jo_kstr(o, "pod_phase", a->d ? pods->w.phase : NULL);
+    jo_kstr(o, "last_error", failure);
     if (a->row >= 0) {
         jo_key(o, "fingerprint_in_sync");
         if (a->in_sync < 0)
@@ -714,9 +770,9 @@ static void pod_cells(const status_view *s, const acct_row *a, char *ready, size
 
 static void status_print_table(const status_view *s)
 {
-    table t = {.ncols = 7};
+    table t = {.ncols = 8};
     table_row(&t, (const char *[]){"ACCOUNT", "ACTIVE", "DEPLOYMENT", "READY", "RESTARTS", "FINGERPRINT",
-                                   "LAST_SYNC_AT"});
+                                   "REASON", "LAST_SYNC_AT"});
     int active = 0, ready = 0, workers = 0, paused = 0;
     char named[128];
     for (size_t i = 0; i < s->naccounts; i++) {
@@ -730,13 +786,14 @@ static void status_print_table(const status_view *s)
             pod_cells(s, a, rd, sizeof rd, rs, sizeof rs);
             ready += row_pods(s, a)->ready > 0;
         }
-        const char *last = col(s, a->row, "last_sync_at");
+        const char *last = col(s, a->row, "last_sync_at"), *failure;
+        const char *reason = wstatus_reason_name(row_reason(s, a, &failure));
         paused += wstate_paused(a->d);
         snprintf(named, sizeof named, "%s%s", a->d ? a->d->name : "-", wstate_paused(a->d) ? " (paused)" : "");
         table_row(&t, (const char *[]){col(s, a->row, "account_id"), deleted ? "deleted" : is_active ? "yes" : "no",
                                        named, rd, rs,
                                        !a->d ? "-" : a->in_sync < 0 ? "?" : a->in_sync ? "yes" : "no",
-                                       last ? last : "never"});
+                                       reason ? reason : "-", last ? last : "never"});
     }
     table_print(stdout, &t);
     table_free(&t);

@@ -33,6 +33,7 @@
 #include "watch.h"
 #include "worker_state.h"
 #include "writer.h"
+#include "wstatus.h"
 
 #define MAX_PARTIAL 1000
 #define FOLLOWUP_MS 20 /* delay of the pass that continues a deferred backlog */
@@ -48,6 +49,7 @@ typedef struct ctl {
     kube_client *kc;
     kube_async *ka;
     cache *cache; /* the informer: the Deployments and Pods we manage */
+    wstatus *ws;  /* worker health rows for the admin side */
     rules *rules; /* stage 2's rules (reconcile.h plans with them) */
     rollout *rollout; /* rules changes in waves (rollout.h): filters stage 2's plan */
     uv_fs_event_t rules_watch;
@@ -126,12 +128,22 @@ static void plan_again(ctl *c, const char *account_id, const char *name)
         watch_enqueue(c->watch, account_id);
 }
 
+/* A worker a rules rollout has not reached shows as waiting in its status row. */
+static void mark_rollout_member(const char *account_id, int waiting, void *ud)
+{
+    wstatus_set_rollout(ud, account_id, waiting);
+}
+
 /* ---- stage 4 → 5: what the writer reports ------------------------------------ */
 
 static void on_write_outcome(const write_outcome *o, void *ud)
 {
     ctl *c = ud;
     trail_write(&c->trail, o);
+    if (o->result == WRITE_UNMANAGED_CONFLICT || o->result == WRITE_FAILED)
+        wstatus_on_write(c->ws, o->account_id, o->reason);
+    else if (o->result != WRITE_RETRY_LATER && o->result != WRITE_GONE && o->result != WRITE_OWNERSHIP_MOVED)
+        wstatus_on_write(c->ws, o->account_id, NULL);
     /* The cache owns current; expect_write may set what only we know on it. */
     obs_deploy *current = strmap_get(cache_deployments(c->cache), o->name);
     uint64_t now = util_now_ms();
@@ -321,6 +333,7 @@ static void pass(void *ud)
     }
     plan_input in = {&rows, observed, full, active_total, (int)c->delete_tokens, &c->settled, REC_PLAN_CHUNK, &busy};
     if (rec_plan(c->rules, cfg, &in, &plan, err, sizeof err) < 0) {
+        wstatus_on_pass(c->ws, res, full, NULL, rules_version(c->rules));
         trail_pass_error(&c->trail, err);
         goto out;
     }
@@ -335,6 +348,9 @@ static void pass(void *ud)
         trail_note(&c->trail, "hold", "deletes released by a person (Lease annotation " LEADER_RELEASE_ANNOTATION ")");
     }
     rollout_filter(c->rollout, db, cache_deployments(c->cache), &plan); /* workers not reached: previous rules */
+    wstatus_clear_rollout(c->ws);
+    rollout_foreach_member(c->rollout, mark_rollout_member, c->ws);
+    wstatus_on_pass(c->ws, res, full, &plan, rules_version(c->rules)); /* holds included */
     int writes = 0;
     for (size_t i = 0; i < plan.n; i++) {
         /* Only a delete that was sent uses the budget. */
@@ -399,6 +415,7 @@ static void on_cache_change(enum cache_kind kind, const char *name, const void *
                             void *ud)
 {
     ctl *c = ud;
+    wstatus_on_cache(c->ws, kind, name, old, now);
     if (name == NULL) { /* a list completed */
         if (kind == CACHE_DEPLOYMENT)
             watch_kick_full(c->watch);
@@ -529,6 +546,7 @@ static void on_leader_async(uv_async_t *a)
         log_info(now ? "became leader; reconciling" : "not the leader; standing by", NULL);
         c->was_leader = now;
         rollout_invalidate(c->rollout); /* the rollout goes on from its stored state */
+        wstatus_leader(c->ws, now);
         if (now)
             watch_kick_full(c->watch);
         else
@@ -816,6 +834,7 @@ static void declare_metrics(void)
     metrics_declare("sync_airbnb_operator_leader", METRICS_GAUGE, "1 when this process holds the Lease.");
     metrics_declare("sync_airbnb_operator_schema_at_head", METRICS_GAUGE, "1 when the database schema is at head.");
     rollout_declare_metrics();
+    wstatus_declare_metrics();
 }
 
 int run_main(const config *cfg, int argc, char **argv)
@@ -899,7 +918,9 @@ int run_main(const config *cfg, int argc, char **argv)
 
     c->delete_tokens = cfg->delete_budget;
     c->delete_refill_ms = util_now_ms();
+    c->ws = wstatus_new(&c->loop, cfg, NULL, may_write, c);
     c->cache = cache_start(&c->loop, c->ka, cfg->namespace, on_cache_change, c);
+    wstatus_set_cache(c->ws, c->cache);
     watch_hooks hooks = {.pass = pass, .changed = on_db_changed, .ud = c};
     c->watch = watch_start(&c->loop, cfg, &hooks);
 
@@ -935,6 +956,7 @@ out:
     uv_walk(&c->loop, close_walk, NULL);
     uv_run(&c->loop, UV_RUN_DEFAULT);
     uv_loop_close(&c->loop);
+    wstatus_free(c->ws); /* after the loop: its write in flight has finished */
     kube_client_free(c->kc);
     kube_config_free(&c->kcfg);
     if (c->ka)

@@ -49,6 +49,7 @@ static const command commands[] = {
      plan_main},
     {"status", "status [flags]", "accounts vs worker Deployments vs pods, one row per account",
      "Columns: account, active, deployment, ready pods, restarts, fingerprint in sync,\n"
+     "reason (what stands in the worker's way, as in sync_airbnb_operator.worker_status),\n"
      "last_sync_at (-o json or -o yaml).\n",
      status_main},
     {"check-rules", "check-rules [DIR] [flags]", "check a rules directory before shipping it (exit 1 with file:line)",

@@ -144,6 +144,16 @@ static int phase_is(const rollout *ro, const char *p)
     return strcmp(ro->phase, p) == 0;
 }
 
+void rollout_foreach_member(const rollout *ro, void (*fn)(const char *account_id, int waiting, void *ud), void *ud)
+{
+    if (ro == NULL || !ro->loaded)
+        return;
+    int done = phase_is(ro, "complete"), aborted = phase_is(ro, "aborted");
+    for (size_t i = 0; i < ro->nmembers; i++)
+        if (ro->members[i].account_id)
+            fn(ro->members[i].account_id, !done && (aborted || (int)i >= ro->reached), ud);
+}
+
 int rollout_ready(const rollout *ro, rules *current)
 {
     if (!ro->loaded || !ro->has_row)

@@ -77,6 +77,11 @@ void rollout_plan_filter(const config *cfg, pg_conn *db, rules *current, strmap 
  * none is recorded). */
 void rollout_print_summary(const config *cfg, pg_conn *db, FILE *f);
 
+/* Calls fn for each worker the rollout changes, waiting = 1 while it runs what
+ * the previous rules render and the rollout is not complete (not reached yet,
+ * or aborted). */
+void rollout_foreach_member(const rollout *ro, void (*fn)(const char *account_id, int waiting, void *ud), void *ud);
+
 /* Declares the rollout's metrics (docs/operations.md). */
 void rollout_declare_metrics(void);
 

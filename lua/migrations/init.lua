@@ -21,4 +21,5 @@ return {
   "004_accounts_notify",
   "005_credentials_generation",
   "006_rollout",
+  "007_worker_status",
 }

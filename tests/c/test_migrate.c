@@ -133,7 +133,7 @@ static char *migrations_copy(const char *name, const char *const *extra_ids)
     buf init = {0};
     buf_puts(&init, "return {\n  \"001_operator_schema\", \"002_audit_log\", "
                     "\"003_accounts_table\", \"004_accounts_notify\", "
-                    "\"005_credentials_generation\", \"006_rollout\",\n");
+                    "\"005_credentials_generation\", \"006_rollout\", \"007_worker_status\",\n");
     for (int i = 0; extra_ids && extra_ids[i]; i++)
         buf_printf(&init, "  \"%s\",\n", extra_ids[i]);
     buf_puts(&init, "}\n");
@@ -216,7 +216,7 @@ static void test_fresh_database_migrates_to_head(void)
         CHECK_SCALAR(c, "SELECT string_agg(id || ':' || length(checksum), ',' ORDER BY id) "
                         "FROM sync_airbnb_operator.schema_migrations",
                      "001_operator_schema:64,002_audit_log:64,003_accounts_table:64,"
-                     "004_accounts_notify:64,005_credentials_generation:64,006_rollout:64");
+                     "004_accounts_notify:64,005_credentials_generation:64,006_rollout:64,007_worker_status:64");
         CHECK_SCALAR(c, "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes "
                         "WHERE schemaname = 'sync_airbnb_operator' AND tablename = 'audit_log'",
                      "audit_log_account_id_at_idx,audit_log_at_idx,audit_log_pkey");
@@ -452,9 +452,9 @@ static void test_two_runners_at_once(void)
 {
     WITH_DB({
         /* A slow extra migration makes sure the runs overlap. */
-        const char *extra[] = {"007_slow", NULL};
+        const char *extra[] = {"008_slow", NULL};
         char *dir = migrations_copy("concurrent", extra);
-        write_migration(dir, "007_slow",
+        write_migration(dir, "008_slow",
                         "SELECT pg_sleep(1); CREATE TABLE sync_airbnb_operator.slow (id int);");
         config cfg = test_config(dir);
         pid_t pids[2];
@@ -507,9 +507,9 @@ static void test_lock_wait_is_bounded(void)
 static void test_failing_migration_leaves_no_partial_change(void)
 {
     WITH_DB({
-        const char *extra[] = {"007_bad", NULL};
+        const char *extra[] = {"008_bad", NULL};
         char *dir = migrations_copy("failing", extra);
-        write_migration(dir, "007_bad",
+        write_migration(dir, "008_bad",
                         "CREATE TABLE sync_airbnb_operator.half_done (id int);\n"
                         "INSERT INTO sync_airbnb_operator.audit_log (action) VALUES ('create');\n"
                         "CREATE TABLEX oops (id int);\n");
@@ -524,22 +524,22 @@ static void test_failing_migration_leaves_no_partial_change(void)
             int applied = -1;
             CHECK(migrate_up(c, &cfg, &applied, err, sizeof err) == -1);
             CHECK(applied == (round == 0 ? NREAL : 0));
-            CHECK_CONTAINS(err, "migration 007_bad failed and was rolled back: syntax error at "
+            CHECK_CONTAINS(err, "migration 008_bad failed and was rolled back: syntax error at "
                                 "or near \"TABLEX\"");
             CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "6");
             CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations "
-                            "WHERE id = '007_bad'", "0");
+                            "WHERE id = '008_bad'", "0");
             CHECK_SCALAR(c, "SELECT to_regclass('sync_airbnb_operator.half_done')", "<null>");
             CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.audit_log", "0");
         }
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_ERROR,
-                      "migrate up: migration 007_bad failed and was rolled back",
+                      "migrate up: migration 008_bad failed and was rolled back",
                       "up", NULL, NULL);
-        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "1 migration pending, first 007_bad",
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "1 migration pending, first 008_bad",
                       "check", NULL, NULL);
 
         /* A migration may not end the runner's transaction itself. */
-        write_migration(dir, "007_bad", "CREATE TABLE sync_airbnb_operator.t1 (id int); COMMIT;");
+        write_migration(dir, "008_bad", "CREATE TABLE sync_airbnb_operator.t1 (id int); COMMIT;");
         CHECK(migrate_up(c, &cfg, NULL, err, sizeof err) == -1);
         CHECK_CONTAINS(err, "COMMIT/ROLLBACK are not allowed");
         CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "6");

@@ -30,7 +30,8 @@ APP_COLUMNS = ("account_id character varying NO, customer_id uuid YES, airbnb_co
                "last_sync_at timestamp with time zone YES, created_at timestamp with time zone NO, "
                "updated_at timestamp with time zone NO, deleted_at timestamp with time zone YES")
 ALL_MIGRATIONS = ["001_operator_schema", "002_audit_log", "003_accounts_table", "004_accounts_notify",
-                  "005_credentials_generation", "006_rollout"]
+                  "005_credentials_generation", "006_rollout",
+                  "007_worker_status"]
 TRIGGERS = "sync_airbnb_operator_credentials,sync_airbnb_operator_notify"
 
 

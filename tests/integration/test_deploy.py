@@ -424,6 +424,7 @@ GRANT SELECT ON airbnb.accounts, sync_airbnb_operator.schema_migrations, sync_ai
 GRANT INSERT ON sync_airbnb_operator.audit_log TO {role};
 GRANT USAGE ON SEQUENCE sync_airbnb_operator.audit_log_id_seq TO {role};
 GRANT SELECT, INSERT, UPDATE ON sync_airbnb_operator.rollout TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON sync_airbnb_operator.worker_status TO {role};
 """
 
 
@@ -460,6 +461,9 @@ def test_operator_runs_with_the_documented_least_privilege_role(pg, cluster, nam
     wait_for(lambda: names() == ["sync-airbnb-worker-3001"], 20, names)
     rows = pg.psql("select action from sync_airbnb_operator.audit_log order by id", url=migrated_db).stdout
     assert rows.split() == ["create", "create", "delete"]
+    wait_for(lambda: pg.psql("select string_agg(account_id || ':' || coalesce(reason, 'ok'), ',' order by account_id)"
+                             " from sync_airbnb_operator.worker_status", url=migrated_db).stdout.strip()
+             == "3001:ok,3002:inactive", 10, "worker_status rows not written with the documented grants")
     assert not [r for r in op.logs() if r.get("level") in ("warn", "error")]
     env = {"DATABASE_URL": operator_role, "KUBECONFIG": cluster.kubeconfig, "OPERATOR_NAMESPACE": namespace}
     assert run_cli("status", env=env).returncode == 0

@@ -195,13 +195,14 @@ def test_status_table_and_json(pg, cluster, kubectl, kubeconfig, namespace, migr
     p = run_cli("status", env=env)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0].split() == ["ACCOUNT", "ACTIVE", "DEPLOYMENT", "READY", "RESTARTS", "FINGERPRINT", "LAST_SYNC_AT"]
+    assert lines[0].split() == ["ACCOUNT", "ACTIVE", "DEPLOYMENT", "READY", "RESTARTS", "FINGERPRINT", "REASON",
+                                "LAST_SYNC_AT"]
     rows = {line.split()[0]: line.split() for line in lines[1:4]}
-    assert rows["2001"][:6] == ["2001", "yes", "sync-airbnb-worker-2001", "1/1", "0", "yes"]
-    assert " ".join(rows["2001"][6:]) == "2026-01-02 05:00:00+00"
-    assert rows["2002"][:6] == ["2002", "yes", "sync-airbnb-worker-2002", "1/1", "0", "no"]
-    assert rows["2002"][6] == "never"
-    assert rows["2003"] == ["2003", "no", "-", "-", "-", "-", "never"]
+    assert rows["2001"][:7] == ["2001", "yes", "sync-airbnb-worker-2001", "1/1", "0", "yes", "-"]
+    assert " ".join(rows["2001"][7:]) == "2026-01-02 05:00:00+00"
+    assert rows["2002"][:7] == ["2002", "yes", "sync-airbnb-worker-2002", "1/1", "0", "no", "-"]
+    assert rows["2002"][7] == "never"
+    assert rows["2003"] == ["2003", "no", "-", "-", "-", "-", "inactive", "never"]
     assert "Managed Deployments without an account" in p.stdout
     assert re.search(r"^stray\s+-\s+\d/\d\s+\d+$", p.stdout, re.M), p.stdout
     assert lines[-2].startswith("3 accounts (2 active), 2 with a worker (2 ready), 1 managed Deployments without an account")
@@ -216,8 +217,10 @@ def test_status_table_and_json(pg, cluster, kubectl, kubeconfig, namespace, migr
     assert list(accounts) == ["2001", "2002", "2003"]
     a = accounts["2001"]
     assert set(a) == {"account_id", "active", "deleted", "deployment", "ready_pods", "replicas", "restarts",
-                      "waiting_reason", "fingerprint_in_sync", "fingerprint", "account_fingerprint", "last_sync_at",
+                      "waiting_reason", "reason", "pod_phase", "last_error", "fingerprint_in_sync", "fingerprint",
+                      "account_fingerprint", "last_sync_at",
                       "paused", "last_action", "last_action_reason", "last_action_at", "rules_version_applied"}
+    assert a["reason"] is None and a["pod_phase"] == "Running" and a["last_error"] is None
     assert a["active"] is True and a["deployment"] == "sync-airbnb-worker-2001" and a["ready_pods"] == 1
     assert a["paused"] is False and a["last_action"] in ("create", "update")
     assert a["rules_version_applied"] == doc["rules_version"] and a["last_action_at"]
@@ -227,9 +230,10 @@ def test_status_table_and_json(pg, cluster, kubectl, kubeconfig, namespace, migr
     assert accounts["2002"]["fingerprint_in_sync"] is False
     assert accounts["2002"]["fingerprint"] != accounts["2002"]["account_fingerprint"]
     assert accounts["2003"] == dict(accounts["2003"], active=False, deleted=False, deployment=None,
-                                    fingerprint_in_sync=None, last_sync_at=None)
+                                    fingerprint_in_sync=None, last_sync_at=None, reason="inactive", pod_phase=None)
     assert [d["deployment"] for d in doc["deployments_without_account"]] == ["stray"]
     assert doc["deployments_without_account"][0]["account_id"] is None
+    assert doc["deployments_without_account"][0]["reason"] in ("no_account", "failing")
     assert "Q9vTz" not in p.stdout
 
     # rules that do not load cost only the fingerprints: status is what one looks at then

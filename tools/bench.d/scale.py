@@ -659,6 +659,8 @@ def main() -> int:
     env = Env(a)
     results, ceilings = [], {}
     raw = Path(a.json) if a.json else out.with_suffix(".json")
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     def save():
         """The figures so far: a run cut short still leaves a report (--from-json)."""

@@ -1,0 +1,139 @@
+"""Database cost of the worker status rows (sync_airbnb_operator.worker_status, issue 21)
+at N workers: rows written per minute during a convergence and in steady state, and the
+time of a full status refresh (a new leader facing an empty table). Run by
+`tools/bench --worker-status` on the private control plane and PostgreSQL of tools/bench
+(kube-controller-manager paused: Deployments, no pods; see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import psycopg
+
+from bench import Env, System, Watcher, insert_accounts, log
+
+EXTRA = {"KUBE_QPS": "5000", "KUBE_BURST": "5000", "RESYNC_INTERVAL_SECONDS": "30", "LEADER_ELECT": "false"}
+
+
+def table_writes(url: str) -> int:
+    """Rows inserted, updated and deleted in worker_status, as PostgreSQL counts them."""
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("SELECT pg_stat_force_next_flush()")
+        return c.execute("SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables "
+                         "WHERE schemaname = 'sync_airbnb_operator' AND relname = 'worker_status'").fetchone()[0]
+
+
+def rows(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as c:
+        return c.execute("SELECT count(*) FROM sync_airbnb_operator.worker_status "
+                         "WHERE deployment IS NOT NULL").fetchone()[0]
+
+
+def m(s: System, name: str) -> float:
+    return sum(v for k, v in s.metrics().items() if k == name or k.startswith(name + "{"))
+
+
+def until(cond, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return time.time()
+        time.sleep(interval)
+    raise SystemExit(f"timed out: {what}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="tools/bench --worker-status")
+    ap.add_argument("--binary", default=None)
+    ap.add_argument("--workers", type=int, default=10000)
+    ap.add_argument("--steady-seconds", type=float, default=120)
+    ap.add_argument("--command", default=None)
+    args = ap.parse_args()
+    if args.binary is None:
+        from bench import ROOT
+        args.binary = str(ROOT / "build-release" / "sync-airbnb-operator")
+    env = Env(args)
+    n = args.workers
+    db = env.fresh_db("bench_wstatus")
+    ns = env.fresh_ns("bench-wstatus")
+    insert_accounts(db, [f"ws{i:06d}" for i in range(n)])
+    watcher = Watcher(env, ns)
+    out = {}
+    s = System("operator", env, db, ns, EXTRA)
+    try:
+        # Convergence: N new accounts, N Deployments created, every row written.
+        w0 = table_writes(db)
+        samples = [(time.time(), w0)]
+        deadline = time.time() + 1800
+        while time.time() < deadline:
+            time.sleep(1)
+            samples.append((time.time(), table_writes(db)))
+            if rows(db) >= n and m(s, "sync_airbnb_operator_worker_status_pending") == 0:
+                break
+        t_end = samples[-1][0]
+        watcher.wait_count(n, 60)
+        conv_s = t_end - s.started
+        conv_rows = samples[-1][1] - w0
+        peak = max((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:]))
+        out["conv"] = dict(seconds=conv_s, rows=conv_rows, per_min=conv_rows / conv_s * 60, peak_per_s=peak,
+                           batches=m(s, "sync_airbnb_operator_worker_status_batches_total"),
+                           db_s=m(s, "sync_airbnb_operator_worker_status_write_duration_seconds_sum"))
+        log(f"convergence: {out['conv']}")
+
+        # Steady state: full resyncs every 30 s, nothing changes.
+        p0 = s.passes()
+        until(lambda: s.passes() >= p0 + 2, 120, "two full passes")
+        w0, t0, b0 = table_writes(db), time.time(), m(s, "sync_airbnb_operator_worker_status_batches_total")
+        p0 = s.passes()
+        time.sleep(args.steady_seconds)
+        w1, t1 = table_writes(db), time.time()
+        out["steady"] = dict(seconds=t1 - t0, rows=w1 - w0, per_min=(w1 - w0) / (t1 - t0) * 60,
+                             passes=s.passes() - p0,
+                             batches=m(s, "sync_airbnb_operator_worker_status_batches_total") - b0)
+        log(f"steady: {out['steady']}")
+    finally:
+        s.stop()
+
+    # A full refresh: a new leader with an empty table writes every row.
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("TRUNCATE sync_airbnb_operator.worker_status")
+    s = System("operator", env, db, ns, EXTRA)
+    try:
+        t_done = until(lambda: rows(db) >= n, 600, "refilled table", interval=0.1)
+        out["refresh"] = dict(seconds=t_done - s.started,
+                              db_s=m(s, "sync_airbnb_operator_worker_status_write_duration_seconds_sum"),
+                              batches=m(s, "sync_airbnb_operator_worker_status_batches_total"))
+        log(f"full refresh: {out['refresh']}")
+    finally:
+        s.stop()
+    # And a restart with the table in place: read back, nothing written.
+    w0 = table_writes(db)
+    s = System("operator", env, db, ns, EXTRA)
+    try:
+        until(lambda: s.passes() >= 1, 300, "first full pass")
+        time.sleep(3)
+        out["restart_rows"] = table_writes(db) - w0
+    finally:
+        s.stop()
+        watcher.stop()
+        env.drop_ns(ns)
+
+    c, st, r = out["conv"], out["steady"], out["refresh"]
+    print(f"""
+## Worker status rows: database cost at {n} workers
+
+`{args.command or 'tools/bench --worker-status'}`
+
+| phase | figure |
+|---|---|
+| convergence ({n} new accounts -> {n} Deployments, {c['seconds']:.0f} s) | {c['rows']} rows written ({c['rows'] / n:.2f} per worker) in {c['batches']:.0f} batches, {c['per_min']:.0f} rows/min on average, at most {c['peak_per_s']:.0f} rows/s (one-second samples); {c['db_s']:.2f} s spent in the database |
+| steady state ({st['seconds']:.0f} s, {st['passes']:.0f} full resyncs) | {st['rows']} rows written ({st['per_min']:.1f} rows/min), {st['batches']:.0f} batches |
+| full refresh (new leader, empty table) | {n} rows in {r['seconds']:.1f} s from process start (list, first full pass, {r['batches']:.0f} batches, {r['db_s']:.2f} s in the database) |
+| restart with the table in place | {out['restart_rows']} rows written |
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
