@@ -26,6 +26,7 @@
 #include "reconcile.h"
 #include "rollout.h"
 #include "rules.h"
+#include "rules_event.h"
 #include "safety.h"
 #include "strmap.h"
 #include "trail.h"
@@ -951,6 +952,7 @@ out:
     if (c->ka) {
         trail_free(&c->trail); /* Events never posted (no loop left): only when start-up failed */
         kube_async_free(c->ka);
+        rules_event_free_pending();
     }
     watch_close(c->watch); /* own allocation: close_walk would close it without freeing it */
     uv_walk(&c->loop, close_walk, NULL);

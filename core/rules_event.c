@@ -9,13 +9,22 @@
 #include "util.h"
 
 struct pending {
+    struct pending *prev, *next; /* in flight: freed by rules_event_free_pending if never answered */
     kube_async *ka;
     char *ns, *name, *identity, *reason, *message;
     int timeout_ms, warning;
 };
 
+static struct pending *in_flight;
+
 static void pending_free(struct pending *p)
 {
+    if (p->prev)
+        p->prev->next = p->next;
+    else if (in_flight == p)
+        in_flight = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
     free(p->ns);
     free(p->name);
     free(p->identity);
@@ -56,8 +65,18 @@ int rules_event_post(kube_async *ka, const config *cfg, const char *reason, cons
     p->timeout_ms = cfg->kube_timeout_ms;
     p->warning = warning;
     char *path = xasprintf("/api/v1/namespaces/%s/configmaps/%s", p->ns, p->name);
+    p->next = in_flight;
+    if (in_flight)
+        in_flight->prev = p;
+    in_flight = p;
     if (kube_async_request(ka, "GET", path, NULL, NULL, 0, cfg->kube_timeout_ms, on_configmap, p) < 0)
         pending_free(p);
     free(path);
     return 0;
+}
+
+void rules_event_free_pending(void)
+{
+    while (in_flight)
+        pending_free(in_flight);
 }

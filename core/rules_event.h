@@ -13,5 +13,8 @@
 /* Posts asynchronously (a GET of the ConfigMap, then the Event). Returns 0,
  * or -1 when cfg has no RULES_CONFIGMAP (the caller posts on the Lease). */
 int rules_event_post(kube_async *ka, const config *cfg, const char *reason, const char *message, int warning);
+/* After kube_async_free: frees the posts whose GET was never answered
+ * (kube_async_free drops requests without calling back). */
+void rules_event_free_pending(void);
 
 #endif
