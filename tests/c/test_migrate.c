@@ -24,7 +24,7 @@
 #include "util.h"
 
 #define REAL_DIR SAO_SOURCE_DIR "/lua/migrations"
-#define NREAL 6 /* migrations in lua/migrations */
+#define NREAL 7 /* migrations in lua/migrations */
 
 static char tmproot[] = "/tmp/sao-migrate-XXXXXX";
 
@@ -203,8 +203,8 @@ static void test_fresh_database_migrates_to_head(void)
         if (c == NULL)
             break;
         CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 0);
-        CHECK_CONTAINS(err, "6 migrations pending, first 001_operator_schema");
-        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "6 migrations pending", "check", NULL, NULL);
+        CHECK_CONTAINS(err, "7 migrations pending, first 001_operator_schema");
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "7 migrations pending", "check", NULL, NULL);
 
         int applied = -1;
         CHECK(migrate_up(c, &cfg, &applied, err, sizeof err) == 0);
@@ -248,7 +248,7 @@ static void test_fresh_database_migrates_to_head(void)
         CHECK_CONTAINS(out, "{\"at_head\":true,\"migrations\":[{\"id\":\"001_operator_schema\"");
         CHECK_CONTAINS(out, "\"state\":\"applied\"");
         free(out);
-        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_OK, "schema at head (6 migrations applied)",
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_OK, "schema at head (7 migrations applied)",
                       "check", NULL, NULL);
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_OK, "nothing to apply", "up", NULL, NULL);
         CHECK(migrate_captured(&cfg, "sideways", NULL, NULL, &out) == MIGRATE_EXIT_USAGE);
@@ -410,14 +410,14 @@ static void test_waits_for_the_apps_accounts_table(void)
                      "001_operator_schema,002_audit_log");
         CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 0);
         CHECK_CONTAINS(err, "waiting for the accounts table airbnb.accounts");
-        CHECK_CONTAINS(err, "4 migrations pending, first 003_accounts_table");
+        CHECK_CONTAINS(err, "5 migrations pending, first 003_accounts_table");
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_WAITING, "waiting for the accounts table", "up", NULL, NULL);
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "waiting for the accounts table", "check", NULL, NULL);
 
         CHECK(exec_ok(c, current_accounts) == 0); /* sync-airbnb's migrations ran */
         char *before = accounts_snapshot(c);
         CHECK(migrate_up(c, &cfg, &applied, err, sizeof err) == 0);
-        CHECK(applied == 4);
+        CHECK(applied == 5);
         char *after = accounts_snapshot(c);
         CHECK_STR(after, before);
         free(before);
@@ -474,7 +474,7 @@ static void test_two_runners_at_once(void)
         pg_conn *c = connect_test();
         if (c != NULL) {
             CHECK_SCALAR(c, "SELECT count(*) || ' ' || count(DISTINCT id) FROM "
-                            "sync_airbnb_operator.schema_migrations", "7 7");
+                            "sync_airbnb_operator.schema_migrations", "8 8");
             char err[512];
             CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 1);
             pg_close(c);
@@ -526,7 +526,7 @@ static void test_failing_migration_leaves_no_partial_change(void)
             CHECK(applied == (round == 0 ? NREAL : 0));
             CHECK_CONTAINS(err, "migration 008_bad failed and was rolled back: syntax error at "
                                 "or near \"TABLEX\"");
-            CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "6");
+            CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "7");
             CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations "
                             "WHERE id = '008_bad'", "0");
             CHECK_SCALAR(c, "SELECT to_regclass('sync_airbnb_operator.half_done')", "<null>");
@@ -542,7 +542,7 @@ static void test_failing_migration_leaves_no_partial_change(void)
         write_migration(dir, "008_bad", "CREATE TABLE sync_airbnb_operator.t1 (id int); COMMIT;");
         CHECK(migrate_up(c, &cfg, NULL, err, sizeof err) == -1);
         CHECK_CONTAINS(err, "COMMIT/ROLLBACK are not allowed");
-        CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "6");
+        CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "7");
         pg_close(c);
         free(dir);
     });
