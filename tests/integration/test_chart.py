@@ -211,8 +211,11 @@ def test_values_change_what_they_say(helm):
     assert env_of(dep)["LOG_LEVEL"] == "debug"
     assert container(dep)["resources"] == {"limits": {"memory": "1Gi"}}
     assert container(job)["resources"] == {"limits": {"memory": "300Mi"}}
-    binding = find(objs, "RoleBinding")
+    binding = find(objs, "RoleBinding", "sync-airbnb-operator")
     assert binding["metadata"]["namespace"] == "wk" and binding["subjects"][0]["namespace"] == "ops"
+    events = find(objs, "RoleBinding", "sync-airbnb-operator-rules-events")
+    assert events["metadata"]["namespace"] == "ops" and events["subjects"][0]["namespace"] == "ops"
+    assert env_of(dep)["RULES_CONFIGMAP"] == "ops/sync-airbnb-operator-rules"
     cm = find(objs, "ConfigMap", "sync-airbnb-operator-rules")
     assert cm["data"]["plan.lua"] == "return {}" and cm["data"]["extra.lua"] == "-- mine"
     assert cm["data"]["naming.lua"] == (REPO / "lua" / "rules" / "naming.lua").read_text()
@@ -235,6 +238,9 @@ def test_existing_rules_configmap_and_switches(helm):
     assert kinds == {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Job"}
     vol = next(v for v in find(objs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "rules")
     assert vol["configMap"]["name"] == "my-rules"
+    assert env_of(find(objs, "Deployment"))["RULES_CONFIGMAP"] == "sync-airbnb-system/my-rules"
+    role = find(objs, "Role", "sync-airbnb-operator-rules-events")
+    assert role["rules"][0]["resourceNames"] == ["my-rules"]
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -46,6 +46,11 @@ The helpers that edit take (list $ object) and mutate the object; call them as
 {{- end -}}
 {{- end -}}
 
+{{/* The rules ConfigMap's name: the user's own (rules.existingConfigMap), else deploy/'s. */}}
+{{- define "sao.rulesConfigMap" -}}
+{{- default "sync-airbnb-operator-rules" .Values.rules.existingConfigMap -}}
+{{- end -}}
+
 {{/* A container of the operator or the Job: image, settings, extra env and mounts. */}}
 {{- define "sao.container" -}}
 {{- $root := index . 0 -}}{{- $c := index . 1 -}}{{- $resources := index . 2 -}}
@@ -56,6 +61,7 @@ The helpers that edit take (list $ object) and mutate the object; call them as
 {{- if eq $e.name "WORKER_IMAGE" -}}{{- $_ := set $e "value" $root.Values.workerImage -}}{{- end -}}
 {{- if and (eq $e.name "LOG_LEVEL") $root.Values.logLevel -}}{{- $_ := set $e "value" $root.Values.logLevel -}}{{- end -}}
 {{- if and (eq $e.name "ACCOUNTS_TABLE") $root.Values.accountsTable -}}{{- $_ := set $e "value" $root.Values.accountsTable -}}{{- end -}}
+{{- if eq $e.name "RULES_CONFIGMAP" -}}{{- $_ := set $e "value" (printf "%s/%s" $root.Values.namespaces.operator (include "sao.rulesConfigMap" $root)) -}}{{- end -}}
 {{- end -}}
 {{- with $root.Values.extraEnv -}}{{- $_ := set $c "env" (concat $c.env .) -}}{{- end -}}
 {{- with $root.Values.extraVolumeMounts -}}{{- $_ := set $c "volumeMounts" (concat (default (list) $c.volumeMounts) .) -}}{{- end -}}
