@@ -1,6 +1,7 @@
 /* completion: bash and zsh completion scripts. See completion.h.
  *
  * Both complete: the command (first word); `migrate up|status|check`;
+ * `rollout status|resume|abort`;
  * `completion bash|zsh`; the value of -o/--output, --log-level,
  * --log-format; files for --kubeconfig and the directory flags; kubeconfig
  * contexts for --context (read with kubectl when it is installed); every
@@ -76,6 +77,7 @@ static void write_bash(buf *b, const completion_command *cmds, size_t n)
                 "    if [ \"$COMP_CWORD\" -eq 2 ]; then\n"
                 "        case \"${COMP_WORDS[1]}\" in\n"
                 "        migrate) COMPREPLY=($(compgen -W \"up status check\" -- \"$cur\")); return 0 ;;\n"
+                "        rollout) COMPREPLY=($(compgen -W \"status resume abort\" -- \"$cur\")); return 0 ;;\n"
                 "        completion) COMPREPLY=($(compgen -W \"bash zsh\" -- \"$cur\")); return 0 ;;\n"
                 "        check-rules) [[ \"$cur\" != -* ]] && { COMPREPLY=($(compgen -d -- \"$cur\")); return 0; } ;;\n"
                 "        esac\n"
@@ -134,6 +136,7 @@ static void write_zsh(buf *b, const completion_command *cmds, size_t n)
                 "    fi\n"
                 "    case $words[2] in\n"
                 "    migrate) flags+=('1:migrate command:(up status check)') ;;\n"
+                "    rollout) flags+=('1:rollout command:(status resume abort)') ;;\n"
                 "    completion) flags+=('1:shell:(bash zsh)') ;;\n"
                 "    check-rules) flags+=('1:rules directory:_files -/') ;;\n"
                 "    esac\n"

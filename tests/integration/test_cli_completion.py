@@ -45,10 +45,11 @@ def bash_complete(tmp_path, *words: str) -> list[str]:
 
 def test_bash_completes_commands_subcommands_flags_and_values(tmp_path):
     assert bash_complete(tmp_path, "sync-airbnb-operator", "") == \
-        ["run", "migrate", "plan", "status", "check-rules", "repl", "completion", "version"]
+        ["run", "migrate", "plan", "status", "check-rules", "repl", "completion", "rollout", "version"]
     assert bash_complete(tmp_path, "sync-airbnb-operator", "pl") == ["plan"]
     assert bash_complete(tmp_path, "sync-airbnb-operator", "migrate", "st") == ["status"]
     assert bash_complete(tmp_path, "sync-airbnb-operator", "completion", "") == ["bash", "zsh"]
+    assert bash_complete(tmp_path, "sync-airbnb-operator", "rollout", "") == ["status", "resume", "abort"]
     assert bash_complete(tmp_path, "sync-airbnb-operator", "plan", "-o", "") == ["json", "yaml", "table"]
     assert bash_complete(tmp_path, "sync-airbnb-operator", "status", "--output", "y") == ["yaml"]
     assert bash_complete(tmp_path, "sync-airbnb-operator", "run", "--log-level", "w") == ["warn"]
@@ -92,11 +93,13 @@ def test_zsh_script_registers_and_offers_commands_flags_and_values(tmp_path):
     assert out[0] == "registered=_sync_airbnb_operator"
     cmds = [line.split(" ", 1)[1] for line in out if line.startswith("cmd ")]
     assert [c.split(":", 1)[0] for c in cmds] == \
-        ["run", "migrate", "plan", "status", "check-rules", "repl", "completion", "version"]
+        ["run", "migrate", "plan", "status", "check-rules", "repl", "completion", "rollout", "version"]
     assert any(c.startswith("plan:show what `run` would do now") for c in cmds)
 
     args = [line[4:] for line in zsh_run(tmp_path, "sync-airbnb-operator", "migrate", "") if line.startswith("arg ")]
     assert "1:migrate command:(up status check)" in args
+    args = [line[4:] for line in zsh_run(tmp_path, "sync-airbnb-operator", "rollout", "") if line.startswith("arg ")]
+    assert "1:rollout command:(status resume abort)" in args
     assert "(-o --output)-o[output format]:format:(json yaml table)" in args
     assert any(a.startswith("--kubeconfig=[") and a.endswith(":kubeconfig:_files") for a in args)
     assert any(a.startswith("--context=[") for a in args)
