@@ -152,7 +152,12 @@ static char *final_object(const char *body, size_t len, const config *cfg, const
     /* The worker's state for kubectl (worker_state.h), in the apply itself. */
     char at[21];
     wstate_now_rfc3339(at);
-    char *what_txt = json_text(what), *reason_txt = json_text(reason), *at_txt = json_text(at);
+    /* The reason comes from the rules: scrubbed as for the audit row (a
+     * credential in it would otherwise refuse the whole object below). */
+    char *safe_reason = xstrdup(reason ? reason : "");
+    safety_scrub(secrets, &safe_reason);
+    char *what_txt = json_text(what), *reason_txt = json_text(safe_reason), *at_txt = json_text(at);
+    free(safe_reason);
     char *version_txt = json_text(rules_version ? rules_version : "");
     const char *ak[] = {APPLIED_HASH_ANNOTATION, LAST_ACTION_ANNOTATION, LAST_REASON_ANNOTATION, LAST_AT_ANNOTATION,
                         RULES_VERSION_ANNOTATION};
