@@ -262,9 +262,16 @@ static void upsert(informer *inf, void *item)
     if (inf->kind == CACHE_DEPLOYMENT) {
         obs_deploy *d = item, *o = old;
         d->seen = 1;
+        int foreign = d->applied_generation != 0; /* cache_parse_deployment's hand-edit hint */
         /* First sight (start-up): the live object is what we applied, unless
-         * it shows a hand edit (cache_parse_deployment's hint). */
-        if (o)
+         * it shows a hand edit. Later: a spec change that no other field
+         * manager made was applied by this operator's field manager — our own
+         * write (expect.c sets the same on its echo) or, seen from a standby,
+         * the leader's: not drift, or a new leader would apply every worker
+         * the old one changed once more. */
+        if (o && !foreign && d->generation > o->generation)
+            d->applied_generation = d->generation;
+        else if (o)
             d->applied_generation = o->applied_generation;
         else if (d->applied_generation == 0)
             d->applied_generation = d->generation;
