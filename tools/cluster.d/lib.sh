@@ -50,12 +50,20 @@ port_in_use() {
 
 # pid_alive PIDFILE EXPECTED_SUBSTRING — true if the pid in PIDFILE is running and
 # its command line contains EXPECTED_SUBSTRING (guards against reused pids).
+# A process inside execve() shows an empty command line for a moment (the kernel
+# has swapped in the new address space but not yet written argv), so an empty one
+# is read again before it counts as gone; a zombie's stays empty.
 pid_alive() {
-  local pf="$1" want="$2" pid
+  local pf="$1" want="$2" pid cmd i
   [ -s "$pf" ] || return 1
   pid="$(cat "$pf")"
-  [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$want"
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    [ -n "$cmd" ] && break
+    sleep 0.1
+  done
+  grep -qF -- "$want" <<<"$cmd"
 }
 
 # spawn NAME LOGFILE PIDFILE CMD... — start CMD detached in its own session,
@@ -66,9 +74,19 @@ spawn() {
   : >>"$logf"
   # fds 8/9 are the tools' lock files: the daemon must not keep them locked.
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pf" "$@" </dev/null >>"$logf" 2>&1 8>&- 9>&- &
-  local i
-  for i in $(seq 1 50); do [ -s "$pf" ] && return 0; sleep 0.1; done
-  die "$name: could not start (no pid file $pf)"
+  local i pid argv0
+  for i in $(seq 1 50); do [ -s "$pf" ] && break; sleep 0.1; done
+  [ -s "$pf" ] || die "$name: could not start (no pid file $pf)"
+  # The pid file is written before the exec: return once the command runs, so the
+  # caller's liveness checks see the daemon and not the shell turning into it.
+  pid="$(cat "$pf")"
+  for i in $(seq 1 100); do
+    [ -r "/proc/$pid/cmdline" ] || return 0   # already exited: the caller's check says so
+    argv0="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1)" || return 0
+    [ "$argv0" = "$1" ] && return 0
+    sleep 0.05
+  done
+  log "$name: pid $pid has not become '$1' after 5 s"
 }
 
 # stop_pid NAME PIDFILE EXPECTED_SUBSTRING — SIGTERM the recorded pid, wait up to
