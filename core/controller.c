@@ -369,7 +369,14 @@ static void pass(void *ud)
         watch_defer(c->watch, plan.deferred_ids, plan.deferred_ids_len);
         if (writer_inflight(c->writer) == 0)
             watch_kick_after(c->watch, FOLLOWUP_MS);
-    } else if (b.took_backlog && !watch_backlog_left(c->watch)) {
+    } else if (watch_backlog_left(c->watch)) {
+        /* This chunk is done and more of the backlog waits. A chunk that
+         * wrote nothing (a restart with every worker in place) has no write
+         * outcome to continue it: without this kick the backlog waited for
+         * the next resync, which starts it again from the top. */
+        if (writer_inflight(c->writer) < REC_PLAN_CHUNK / 2)
+            watch_kick_after(c->watch, FOLLOWUP_MS);
+    } else if (b.took_backlog) {
         /* The backlog is done. No full pass to close it: the last chunk's
          * accounts settle at the next resync, and meanwhile the held Events
          * go out (a full pass now would hold every row of the table in

@@ -1004,6 +1004,20 @@ def test_restart_adopts_existing_workers_and_applies_what_changed_meanwhile(pg, 
         ("create", "s-new"), ("delete", "s-gone"), ("update", "s-cred")]
 
 
+def test_a_backlog_of_accounts_that_need_nothing_does_not_stall_the_rest(pg, api, namespace, migrated_db, start):
+    """A full pass plans REC_PLAN_CHUNK (128) accounts per rules call and continues with the
+    rest as a backlog, chunk after chunk. A chunk that writes nothing (here: inactive
+    accounts without a worker; at a restart: every worker already in place) must still be
+    followed by the next one: the active accounts stored after 1,000 such rows get their
+    workers long before the next resync (an hour here)."""
+    insert(pg, migrated_db, *({"id": f"idle{i:04d}", "active": False} for i in range(1000)))
+    insert(pg, migrated_db, "late1", "late2")  # stored last: read in the last chunk
+    op = start(RESYNC_INTERVAL_SECONDS=3600)
+    wait_for(lambda: set(api.deployments(namespace)) == {name_of("late1"), name_of("late2")}, 60,
+             lambda: (sorted(api.deployments(namespace)), op.readyz()["checks"]["last_reconcile"]))
+    assert op.readyz()["checks"]["last_reconcile"]["passes"] > 2, "the accounts were not planned in chunks"
+
+
 def test_new_worker_image_on_restart_updates_every_worker(pg, cluster, api, namespace, migrated_db, start,
                                                           tmp_path):
     """A new WORKER_IMAGE is a rollout (issue 18): in waves, the canary first; with no
