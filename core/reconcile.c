@@ -75,7 +75,7 @@ typedef struct row_index {
     unsigned char (*keys)[16]; /* per row: settle digest (NULL without in->settled) */
     unsigned char *has_key;    /* per row: keys[i] is set */
     unsigned char *deferred; /* per row: left for a later pass (skip is set too) */
-    unsigned char *in_sync;  /* per row: has a Deployment carrying an applied hash and not
+    unsigned char *in_sync;  /* per row: active, has a Deployment carrying an applied hash and not
                               * drifted: planning it most likely only settles it */
     scrub_set *secrets; /* credential values of the rows handed to the rules (safety.h) */
 } row_index;
@@ -445,7 +445,10 @@ static void settle_prepare(rules *r, const config *cfg, const plan_input *in, ro
             continue;
         ri->has_key[i] = settle_key(r, cfg, in, i, &by_account, ri->keys[i]) == 0;
         const obs_deploy *d = strmap_get(&by_account, id);
-        ri->in_sync[i] = d && d != (const obs_deploy *)&by_account && d->applied_hash &&
+        /* An inactive account's worker is not: its delete goes with the
+         * first accounts planned (a restart after deactivations catches up
+         * in its first pass, not after every in-sync row before it). */
+        ri->in_sync[i] = is_active_row(in, ri, i) && d && d != (const obs_deploy *)&by_account && d->applied_hash &&
                          !(d->applied_generation > 0 && d->generation > d->applied_generation);
         ri->skip[i] = ri->has_key[i] && settled_has(in->settled, ri->keys[i]);
     }
@@ -537,11 +540,19 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
         for (int i = 0; i < nrows; i++) {
             if (ri.skip[i])
                 continue;
-            if (ri.in_sync && ri.in_sync[i] && planned_in_sync < 8 * in->max_rows) {
-                /* Most likely only settles (no write): a wider allowance, so
-                 * that the writes of a pass are not crowded out by the
-                 * accounts the previous pass just created. */
-                planned_in_sync++;
+            if (ri.in_sync && ri.in_sync[i]) {
+                /* Most likely only settles (no write): an allowance of its
+                 * own, wider, and never the other rows' places, so that the
+                 * writes of a pass are not crowded out by the accounts the
+                 * previous pass just created, nor a restart's deletes by the
+                 * thousands of workers that are fine. */
+                if (planned_in_sync < 8 * in->max_rows) {
+                    planned_in_sync++;
+                    continue;
+                }
+                ri.skip[i] = 1;
+                deferred[i] = 1;
+                out->deferred++;
             } else if (taken < in->max_rows) {
                 taken++;
             } else {
