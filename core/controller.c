@@ -510,7 +510,7 @@ static void reload_rules(ctl *c)
         char ms[24];
         snprintf(ms, sizeof ms, "%llu", (unsigned long long)(util_now_ms() - t0));
         log_info("rules in effect", "version", rules_version(c->rules), "reload_ms", ms, NULL);
-        trail_lease_event(&c->trail, "RulesReloaded",
+        trail_rules_event(&c->trail, "RulesReloaded",
                           "new rules loaded, self-checked and planned over the live accounts", 0);
         watch_kick_full(c->watch);
         rollout_step(c); /* a rendered change starts a rollout before that pass */
@@ -518,7 +518,7 @@ static void reload_rules(ctl *c)
         metrics_add("sync_airbnb_operator_rules_reloads_total", "result=\"failure\"", 1);
         char msg[1200];
         snprintf(msg, sizeof msg, "rules rejected, previous rules kept: %s", err);
-        trail_lease_event(&c->trail, "RulesRejected", msg, 1);
+        trail_rules_event(&c->trail, "RulesRejected", msg, 1);
     }
     publish(c);
 }
@@ -622,14 +622,15 @@ static void rollout_step(ctl *c)
         watch_kick_full(c->watch);
 }
 
-/* Log line, audit row, Event on the Lease (and on the worker's Deployment). */
+/* Log line, audit row, Event beside the rules reload's (the rules ConfigMap,
+ * else the Lease) and on the worker's Deployment. */
 static void report_rollout(void *ud, const char *event, const char *name, const char *message, int warning)
 {
     ctl *c = ud;
     log_msg(warning ? LOG_WARN : LOG_INFO, "rollout", "event", event, "deployment", name ? name : "", "detail",
             message, NULL);
     trail_note(&c->trail, "rollout", message);
-    trail_lease_event(&c->trail, event, message, warning);
+    trail_rules_event(&c->trail, event, message, warning);
     if (name)
         event_queue_post(&c->trail.events, "apps/v1", "Deployment", name, NULL, event, message, NULL, warning);
 }

@@ -32,8 +32,9 @@
 typedef struct rollout rollout;
 
 /* What the rollout tells the person: the controller logs it, writes an
- * audit row (action "rollout") and posts an Event with reason `event` on
- * the Lease (and on the Deployment `name` when not NULL). */
+ * audit row (action "rollout") and posts an Event with reason `event` where
+ * the rules reload's Events go (the RULES_CONFIGMAP, else the Lease:
+ * trail_rules_event) and on the Deployment `name` when not NULL. */
 typedef void (*rollout_report_fn)(void *ud, const char *event, const char *name, const char *message,
                                   int warning);
 

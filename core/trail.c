@@ -153,7 +153,7 @@ void trail_pass_error(trail *t, const char *err)
     t->pass_error = err ? xstrdup(err) : NULL;
 }
 
-void trail_lease_event(trail *t, const char *reason, const char *message, int warning)
+void trail_rules_event(trail *t, const char *reason, const char *message, int warning)
 {
     /* On the rules ConfigMap when it is known (rules_event.h), else on the
      * leader Lease, which lives in this namespace. */

@@ -49,9 +49,9 @@ void trail_sending(trail *t, const char *name);
 /* The error of a whole pass (NULL: the pass ran): logged and audited when
  * it changes. */
 void trail_pass_error(trail *t, const char *err);
-/* A rules reload's Event: on the RULES_CONFIGMAP (rules_event.h), else on
- * the leader Lease. */
-void trail_lease_event(trail *t, const char *reason, const char *message, int warning);
+/* An Event about the rules (a reload, a rollout): on the RULES_CONFIGMAP
+ * that carried them (rules_event.h), else on the leader Lease. */
+void trail_rules_event(trail *t, const char *reason, const char *message, int warning);
 /* An audit row written now, for what is not an action (a release of held deletes). */
 void trail_note(trail *t, const char *what, const char *reason);
 /* Writes the queued audit rows now (shutdown). */

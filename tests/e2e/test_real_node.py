@@ -376,6 +376,108 @@ def test_broken_rules_edit_is_refused_and_no_worker_changes(env, tmp_path):
         "E2E_RULES_EDIT" not in env_names(d) for d in env.workers()), timeout=180)
 
 
+def break_the_app(src: str) -> str:
+    """deployment.lua with a worker command that really exits 1 in the real worker image."""
+    marker = 'command = array({ "uvicorn", "sync_airbnb.main:app",'
+    assert marker in src
+    return src.replace(marker, 'command = array({ "python3", "-c", '
+                       '"raise SystemExit(\'e2e: a rules edit that breaks the app\')", "sync_airbnb.main:app",', 1)
+
+
+def quick_policy(lua: Path) -> None:
+    """rollout.lua with a short soak and deadline (the shipped 30 s / 300 s work too, slower)."""
+    f = lua / "rules" / "rollout.lua"
+    text = f.read_text()
+    for old, new in (("soak_seconds = 30,", "soak_seconds = 5,"),
+                     ("ready_timeout_seconds = 300,", "ready_timeout_seconds = 150,")):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    f.write_text(text)
+
+
+def rollout_status(env: Env, *args: str) -> str:
+    return env.kubectl("exec", "deploy/sync-airbnb-operator", "--", "sync-airbnb-operator", "rollout",
+                       "status", *args, namespace=SYSTEM).stdout
+
+
+def command_of(dep: dict) -> list[str]:
+    return dep["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_broken_change_halts_after_the_canary_and_rolls_it_back(env, tmp_path):
+    """DESIGN.md §5.10 with real pods: a rules edit whose worker command exits 1 reaches the
+    canary only; the other workers keep their Deployment and their Ready pods; the policy's
+    rollback puts the canary back on its previous template, Ready again."""
+    for i in ("7001", "7002", "7003"):
+        env.add_account(i)
+    for i in ("7001", "7002", "7003"):
+        wait_for(f"worker {i} Ready", lambda i=i: ready_pod(env, i), timeout=420)
+    wait_for("no rollout under way", lambda: json.loads(rollout_status(env, "-o", "json"))["phase"] == "complete",
+             timeout=180)
+    before = {d["metadata"]["name"]: d for d in env.workers()}
+    assert len(before) >= 3, sorted(before)
+    names = sorted(before)
+    canary, others = names[0], names[1:]
+    pods_before = {n: ready_pod(env, before[n]["metadata"]["annotations"]["sync-airbnb.io/account-id"])
+                   for n in others}
+    assert all(pods_before.values()), pods_before
+    seen = {e["metadata"]["uid"] for e in env.kjson("get", "events", namespace=SYSTEM)["items"]}
+    since = env.sql("SELECT now()")
+
+    lua = rules_copy(tmp_path, break_the_app)
+    quick_policy(lua)
+    t0 = time.monotonic()
+    env.kubectl("apply", "-k", str(lua))
+    broken = wait_for("the canary to get the failing command", lambda: (lambda d: d if d and "python3" in
+                      command_of(d) else None)(next((d for d in env.workers() if d["metadata"]["name"] == canary),
+                                                    None)), timeout=180)
+    assert broken["metadata"]["generation"] > before[canary]["metadata"]["generation"]
+    st = wait_for("the rollout to halt", lambda: (lambda s: s if s["phase"] == "halted" else None)(
+        json.loads(rollout_status(env, "-o", "json"))), timeout=300)
+    print(f"\nrules edit -> rollout halted: {time.monotonic() - t0:.1f} s")
+    assert canary in st["halt_reason"] and st["wave"] == 1 and st["reached"] == 0, st
+    text = rollout_status(env)
+    print(text)
+    assert "phase:        halted" in text and canary in text, text
+
+    # Rolled back: the canary's template is the one it had, and a pod of it is Ready again.
+    back = wait_for("the canary back on its previous template", lambda: (lambda d: d if d and
+                    d["spec"]["template"] == before[canary]["spec"]["template"] else None)(
+                    next((d for d in env.workers() if d["metadata"]["name"] == canary), None)), timeout=120)
+    assert "uvicorn" in command_of(back)
+    canary_id = before[canary]["metadata"]["annotations"]["sync-airbnb.io/account-id"]
+    pod = wait_for("the canary Ready again", lambda: ready_pod(env, canary_id), timeout=420)
+    assert "uvicorn" in pod["spec"]["containers"][0]["command"]
+
+    # Every other worker untouched: same generation and template, the same pod, still Ready.
+    now = {d["metadata"]["name"]: d for d in env.workers()}
+    for n in others:
+        assert now[n]["metadata"]["generation"] == before[n]["metadata"]["generation"], n
+        assert now[n]["spec"]["template"] == before[n]["spec"]["template"], n
+        p = ready_pod(env, before[n]["metadata"]["annotations"]["sync-airbnb.io/account-id"])
+        assert p and p["metadata"]["uid"] == pods_before[n]["metadata"]["uid"], (n, p)
+    audit = env.sql("SELECT string_agg(deployment, ' ') FROM sync_airbnb_operator.audit_log "
+                    f"WHERE action = 'update' AND at > '{since}'")
+    assert not set((audit or "").split()) & set(others), audit
+
+    # Reported where users look: on the rules ConfigMap (beside RulesReloaded) and the canary.
+    def halted_events():
+        cm = [e for e in env.kjson("get", "events", namespace=SYSTEM)["items"]
+              if e["metadata"]["uid"] not in seen and e.get("reason") == "RolloutHalted"]
+        dep = [e for e in env.kjson("get", "events", namespace=WORKERS)["items"]
+               if e.get("reason") == "RolloutHalted" and e["involvedObject"]["name"] == canary]
+        return cm and dep and (cm, dep)
+    cm_ev, _ = wait_for("RolloutHalted Events", halted_events, timeout=30)
+    assert cm_ev[0]["involvedObject"]["kind"] == "ConfigMap"
+    assert cm_ev[0]["involvedObject"]["name"] == "sync-airbnb-operator-rules"
+
+    # The shipped rules back: they render what the workers run, so no rollout is needed.
+    env.kubectl("apply", "-k", str(REPO / "lua"))
+    wait_for("the rollout resolved by the shipped rules", lambda: json.loads(
+        rollout_status(env, "-o", "json"))["phase"] == "complete", timeout=180)
+    assert all("uvicorn" in command_of(d) for d in env.workers())
+
+
 def test_deleting_the_leader_pod_hands_over(env):
     def holder():
         for l in env.kjson("get", "leases", namespace=WORKERS)["items"]:

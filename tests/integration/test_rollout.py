@@ -191,7 +191,10 @@ def test_bad_change_halts_after_the_canary_and_rolls_it_back(tmp_path, pg, clust
     pol = dict(soak_seconds=10, ready_timeout_seconds=240, rollback=True)
     cm = ConfigMapDir(tmp_path / "rules", rules(**pol))
     add_accounts(pg, migrated_db, ids)
-    op = start(operator_factory, cm, RESYNC_INTERVAL_SECONDS=3)
+    # the ConfigMap a person applies the rules with: the rollout's Events go on it, beside RulesReloaded
+    cluster.kubectl("create", "configmap", "rules", "--from-literal=rules.lua=-- the files", namespace=namespace)
+    cm_uid = cluster.kubectl_json("get", "configmap", "rules", namespace=namespace)["metadata"]["uid"]
+    op = start(operator_factory, cm, RESYNC_INTERVAL_SECONDS=3, RULES_CONFIGMAP=f"{namespace}/rules")
     wait_for(lambda: settled(cluster, namespace, names), 180, lambda: deployments(cluster, namespace).keys())
     env = cli_env(migrated_db, kubeconfig, namespace, cm.path)
     before = deployments(cluster, namespace)
@@ -209,10 +212,14 @@ def test_bad_change_halts_after_the_canary_and_rolls_it_back(tmp_path, pg, clust
              env_of(d).get("RULES_ROLLOUT") is None, 30, lambda: deployments(cluster, namespace)[canary]["spec"])
     assert deployments(cluster, namespace)[canary]["spec"]["template"] == before[canary]["spec"]["template"]
     wait_for(lambda: settled(cluster, namespace, [canary]), 180)
-    # reported: Event on the Lease and on the canary, audit row, metric, /readyz, status
-    halted = wait_for(lambda: events(cluster, namespace, "RolloutHalted"), 10)
-    assert {e["involvedObject"]["kind"] for e in halted} == {"Lease", "Deployment"}, halted
-    assert any(e["involvedObject"]["name"] == canary for e in halted)
+    # reported: Event on the rules ConfigMap and on the canary, audit row, metric, /readyz, status
+    halted = wait_for(lambda: len(events(cluster, namespace, "RolloutHalted")) >= 2 and
+                      events(cluster, namespace, "RolloutHalted"), 10)
+    assert {e["involvedObject"]["kind"] for e in halted} == {"ConfigMap", "Deployment"}, halted
+    assert any(e["involvedObject"]["kind"] == "Deployment" and e["involvedObject"]["name"] == canary for e in halted)
+    assert all(e["involvedObject"]["uid"] == cm_uid for e in halted if e["involvedObject"]["kind"] == "ConfigMap")
+    assert {e["involvedObject"]["kind"] for e in events(cluster, namespace, "RolloutStarted")} == {"ConfigMap"}
+    assert "RolloutHalted" in cluster.kubectl("describe", "configmap", "rules", namespace=namespace).stdout
     assert any(r["action"] == "rollout" and "halted" in r["reason"] for r in audit(pg, migrated_db))
     r = op.readyz()
     assert r["checks"]["rollout"]["phase"] == "halted" and r["checks"]["rollout"]["halted"] is True, r
@@ -323,7 +330,8 @@ def test_halt_without_rollback_keeps_the_canary_until_a_person_aborts(tmp_path, 
     wait_for(lambda: status(env)["phase"] == "aborted", 15, lambda: status(env))
     back = wait_for(lambda: not chaos_of(d := deployments(cluster, namespace)[names[0]]) and d, 30)
     assert back["spec"]["template"] == before[names[0]]["spec"]["template"]
-    assert events(cluster, namespace, "RolloutAborted")
+    # without RULES_CONFIGMAP (a local run) the rollout's Events go on the leader Lease
+    assert {e["involvedObject"]["kind"] for e in events(cluster, namespace, "RolloutAborted")} == {"Lease"}
     # aborted: the previous rules for everyone, creates included, until newer rules come
     add_accounts(pg, migrated_db, ["6499"])
     fresh = wait_for(lambda: deployments(cluster, namespace).get("sync-airbnb-worker-6499"), 20)

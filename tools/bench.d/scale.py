@@ -638,6 +638,7 @@ def main() -> int:
     ap.add_argument("--log-dir", default=os.environ.get("BENCH_LOG_DIR", "/tmp"))
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    Path(a.log_dir).mkdir(parents=True, exist_ok=True)
     a.scales = [int(x) for x in a.scales.split(",") if x]
     a.systems = [s for s in a.systems.split(",") if s]
     for s in a.systems:
