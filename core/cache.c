@@ -135,6 +135,7 @@ obs_deploy *cache_parse_deployment(const json_value *obj)
     const char *mb = json_string(json_path(meta, "labels", MANAGED_BY_LABEL, NULL));
     d->managed = mb && strcmp(mb, MANAGED_BY_VALUE) == 0;
     d->update_owned = d->managed && own_has_update_entry(meta);
+    d->own_rename_at = d->update_owned ? (int)own_rename_index(meta) : -1;
     d->generation = (long)json_number(json_get(meta, "generation"), 0);
     d->resource_version = cache_resource_version(obj);
     /* A hint for first sight (upsert): edited by hand, so not what we applied. */

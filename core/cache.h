@@ -37,6 +37,7 @@ typedef struct obs_deploy {
     int managed;             /* carries the managed-by label */
     int update_owned;        /* our POST's "Update" managedFields entry is still there
                               * (ownership.h): moved to our apply before the next update */
+    int own_rename_at;       /* own_rename_index of this copy (-1: the move needs a GET) */
     int replicas, ready_replicas, updated_replicas, available_replicas;
     int seen;                /* relist sweep mark */
 } obs_deploy;

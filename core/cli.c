@@ -279,14 +279,14 @@ static int make_plan(cli_view *v, plan_result *out, char *err, size_t errlen)
     PGresult *accounts = NULL;
     if (read_live(v, &observed, &accounts, err, errlen) < 0)
         return -1;
-    /* A full pass with the whole delete budget (run's bucket holds at most
-     * DELETE_BUDGET, so this is the most it could delete now) over every
-     * account: run hands them to the rules in chunks, over several passes. */
+    /* Every account, with the whole delete budget (run's bucket holds at
+     * most DELETE_BUDGET, so this is the most it could delete now), handed
+     * to the rules in the chunks run hands them over in, over several passes. */
     acct_rows rows;
     rows_from_pgresult(&rows, accounts);
     plan_input in = {.accounts = &rows, .observed = &observed, .full = 1, .active_total = -1,
-                     .delete_allowance = cfg->delete_budget, .settled = NULL, .max_rows = 0};
-    int rc = rec_plan(r, cfg, &in, out, err, errlen);
+                     .delete_allowance = cfg->delete_budget, .settled = NULL, .max_rows = REC_PLAN_CHUNK};
+    int rc = rec_plan_all(r, cfg, &in, out, err, errlen);
     out->paused = (int)wstate_count_paused(&observed);
     if (rc == 0) /* workers a rollout has not reached: planned as `run` plans them */
         rollout_plan_filter(cfg, v->db, r, &observed, out);

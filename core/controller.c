@@ -425,8 +425,13 @@ static void on_cache_change(enum cache_kind kind, const char *name, const void *
     ctl *c = ud;
     wstatus_on_cache(c->ws, kind, name, old, now);
     if (name == NULL) { /* a list completed */
-        if (kind == CACHE_DEPLOYMENT)
+        if (kind == CACHE_DEPLOYMENT) {
+            /* The rollout's state gates the first pass (ready_to_plan):
+             * load it now rather than at the next tick, up to a second
+             * later (start-up and restart time). */
+            rollout_step(c);
             watch_kick_full(c->watch);
+        }
         return;
     }
     if (kind != CACHE_DEPLOYMENT)

@@ -116,3 +116,29 @@ char *own_upgrade_patch(const json_value *obj)
     jo_end(&o);
     return buf_steal(&b);
 }
+
+long own_rename_index(const json_value *meta)
+{
+    const json_value *managed = json_get(meta, "managedFields");
+    return find_entry(managed, "Apply") >= 0 ? -1 : find_entry(managed, "Update");
+}
+
+char *own_rename_patch(long index, unsigned long long resource_version)
+{
+    char rv[32];
+    snprintf(rv, sizeof rv, "%llu", resource_version);
+    buf b = {0};
+    json_out o;
+    jo_init(&o, &b);
+    jo_array(&o);
+    jo_object(&o);
+    jo_kstr(&o, "op", "test");
+    jo_kstr(&o, "path", "/metadata/resourceVersion");
+    jo_kstr(&o, "value", rv);
+    jo_end(&o);
+    patch_op(&o, "test", index, "manager", NULL, OWN_FIELD_MANAGER);
+    patch_op(&o, "test", index, "operation", NULL, "Update");
+    patch_op(&o, "replace", index, "operation", NULL, "Apply");
+    jo_end(&o);
+    return buf_steal(&b);
+}

@@ -29,4 +29,15 @@ int own_has_update_entry(const json_value *meta);
  * is the whole object. Caller frees. */
 char *own_upgrade_patch(const json_value *obj);
 
+/* The index of that Update entry when OWN_FIELD_MANAGER has no Apply entry
+ * (a worker created by our POST and never updated since), else -1: the move
+ * is then a rename, which own_rename_patch makes without reading the object. */
+long own_rename_index(const json_value *meta);
+
+/* The JSON patch that renames entry index (own_rename_index) to Apply,
+ * guarded by a test of the object's resourceVersion: the object is exactly
+ * the copy the index came from (the informer's), or the server refuses the
+ * patch (and the caller reads it, as for own_upgrade_patch). Caller frees. */
+char *own_rename_patch(long index, unsigned long long resource_version);
+
 #endif

@@ -75,7 +75,7 @@ typedef struct row_index {
     unsigned char (*keys)[16]; /* per row: settle digest (NULL without in->settled) */
     unsigned char *has_key;    /* per row: keys[i] is set */
     unsigned char *deferred; /* per row: left for a later pass (skip is set too) */
-    unsigned char *in_sync;  /* per row: has a Deployment carrying an applied hash and not
+    unsigned char *in_sync;  /* per row: active, has a Deployment carrying an applied hash and not
                               * drifted: planning it most likely only settles it */
     scrub_set *secrets; /* credential values of the rows handed to the rules (safety.h) */
 } row_index;
@@ -445,7 +445,10 @@ static void settle_prepare(rules *r, const config *cfg, const plan_input *in, ro
             continue;
         ri->has_key[i] = settle_key(r, cfg, in, i, &by_account, ri->keys[i]) == 0;
         const obs_deploy *d = strmap_get(&by_account, id);
-        ri->in_sync[i] = d && d != (const obs_deploy *)&by_account && d->applied_hash &&
+        /* An inactive account's worker is not: its delete goes with the
+         * first accounts planned (a restart after deactivations catches up
+         * in its first pass, not after every in-sync row before it). */
+        ri->in_sync[i] = is_active_row(in, ri, i) && d && d != (const obs_deploy *)&by_account && d->applied_hash &&
                          !(d->applied_generation > 0 && d->generation > d->applied_generation);
         ri->skip[i] = ri->has_key[i] && settled_has(in->settled, ri->keys[i]);
     }
@@ -537,11 +540,19 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
         for (int i = 0; i < nrows; i++) {
             if (ri.skip[i])
                 continue;
-            if (ri.in_sync && ri.in_sync[i] && planned_in_sync < 8 * in->max_rows) {
-                /* Most likely only settles (no write): a wider allowance, so
-                 * that the writes of a pass are not crowded out by the
-                 * accounts the previous pass just created. */
-                planned_in_sync++;
+            if (ri.in_sync && ri.in_sync[i]) {
+                /* Most likely only settles (no write): an allowance of its
+                 * own, wider, and never the other rows' places, so that the
+                 * writes of a pass are not crowded out by the accounts the
+                 * previous pass just created, nor a restart's deletes by the
+                 * thousands of workers that are fine. */
+                if (planned_in_sync < 8 * in->max_rows) {
+                    planned_in_sync++;
+                    continue;
+                }
+                ri.skip[i] = 1;
+                deferred[i] = 1;
+                out->deferred++;
             } else if (taken < in->max_rows) {
                 taken++;
             } else {
@@ -607,6 +618,100 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     free(ri.in_sync);
     strmap_free(&ri.by_id);
     return 0;
+}
+
+/* Appends src's actions to dst (moved: src keeps none) and its counts. */
+static void plan_absorb(plan_result *dst, plan_result *src)
+{
+    dst->actions = xrealloc(dst->actions, (dst->n + src->n + 1) * sizeof *dst->actions);
+    memcpy(dst->actions + dst->n, src->actions, src->n * sizeof *src->actions);
+    dst->n += src->n;
+    src->n = 0;
+    dst->held_deletes += src->held_deletes;
+    dst->refused += src->refused;
+    dst->planned += src->planned;
+    if (dst->hold_reason == NULL) {
+        dst->hold_reason = src->hold_reason;
+        src->hold_reason = NULL;
+    }
+    rec_plan_free(src);
+}
+
+static int count_deletes(const plan_result *p)
+{
+    int n = 0;
+    for (size_t i = 0; i < p->n; i++)
+        n += p->actions[i].kind == ACT_DELETE;
+    return n;
+}
+
+int rec_plan_all(rules *r, const config *cfg, const plan_input *in, plan_result *out, char *err, size_t errlen)
+{
+    plan_input first = *in;
+    first.settled = NULL;
+    first.max_rows = REC_PLAN_CHUNK;
+    if (rec_plan(r, cfg, &first, out, err, errlen) < 0)
+        return -1;
+    if (out->deferred == 0)
+        return 0;
+    /* The deferred accounts' rows and Deployments, found once. */
+    row_index ri;
+    index_rows(&ri, in);
+    strmap deploys = STRMAP_BORROWED; /* account id -> first of its Deployments (linked by next) */
+    size_t nobs = in->observed->len, k = 0, it = 0;
+    struct dlink {
+        const char *name;
+        obs_deploy *d;
+        struct dlink *next;
+    } *links = xcalloc(nobs + 1, sizeof *links);
+    void *v;
+    const char *name;
+    while (strmap_next(in->observed, &it, &name, &v)) {
+        obs_deploy *d = v;
+        if (d->account_id == NULL || k >= nobs)
+            continue;
+        links[k] = (struct dlink){name, d, strmap_get(&deploys, d->account_id)};
+        strmap_put(&deploys, d->account_id, &links[k++]);
+    }
+    int *rows = xcalloc(REC_PLAN_CHUNK, sizeof *rows);
+    int rc = 0, deletes = count_deletes(out);
+    const char *next = out->deferred_ids, *end = out->deferred_ids + out->deferred_ids_len;
+    while (rc == 0 && next < end) {
+        int n = 0;
+        strmap observed = STRMAP_BORROWED;
+        for (; next < end && n < REC_PLAN_CHUNK; next += strlen(next) + 1) {
+            intptr_t row = (intptr_t)strmap_get(&ri.by_id, next);
+            if (row <= 0)
+                continue;
+            rows[n++] = (int)row - 1;
+            for (struct dlink *l = strmap_get(&deploys, next); l; l = l->next)
+                strmap_put(&observed, l->name, l->d);
+        }
+        acct_rows subset;
+        rows_subset(&subset, in->accounts, rows, n);
+        plan_input part = {.accounts = &subset, .observed = &observed, .full = 0, .active_total = out->desired,
+                           .delete_allowance = in->delete_allowance > deletes ? in->delete_allowance - deletes : 0,
+                           .settled = NULL, .max_rows = REC_PLAN_CHUNK, .busy = NULL};
+        plan_result chunk;
+        rc = rec_plan(r, cfg, &part, &chunk, err, errlen);
+        if (rc == 0) {
+            deletes += count_deletes(&chunk);
+            plan_absorb(out, &chunk);
+        }
+        rows_free(&subset);
+        strmap_free(&observed);
+    }
+    free(out->deferred_ids);
+    out->deferred_ids = NULL;
+    out->deferred_ids_len = 0;
+    out->deferred = 0;
+    if (rc < 0)
+        rec_plan_free(out);
+    free(rows);
+    free(links);
+    strmap_free(&deploys);
+    strmap_free(&ri.by_id);
+    return rc;
 }
 
 int rec_check_plan(rules *r, luahost *candidate, const config *cfg, const plan_input *in, char *err,

@@ -69,6 +69,17 @@ char *rec_active_count_sql(const config *cfg);
 int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out, char *err,
              size_t errlen);
 void rec_plan_free(plan_result *p);
+
+/* Plans every account of a full input the way `run` gets through them:
+ * one full pass of at most REC_PLAN_CHUNK accounts (and the orphaned
+ * Deployments), then the accounts it deferred, REC_PLAN_CHUNK at a time,
+ * each as run's follow-up partial pass (their rows and Deployments only, the
+ * table's active count for the safety filter, the delete allowance left).
+ * So no call into the rules gets more than REC_PLAN_CHUNK accounts: `plan`
+ * at 10,000 accounts stays within the rules' time budget. in->max_rows and
+ * in->settled are ignored (every account is planned). Same returns as
+ * rec_plan; out->deferred is 0. */
+int rec_plan_all(rules *r, const config *cfg, const plan_input *in, plan_result *out, char *err, size_t errlen);
 void rec_settled_free(rec_settled *settled);
 
 /* Runs candidate rules' plan() over the input (at most max_rows accounts)

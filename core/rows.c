@@ -54,6 +54,24 @@ void rows_from_cells(acct_rows *r, int nrows, int ncols, const char *const *name
     r->data = cells;
 }
 
+static const char *subset_cell(const acct_rows *r, int row, int col)
+{
+    const int *rows = r->data;
+    return r->src->cell(r->src, rows[row], col);
+}
+
+void rows_subset(acct_rows *r, const acct_rows *src, const int *rows, int nrows)
+{
+    memset(r, 0, sizeof *r);
+    r->nrows = nrows;
+    r->ncols = src->ncols;
+    r->names = src->names;
+    r->is_bool = src->is_bool;
+    r->cell = subset_cell;
+    r->data = rows;
+    r->src = src;
+}
+
 void rows_free(acct_rows *r)
 {
     free(r->names_own);

@@ -3,7 +3,8 @@
  * names, and which columns are booleans ("t"/"f"). Two ways to make one:
  * from a query result (rows_from_pgresult: the cells are the result's own
  * strings, borrowed, so a full pass over 100,000 accounts costs no second
- * copy of the table) or from C arrays (rows_from_cells: the unit tests).
+ * copy of the table) or from C arrays (rows_from_cells: the unit tests); and
+ * a view of some rows of another set (rows_subset: `plan`'s chunks).
  * The planner (reconcile.h) and the safety filter (safety.h) take rows, so
  * they are tested without a database. */
 #ifndef ROWS_H
@@ -20,6 +21,7 @@ typedef struct acct_rows {
     const char *(*cell)(const struct acct_rows *r, int row, int col);
     const void *data; /* the backend's */
     /* private */
+    const struct acct_rows *src; /* rows_subset: the set viewed */
     const char **names_own;
     unsigned char *bool_own;
 } acct_rows;
@@ -31,6 +33,9 @@ void rows_from_pgresult(acct_rows *r, const PGresult *res);
  * NULL-terminated list (NULL: none). */
 void rows_from_cells(acct_rows *r, int nrows, int ncols, const char *const *names, const char *const *cells,
                      const char *const *bools);
+/* A view of some rows of src (rows[i] is the row of src shown as row i),
+ * borrowed: valid while src and rows are. */
+void rows_subset(acct_rows *r, const acct_rows *src, const int *rows, int nrows);
 void rows_free(acct_rows *r);
 
 /* The index of the column called name, or -1. */

@@ -23,8 +23,9 @@ struct writer {
 /* What a request in flight is for. A create whose outcome is uncertain (its
  * POST timed out, or got 409) is followed by a GET (VERIFY). A Deployment
  * whose fields our POST still owns gets them moved to our apply
- * (ownership.h) before its first update: a GET (OWN_GET), then a JSON patch
- * (OWN_PATCH), then the update's apply itself in the same request chain
+ * (ownership.h) before its first update: a JSON patch (OWN_PATCH; a GET
+ * first, OWN_GET, unless the informer's copy is enough: own_rename_patch),
+ * then the update's apply itself in the same request chain
  * (planning it again would wait a pass and the patch's watch echo). Not right
  * after the create: that would double the requests of a mass creation
  * (KUBE_QPS bounds them), and until the first update nothing the rules
@@ -108,6 +109,17 @@ static int send_apply(write_req *w)
     return sent;
 }
 
+static int own_patch(write_req *w, char *patch)
+{
+    if (patch == NULL)
+        return 0;
+    w->stage = STAGE_OWN_PATCH;
+    w->attempts++;
+    int sent = send_stage(w, "PATCH", "application/json-patch+json", patch) == 0;
+    free(patch);
+    return sent;
+}
+
 /* Moves the fields our POST owns to our apply, from obj when it is a fresh
  * copy (a create's response), else after a GET. Returns 1 if a request went
  * out for it. */
@@ -117,14 +129,7 @@ static int own_upgrade(write_req *w, const json_value *obj)
         w->stage = STAGE_OWN_GET;
         return send_stage(w, "GET", NULL, NULL) == 0;
     }
-    char *patch = own_upgrade_patch(obj);
-    if (patch == NULL)
-        return 0;
-    w->stage = STAGE_OWN_PATCH;
-    w->attempts++;
-    int sent = send_stage(w, "PATCH", "application/json-patch+json", patch) == 0;
-    free(patch);
-    return sent;
+    return own_patch(w, own_upgrade_patch(obj));
 }
 
 /* 1 if the object carries what only our applies put there: the managed-by
@@ -287,6 +292,13 @@ int writer_send(writer *wr, const action *a, const obs_deploy *live)
          * is planned again once that is done. */
         if (a->kind == ACT_UPDATE && a->body)
             w->apply_body = xstrdup(a->body);
+        /* The usual case, a worker our POST made and nothing of ours has
+         * applied since: a rename guarded by the informer's resourceVersion,
+         * no GET (a mass roll right after a mass creation is three requests
+         * per worker otherwise). Refused when the copy is stale: the GET then. */
+        if (live->own_rename_at >= 0 && live->resource_version > 0 &&
+            own_patch(w, own_rename_patch(live->own_rename_at, live->resource_version)))
+            return 1;
         if (own_upgrade(w, NULL))
             return 1;
         write_req_free(w);

@@ -59,6 +59,27 @@ static void test_update_entry_alone_becomes_apply(void)
     json_free(obj);
 }
 
+/* No Apply entry of ours: the informer's copy is enough (no GET), the
+ * patch guarded by its resourceVersion. With one, the move needs the GET. */
+static void test_rename_from_the_informers_copy(void)
+{
+    json_value *obj = parse("{\"metadata\":{\"resourceVersion\":\"7\",\"managedFields\":[" OTHER "," POSTED "]}}");
+    CHECK(own_rename_index(json_get(obj, "metadata")) == 1);
+    char *patch = own_rename_patch(1, 7);
+    CHECK_STR(patch, "[{\"op\":\"test\",\"path\":\"/metadata/resourceVersion\",\"value\":\"7\"},"
+                     "{\"op\":\"test\",\"path\":\"/metadata/managedFields/1/manager\",\"value\":\"sync-airbnb-operator\"},"
+                     "{\"op\":\"test\",\"path\":\"/metadata/managedFields/1/operation\",\"value\":\"Update\"},"
+                     "{\"op\":\"replace\",\"path\":\"/metadata/managedFields/1/operation\",\"value\":\"Apply\"}]");
+    free(patch);
+    json_free(obj);
+    obj = parse("{\"metadata\":{\"resourceVersion\":\"8\",\"managedFields\":[" POSTED "," APPLIED "]}}");
+    CHECK(own_rename_index(json_get(obj, "metadata")) == -1);
+    json_free(obj);
+    obj = parse("{\"metadata\":{\"resourceVersion\":\"9\",\"managedFields\":[" OTHER "]}}");
+    CHECK(own_rename_index(json_get(obj, "metadata")) == -1);
+    json_free(obj);
+}
+
 static void test_nothing_to_move(void)
 {
     json_value *obj = parse("{\"metadata\":{\"resourceVersion\":\"7\",\"managedFields\":[" OTHER "," APPLIED "]}}");
@@ -77,6 +98,7 @@ int main(void)
 {
     RUN(test_update_entry_merged_into_apply);
     RUN(test_update_entry_alone_becomes_apply);
+    RUN(test_rename_from_the_informers_copy);
     RUN(test_nothing_to_move);
     return check_summary();
 }

@@ -632,6 +632,38 @@ static void test_planner_settles_and_chunks(void)
     input_free(&in);
 }
 
+/* Workers that are fine (active, applied, not drifted) have their own
+ * allowance per pass and never take the other accounts' places: after a
+ * restart, an inactive account's delete goes out in the first pass, not
+ * after every in-sync row before it. */
+static void test_in_sync_rows_do_not_crowd_out_a_delete(void)
+{
+    input in = {0};
+    static const char *const ids[] = {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"};
+    static const char *const names[] = {"sync-airbnb-worker-1", "sync-airbnb-worker-2", "sync-airbnb-worker-3",
+                                        "sync-airbnb-worker-4", "sync-airbnb-worker-5", "sync-airbnb-worker-6",
+                                        "sync-airbnb-worker-7", "sync-airbnb-worker-8", "sync-airbnb-worker-9",
+                                        "sync-airbnb-worker-10"};
+    for (int i = 0; i < 10; i++) {
+        add_row(&in, ids[i], 1, COOKIE);
+        observe(&in, deploy(names[i], ids[i], 1, "5"));
+    }
+    add_row(&in, "11", 0, COOKIE); /* deactivated while the operator was down */
+    observe(&in, deploy("sync-airbnb-worker-11", "11", 1, "5"));
+    input_done(&in);
+    rec_settled settled = {0}; /* a restart: nothing settled yet */
+    char err[512];
+    plan_input pi = {&in.rows, &in.observed, 1, -1, 5, &settled, 1, NULL}; /* in-sync allowance: 8 */
+    plan_result p;
+    CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
+    CHECK(find(&p, ACT_DELETE, "11") != NULL);
+    CHECK(p.planned == 9 && p.deferred == 2);
+    CHECK(p.deferred_ids_len == 5 && memcmp(p.deferred_ids, "9\00010\000", 5) == 0);
+    rec_plan_free(&p);
+    rec_settled_free(&settled);
+    input_free(&in);
+}
+
 /* ---- the desired_hash of the C encoder is the spec fake's ------------------------------- */
 
 static void test_desired_hash_c_encoder_equals_spec_fake(void)
@@ -731,6 +763,7 @@ int main(void)
     RUN(test_write_is_expected_until_its_echo);
     RUN(test_busy_account_is_not_planned_again);
     RUN(test_planner_settles_and_chunks);
+    RUN(test_in_sync_rows_do_not_crowd_out_a_delete);
     RUN(test_desired_hash_c_encoder_equals_spec_fake);
     rules_free(real_rules);
     config_free(&cfg);

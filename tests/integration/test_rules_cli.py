@@ -152,6 +152,68 @@ def test_plan_exit_codes_json_and_no_writes(pg, cluster, kubeconfig, namespace, 
     assert write_state(pg, migrated_db, cluster, namespace) == before
 
 
+# Rules that refuse to be handed more accounts than run hands them at once
+# (REC_PLAN_CHUNK, core/reconcile.h): plan must chunk as run does, or the
+# whole-plan call fails and the core falls back to planning each account alone.
+CHUNK = 128
+CHUNKED_RULES = {"rules.lua": [("M.plan = plan.plan", f"""M.plan = function(accounts, observed, ctx)
+    if #accounts > {CHUNK} then error("handed " .. #accounts .. " accounts in one call") end
+    return plan.plan(accounts, observed, ctx)
+end""")]}
+FALLBACK = "planning each account on its own"
+
+
+def test_plan_hands_the_rules_chunks_as_run_does(pg, cluster, kubeconfig, namespace, migrated_db, operator_factory,
+                                                 tmp_path):
+    n = 3 * CHUNK + 50  # four chunks
+    pg.psql("insert into airbnb.accounts(account_id, airbnb_cookie, x_client_version, user_agent, is_active)"
+            f" select 'a' || lpad(g::text, 4, '0'), 'c-' || g, 'v1', 'ua', true from generate_series(1, {n}) g",
+            url=migrated_db)
+    strict = write_plain(tmp_path / "chunked", rules_files(CHUNKED_RULES))
+    env = cli_env(migrated_db, kubeconfig, namespace)
+    senv = dict(env, RULES_DIR=str(strict))
+
+    # every account planned once, exactly as one whole-table call of the shipped rules plans it
+    p = run_cli("plan", "-o", "json", env=senv, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert FALLBACK not in p.stderr, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    creates = [(a["account_id"], a["deployment"], a["desired_hash"]) for a in doc["actions"]]
+    assert len(creates) == n and len({c[0] for c in creates}) == n
+    assert doc["summary"] == {"create": n, "update": 0, "delete": 0, "hold": 0, "error": 0, "desired": n,
+                              "observed": 0, "paused": 0}
+    rc, whole = plan_json(env)
+    assert sorted(creates) == sorted((a["account_id"], a["deployment"], a["desired_hash"]) for a in whole["actions"])
+
+    # run creates them; then plan over n workers in chunks has nothing to do
+    op = operator_factory({"KUBE_QPS": "500", "KUBE_BURST": "500", "RULES_DIR": str(strict)})
+    op.wait_ready()
+    wait_for(lambda: len(deployments(cluster, namespace)) == n, 120, lambda: len(deployments(cluster, namespace)))
+    wait_for(lambda: run_cli("plan", env=senv, timeout=120).returncode == 0, 60,
+             lambda: run_cli("plan", env=senv, timeout=120).stdout[-500:])
+    op.stop()
+
+    # deactivations in every chunk: the delete budget is spent once over all the chunks
+    pg.psql("update airbnb.accounts set is_active = false where right(account_id, 1) in ('1', '2')", url=migrated_db)
+    off = sum(1 for i in range(1, n + 1) if i % 10 in (1, 2))
+    p = run_cli("plan", "-o", "json", env=dict(senv, DELETE_BUDGET="7"), timeout=120)
+    assert p.returncode == 2 and FALLBACK not in p.stderr, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    assert doc["summary"]["delete"] == 7 and doc["summary"]["hold"] == off - 7, doc["summary"]
+    assert doc["summary"]["desired"] == n - off and doc["summary"]["observed"] == n
+    assert {a["reason"] for a in doc["actions"] if a["action"] == "hold"} == {
+        "delete held: delete budget exhausted (DELETE_BUDGET)"}
+
+    # every account inactive: each chunk knows the table has no active account (not "unknown")
+    pg.psql("update airbnb.accounts set is_active = false", url=migrated_db)
+    p = run_cli("plan", "-o", "json", env=senv, timeout=120)
+    assert p.returncode == 0 and FALLBACK not in p.stderr, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    assert doc["summary"]["hold"] == n and doc["summary"]["delete"] == 0
+    assert {a["reason"] for a in doc["actions"]} == {
+        "delete held: no account is active (set ALLOW_EMPTY_DESIRED=true to allow)"}
+
+
 def test_plan_errors_exit_1(kubeconfig, namespace, database_url, tmp_path):
     env = cli_env(database_url, kubeconfig, namespace)
     # a fresh database: run would wait for the migrations, plan says so
