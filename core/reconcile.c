@@ -627,7 +627,8 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
 static void plan_absorb(plan_result *dst, plan_result *src)
 {
     dst->actions = xrealloc(dst->actions, (dst->n + src->n + 1) * sizeof *dst->actions);
-    memcpy(dst->actions + dst->n, src->actions, src->n * sizeof *src->actions);
+    if (src->n > 0) /* a chunk with no action has no array: memcpy must not see NULL */
+        memcpy(dst->actions + dst->n, src->actions, src->n * sizeof *src->actions);
     dst->n += src->n;
     src->n = 0;
     dst->held_deletes += src->held_deletes;

@@ -263,8 +263,13 @@ def monitoring_crds(cluster):
     crds = subprocess.run([str(REPO / "tools" / "gotool"), "crds"], check=True, capture_output=True,
                           text=True, timeout=600).stdout.strip()
     cluster.kubectl("apply", "--server-side", "-f", crds)
+    # Polled rather than `kubectl wait`: a CRD read before the API server has written
+    # its first status has no conditions, which kubectl wait takes for an error.
     for crd in ("servicemonitors", "podmonitors", "prometheusrules"):
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com", "--timeout=60s")
+        wait_for(lambda: cluster.kubectl(
+            "get", f"crd/{crd}.monitoring.coreos.com", "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}").stdout.strip() == "True",
+            60, f"CRD {crd} not Established")
 
 
 @pytest.fixture

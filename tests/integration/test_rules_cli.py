@@ -189,8 +189,10 @@ def test_plan_hands_the_rules_chunks_as_run_does(pg, cluster, kubeconfig, namesp
     op = operator_factory({"KUBE_QPS": "500", "KUBE_BURST": "500", "RULES_DIR": str(strict)})
     op.wait_ready()
     wait_for(lambda: len(deployments(cluster, namespace)) == n, 120, lambda: len(deployments(cluster, namespace)))
-    wait_for(lambda: run_cli("plan", env=senv, timeout=120).returncode == 0, 60,
-             lambda: run_cli("plan", env=senv, timeout=120).stdout[-500:])
+    def plan_tail():
+        p = run_cli("plan", env=senv, timeout=120)
+        return f"exit {p.returncode}: {p.stdout[-800:]} {p.stderr[-800:]}"
+    wait_for(lambda: run_cli("plan", env=senv, timeout=120).returncode == 0, 60, plan_tail)
     op.stop()
 
     # deactivations in every chunk: the delete budget is spent once over all the chunks
