@@ -264,11 +264,12 @@ def monitoring_crds(cluster):
                           text=True, timeout=600).stdout.strip()
     cluster.kubectl("apply", "--server-side", "-f", crds)
     # Polled rather than `kubectl wait`: a CRD read before the API server has written
-    # its first status has no conditions, which kubectl wait takes for an error.
+    # its first status has no conditions, which kubectl (wait, and a jsonpath filter
+    # over them) takes for an error; that read counts as "not yet".
     for crd in ("servicemonitors", "podmonitors", "prometheusrules"):
         wait_for(lambda: cluster.kubectl(
             "get", f"crd/{crd}.monitoring.coreos.com", "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}").stdout.strip() == "True",
+            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}", check=False).stdout.strip() == "True",
             60, f"CRD {crd} not Established")
 
 
