@@ -110,7 +110,8 @@ typedef struct ws_row {
     enum wstatus_reason reason;
     long gen_applied, gen_wanted; /* -1: NULL */
     int64_t ready_changed_ms;     /* 0: NULL */
-    char *deployment, *pod_phase, *last_error, *rules_version;
+    char *deployment, *last_error;
+    const char *pod_phase, *rules_version; /* interned (intern()): shared, never freed alone */
 } ws_row;
 
 typedef struct ws_entry {
@@ -118,7 +119,7 @@ typedef struct ws_entry {
     int account; /* the last pass found its row */
     int active, deleted;
     long gen_wanted, gen_applied, gen_sent; /* -1: unknown */
-    char *rules_version, *rv_sent;
+    const char *rules_version, *rv_sent; /* interned */
     int paused, held, rollout;
     char *error;      /* scrubbed, short */
     char *deployment; /* its Deployment in the cache */
@@ -155,10 +156,15 @@ struct wstatus {
     cache *cache;
     int (*may_write)(void *);
     void *ud;
-    strmap entries;     /* account id → ws_entry */
+    strmap entries;     /* account id → ws_entry (borrowed keys: the entry's account_id) */
     strmap dirty;       /* account ids to recompute */
     strmap unsent;      /* account ids whose cur differs from written */
     strmap dep_account; /* Deployment name → account id (owned copy) */
+    /* Rules versions and pod phases: a handful of distinct strings that every
+     * row repeats (a 64-character version four times per account). Each is
+     * kept once, key and value the same string, until wstatus_free: a reload
+     * adds one. The writer thread reads them; only the loop adds. */
+    strmap interned;
     unsigned seq;
     int have_accounts;  /* a full pass has run: the model knows every account */
     int need_load;
@@ -172,9 +178,7 @@ struct wstatus {
 static void row_clear(ws_row *r)
 {
     free(r->deployment);
-    free(r->pod_phase);
     free(r->last_error);
-    free(r->rules_version);
     memset(r, 0, sizeof *r);
 }
 
@@ -187,9 +191,7 @@ static void row_copy(ws_row *dst, const ws_row *src)
 {
     *dst = *src;
     dst->deployment = dup_or_null(src->deployment);
-    dst->pod_phase = dup_or_null(src->pod_phase);
     dst->last_error = dup_or_null(src->last_error);
-    dst->rules_version = dup_or_null(src->rules_version);
 }
 
 static int same_str(const char *a, const char *b)
@@ -210,8 +212,6 @@ static int row_equal(const ws_row *a, const ws_row *b)
 static void entry_free(ws_entry *e)
 {
     free(e->account_id);
-    free(e->rules_version);
-    free(e->rv_sent);
     free(e->error);
     free(e->deployment);
     row_clear(&e->cur);
@@ -225,6 +225,19 @@ static void set_str(char **dst, const char *src)
         return;
     free(*dst);
     *dst = dup_or_null(src);
+}
+
+/* The one copy of s (NULL for NULL) in ws->interned. */
+static const char *intern(wstatus *ws, const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    char *k = strmap_get(&ws->interned, s);
+    if (k == NULL) {
+        k = xstrdup(s);
+        strmap_put(&ws->interned, k, k);
+    }
+    return k;
 }
 
 static void on_timer(uv_timer_t *t);
@@ -255,7 +268,7 @@ static ws_entry *entry_get(wstatus *ws, const char *id, int create)
         e->account_id = xstrdup(id);
         e->gen_wanted = e->gen_applied = e->gen_sent = -1;
         e->last_ready = -1;
-        strmap_put(&ws->entries, id, e);
+        strmap_put(&ws->entries, e->account_id, e);
     }
     return e;
 }
@@ -308,7 +321,6 @@ void wstatus_on_cache(wstatus *ws, enum cache_kind kind, const char *name, const
             free(e->deployment);
             e->deployment = NULL;
             e->gen_applied = -1; /* a new Deployment starts from what its create sends */
-            free(e->rules_version);
             e->rules_version = NULL;
             mark(ws, e);
         }
@@ -377,7 +389,7 @@ void wstatus_on_pass(wstatus *ws, const PGresult *res, int full, const plan_resu
                 }
                 if (e->deployment && (e->gen_applied != gen || !same_str(e->rules_version, rules_version))) {
                     e->gen_applied = gen;
-                    set_str(&e->rules_version, rules_version);
+                    e->rules_version = intern(ws, rules_version);
                     changed = 1;
                 }
             } else if (a->kind == ACT_ERROR) {
@@ -387,7 +399,7 @@ void wstatus_on_pass(wstatus *ws, const PGresult *res, int full, const plan_resu
                 e->error = err;
             } else if (a->kind != ACT_HOLD) {
                 e->gen_sent = gen; /* in effect once the write succeeded (wstatus_on_write) */
-                set_str(&e->rv_sent, rules_version);
+                e->rv_sent = intern(ws, rules_version);
             }
         }
         if (changed)
@@ -440,7 +452,7 @@ void wstatus_on_write(wstatus *ws, const char *account_id, const char *error)
         e->error = NULL;
         if (e->gen_sent >= 0)
             e->gen_applied = e->gen_sent;
-        set_str(&e->rules_version, e->rv_sent);
+        e->rules_version = e->rv_sent;
     }
     mark(ws, e);
 }
@@ -505,7 +517,6 @@ static const obs_deploy *live_deployment(wstatus *ws, ws_entry *e)
         free(e->deployment);
         e->deployment = NULL;
         e->gen_applied = -1;
-        free(e->rules_version);
         e->rules_version = NULL;
     }
     return d;
@@ -525,7 +536,7 @@ static void compute(wstatus *ws, ws_entry *e, const strmap *sums, ws_row *out)
     out->deployment = d ? xstrdup(d->name) : NULL;
     out->gen_wanted = e->account ? e->gen_wanted : -1;
     out->gen_applied = d ? e->gen_applied : -1;
-    out->pod_phase = pods && pods->phase ? xstrdup(pods->phase) : NULL;
+    out->pod_phase = pods && pods->phase ? intern(ws, pods->phase) : NULL;
     out->ready = pods && pods->ready > 0;
     out->restarts = pods ? pods->restarts : 0;
     if (e->last_ready >= 0 && e->last_ready != out->ready)
@@ -533,7 +544,7 @@ static void compute(wstatus *ws, ws_entry *e, const strmap *sums, ws_row *out)
     e->last_ready = out->ready;
     out->ready_changed_ms = e->ready_changed_ms;
     out->last_error = failure ? short_error(failure) : NULL;
-    out->rules_version = d && e->rules_version ? xstrdup(e->rules_version) : NULL;
+    out->rules_version = d ? e->rules_version : NULL;
 }
 
 /* An entry nobody knows any more: no account row, no Deployment. */
@@ -749,12 +760,12 @@ static void apply_load(wstatus *ws, const PGresult *res)
         w->deployment = col_str(res, i, 3);
         w->gen_applied = col_long(res, i, 4);
         w->gen_wanted = col_long(res, i, 5);
-        w->pod_phase = col_str(res, i, 6);
+        w->pod_phase = PQgetisnull(res, i, 6) ? NULL : intern(ws, PQgetvalue(res, i, 6));
         w->ready = PQgetvalue(res, i, 7)[0] == 't';
         w->restarts = atoi(PQgetvalue(res, i, 8));
         w->ready_changed_ms = PQgetisnull(res, i, 9) ? 0 : atoll(PQgetvalue(res, i, 9));
         w->last_error = col_str(res, i, 10);
-        w->rules_version = col_str(res, i, 11);
+        w->rules_version = PQgetisnull(res, i, 11) ? NULL : intern(ws, PQgetvalue(res, i, 11));
         e->has_written = 1;
         if (e->last_ready < 0) { /* carry the last transition over a restart */
             e->last_ready = w->ready;
@@ -966,6 +977,8 @@ wstatus *wstatus_new(uv_loop_t *loop, const config *cfg, cache *c, int (*may_wri
     ws->may_write = may_write;
     ws->ud = ud;
     ws->need_load = 1;
+    ws->entries.borrowed_keys = 1;
+    ws->interned.borrowed_keys = 1;
     uv_timer_init(loop, &ws->timer);
     ws->timer.data = ws;
     return ws;
@@ -991,6 +1004,10 @@ void wstatus_free(wstatus *ws)
     while (strmap_next(&ws->dep_account, &it, NULL, &v))
         free(v);
     strmap_free(&ws->dep_account);
+    it = 0;
+    while (strmap_next(&ws->interned, &it, NULL, &v))
+        free(v);
+    strmap_free(&ws->interned);
     pg_close(ws->conn);
     free(ws);
 }
