@@ -1,8 +1,8 @@
 /* wstatus: see wstatus.h.
  *
  * Each account has an entry: what the passes and the watch cache told us
- * (the inputs), the row last computed from them (cur) and the row the table
- * holds (written). A change marks the entry dirty; a flush (debounced by
+ * (the inputs), the row last computed from them (cur) and a digest of the
+ * row the table holds (written; row_sum). A change marks the entry dirty; a flush (debounced by
  * FLUSH_DELAY_MS) recomputes the dirty entries and sends the rows whose cur
  * differs from written to the writer thread, at most JOB_MAX_ROWS per job and
  * one job at a time. The table is read back whenever the writer (re)connects
@@ -126,7 +126,10 @@ typedef struct ws_entry {
     int last_ready;   /* -1: never computed */
     int64_t ready_changed_ms;
     unsigned seen;    /* full pass sweep */
-    ws_row cur, written;
+    ws_row cur;
+    /* What the table holds for this account, as a digest of its row
+     * (row_sum): only ever compared with cur's, so no copy of the row. */
+    unsigned char cur_sum[16], written_sum[16];
     int has_cur, has_written;
 } ws_entry;
 
@@ -199,14 +202,32 @@ static int same_str(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
 }
 
-/* Every column a reader sees, changed_at aside. */
-static int row_equal(const ws_row *a, const ws_row *b)
+static void sum_str(buf *b, const char *s)
 {
-    return a->wanted == b->wanted && a->ready == b->ready && a->restarts == b->restarts &&
-           a->reason == b->reason && a->gen_applied == b->gen_applied && a->gen_wanted == b->gen_wanted &&
-           a->ready_changed_ms == b->ready_changed_ms && same_str(a->deployment, b->deployment) &&
-           same_str(a->pod_phase, b->pod_phase) && same_str(a->last_error, b->last_error) &&
-           same_str(a->rules_version, b->rules_version);
+    if (s == NULL) {
+        buf_puts(b, "-;");
+        return;
+    }
+    buf_printf(b, "%zu:", strlen(s));
+    buf_puts(b, s);
+}
+
+/* A digest of every column a reader sees, changed_at aside: two rows are
+ * the same to a reader when their digests are (the first 16 bytes of a
+ * sha256 over an unambiguous encoding). */
+static void row_sum(const ws_row *r, unsigned char out[16])
+{
+    buf b = {0};
+    buf_printf(&b, "%d,%d,%d,%d,%ld,%ld,%lld,", r->wanted, r->ready, r->restarts, (int)r->reason, r->gen_applied,
+               r->gen_wanted, (long long)r->ready_changed_ms);
+    sum_str(&b, r->deployment);
+    sum_str(&b, r->pod_phase);
+    sum_str(&b, r->last_error);
+    sum_str(&b, r->rules_version);
+    unsigned char md[32];
+    util_sha256(b.data ? b.data : "", b.len, md);
+    memcpy(out, md, 16);
+    buf_free(&b);
 }
 
 static void entry_free(ws_entry *e)
@@ -215,7 +236,6 @@ static void entry_free(ws_entry *e)
     free(e->error);
     free(e->deployment);
     row_clear(&e->cur);
-    row_clear(&e->written);
     free(e);
 }
 
@@ -602,8 +622,9 @@ static void recompute_dirty(wstatus *ws)
         compute(ws, e, &sums, &row);
         row_clear(&e->cur);
         e->cur = row;
+        row_sum(&e->cur, e->cur_sum);
         e->has_cur = 1;
-        int differs = !e->has_written || !row_equal(&e->cur, &e->written);
+        int differs = !e->has_written || memcmp(e->cur_sum, e->written_sum, 16) != 0;
         if (differs && strmap_get(&ws->unsent, k) == NULL)
             strmap_put(&ws->unsent, k, (void *)1);
         else if (!differs)
@@ -749,12 +770,11 @@ static void apply_load(wstatus *ws, const PGresult *res)
     void *v;
     while (strmap_next(&ws->entries, &it, NULL, &v)) {
         ws_entry *e = v;
-        row_clear(&e->written);
         e->has_written = 0;
     }
     for (int i = 0; i < PQntuples(res); i++) {
         ws_entry *e = entry_get(ws, PQgetvalue(res, i, 0), 1);
-        ws_row *w = &e->written;
+        ws_row row = {0}, *w = &row;
         w->wanted = PQgetvalue(res, i, 1)[0] == 't';
         w->reason = PQgetisnull(res, i, 2) ? WS_OK : reason_of(PQgetvalue(res, i, 2));
         w->deployment = col_str(res, i, 3);
@@ -766,11 +786,13 @@ static void apply_load(wstatus *ws, const PGresult *res)
         w->ready_changed_ms = PQgetisnull(res, i, 9) ? 0 : atoll(PQgetvalue(res, i, 9));
         w->last_error = col_str(res, i, 10);
         w->rules_version = PQgetisnull(res, i, 11) ? NULL : intern(ws, PQgetvalue(res, i, 11));
+        row_sum(w, e->written_sum);
         e->has_written = 1;
         if (e->last_ready < 0) { /* carry the last transition over a restart */
             e->last_ready = w->ready;
             e->ready_changed_ms = w->ready_changed_ms;
         }
+        row_clear(w);
     }
     strmap_free(&ws->unsent);
     it = 0;
@@ -817,7 +839,6 @@ static void job_done(uv_work_t *req, int status)
                     strmap_del(&ws->unsent, s->account_id);
                     entry_free(e);
                 } else if (e) {
-                    row_clear(&e->written);
                     e->has_written = 0;
                 }
                 continue;
@@ -825,11 +846,9 @@ static void job_done(uv_work_t *req, int status)
             upserts++;
             if (e == NULL)
                 continue;
-            row_clear(&e->written);
-            e->written = s->row;
-            memset(&s->row, 0, sizeof s->row);
+            row_sum(&s->row, e->written_sum);
             e->has_written = 1;
-            if (e->has_cur && row_equal(&e->cur, &e->written))
+            if (e->has_cur && memcmp(e->cur_sum, e->written_sum, 16) == 0)
                 strmap_del(&ws->unsent, s->account_id);
         }
         if (!j->load) {
