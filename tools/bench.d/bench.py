@@ -197,6 +197,19 @@ class Watcher:
         self.stop_flag = True
 
 
+def one_system_setup(args, name: str, ids) -> tuple["Env", str, str, "Watcher"]:
+    """The single-system modes (--worker-status, --memory): the release build unless
+    --binary, a fresh database holding ids as active accounts, a fresh namespace and a
+    watcher on it."""
+    if args.binary is None:
+        args.binary = str(ROOT / "build-release" / "sync-airbnb-operator")
+    env = Env(args)
+    db = env.fresh_db(name.replace("-", "_"))
+    ns = env.fresh_ns(name)
+    insert_accounts(db, ids)
+    return env, db, ns, Watcher(env, ns)
+
+
 class System:
     """A running operator or baseline process."""
 

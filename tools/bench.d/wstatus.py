@@ -11,7 +11,7 @@ import time
 
 import psycopg
 
-from bench import Env, System, Watcher, insert_accounts, log
+from bench import System, log, one_system_setup
 
 EXTRA = {"KUBE_QPS": "5000", "KUBE_BURST": "5000", "RESYNC_INTERVAL_SECONDS": "30", "LEADER_ELECT": "false"}
 
@@ -50,15 +50,8 @@ def main() -> int:
     ap.add_argument("--steady-seconds", type=float, default=120)
     ap.add_argument("--command", default=None)
     args = ap.parse_args()
-    if args.binary is None:
-        from bench import ROOT
-        args.binary = str(ROOT / "build-release" / "sync-airbnb-operator")
-    env = Env(args)
     n = args.workers
-    db = env.fresh_db("bench_wstatus")
-    ns = env.fresh_ns("bench-wstatus")
-    insert_accounts(db, [f"ws{i:06d}" for i in range(n)])
-    watcher = Watcher(env, ns)
+    env, db, ns, watcher = one_system_setup(args, "bench-wstatus", [f"ws{i:06d}" for i in range(n)])
     out = {}
     s = System("operator", env, db, ns, EXTRA)
     try:
