@@ -2,12 +2,12 @@
  *
  * Each account has an entry: what the passes and the watch cache told us
  * (the inputs), the row last computed from them (cur) and a digest of the
- * row the table holds (written; row_sum). A change marks the entry dirty; a flush (debounced by
- * FLUSH_DELAY_MS) recomputes the dirty entries and sends the rows whose cur
- * differs from written to the writer thread, at most JOB_MAX_ROWS per job and
- * one job at a time. The table is read back whenever the writer (re)connects
- * or leadership is won, so written is what the table really holds and a
- * restart with nothing changed writes nothing. */
+ * row the table holds (written; row_sum). A change marks the entry dirty; a
+ * flush (debounced by FLUSH_DELAY_MS) recomputes the dirty entries and sends
+ * the rows whose cur differs from written to the writer thread, at most
+ * JOB_MAX_ROWS per job and one job at a time. The table is read back whenever
+ * the writer (re)connects or leadership is won, so written is what the table
+ * really holds and a restart with nothing changed writes nothing. */
 #include "wstatus.h"
 #include "worker_state.h"
 
