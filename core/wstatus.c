@@ -135,7 +135,7 @@ typedef struct ws_entry {
 
 typedef struct ws_snap {
     char *account_id;
-    ws_row row;
+    unsigned char sum[16]; /* row_sum of the row sent: written once the job succeeds */
     int del;
 } ws_snap;
 
@@ -190,12 +190,6 @@ static char *dup_or_null(const char *s)
     return s ? xstrdup(s) : NULL;
 }
 
-static void row_copy(ws_row *dst, const ws_row *src)
-{
-    *dst = *src;
-    dst->deployment = dup_or_null(src->deployment);
-    dst->last_error = dup_or_null(src->last_error);
-}
 
 static int same_str(const char *a, const char *b)
 {
@@ -734,7 +728,6 @@ static void job_free(ws_job *j)
 {
     for (size_t i = 0; i < j->nsnaps; i++) {
         free(j->snaps[i].account_id);
-        row_clear(&j->snaps[i].row);
     }
     free(j->snaps);
     free(j->rows_json);
@@ -846,7 +839,7 @@ static void job_done(uv_work_t *req, int status)
             upserts++;
             if (e == NULL)
                 continue;
-            row_sum(&s->row, e->written_sum);
+            memcpy(e->written_sum, s->sum, 16);
             e->has_written = 1;
             if (e->has_cur && memcmp(e->cur_sum, e->written_sum, 16) == 0)
                 strmap_del(&ws->unsent, s->account_id);
@@ -952,7 +945,7 @@ static void flush(wstatus *ws)
             buf_json_string(&dels, k, strlen(k));
             continue;
         }
-        row_copy(&s->row, &e->cur);
+        memcpy(s->sum, e->cur_sum, 16);
         if (in_stmt == STMT_ROWS) { /* next statement's array */
             buf_putc(&rows, ']');
             buf_putc(&rows, '\0');

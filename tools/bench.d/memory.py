@@ -1,15 +1,14 @@
 """The operator's memory at N accounts (issue 19's target: peak RSS <= 64 MiB at
 100,000), alone, without the rest of the scale bench: N accounts inserted, the
-operator started (release build with the static libraries, as the image), RSS
-sampled every 0.5 s until a watcher has seen N Deployments, then two idle resync
-periods. Run by `tools/bench --memory [--accounts N]` on the private control plane
+operator started (release build with the static libraries, as the image) and
+left until a watcher has seen N Deployments, then two idle resync periods; the
+peak is the kernel's (VmHWM). Run by `tools/bench --memory [--accounts N]` on the private control plane
 and PostgreSQL of tools/bench (kube-controller-manager paused: Deployments, no
 pods; see docs/benchmarks.md). Prints a table."""
 
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 
 from bench import System, one_system_setup, proc_mem, proc_mem_split
@@ -30,17 +29,6 @@ def main() -> int:
     env, db, ns, watcher = one_system_setup(args, "bench-memory", [f"acct{i:06d}" for i in range(n)])
     s = System("operator", env, db, ns, EXTRA)
     pid = s.proc.pid
-    peak = {"rss": 0}
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set() and s.proc.poll() is None:
-            try:
-                peak["rss"] = max(peak["rss"], proc_mem(pid)[0])
-            except OSError:
-                return
-            time.sleep(0.5)
-    threading.Thread(target=sample, daemon=True).start()
     try:
         conv_s = watcher.wait_count(n, args.cap) - s.started
         rss_conv = proc_mem(pid)[0]
@@ -48,7 +36,6 @@ def main() -> int:
         rss_idle, hwm = proc_mem(pid)
         files, anon = proc_mem_split(pid)
     finally:
-        stop.set()
         s.stop()
         watcher.stop()
     mib = lambda k: f"{k / 1024:.1f} MiB"  # noqa: E731
@@ -60,7 +47,7 @@ def main() -> int:
 | figure | value |
 |---|---|
 | convergence (all {n} Deployments seen) | {conv_s:.0f} s |
-| peak RSS (VmHWM) | {mib(max(hwm, peak['rss']))} |
+| peak RSS (VmHWM) | {mib(hwm)} |
 | RSS when the last Deployment was seen | {mib(rss_conv)} |
 | RSS after two idle full passes ({RESYNC} s resync) | {mib(rss_idle)} ({mib(anon)} anonymous, {mib(files)} file-backed: the binary and shared libraries) |
 | anonymous RSS per account after idle | {anon * 1024 / n:.0f} bytes |
