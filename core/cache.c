@@ -182,6 +182,8 @@ obs_pod *cache_parse_pod(const json_value *obj)
         if (reason && p->waiting_reason == NULL)
             p->waiting_reason = xstrdup(reason);
     }
+    if (p->waiting_reason)
+        p->waiting_since_ms = util_now_ms();
     return p;
 }
 
@@ -277,7 +279,11 @@ static void upsert(informer *inf, void *item)
         else if (d->applied_generation == 0)
             d->applied_generation = d->generation;
     } else {
-        ((obs_pod *)item)->seen = 1;
+        obs_pod *p = item, *o = old;
+        p->seen = 1;
+        /* Still waiting for the same reason: since it was first seen. */
+        if (o && p->waiting_reason && o->waiting_reason && strcmp(p->waiting_reason, o->waiting_reason) == 0)
+            p->waiting_since_ms = o->waiting_since_ms;
     }
     strmap_put(&inf->items, name, item);
     if (inf->owner->cb)

@@ -47,6 +47,7 @@ typedef struct obs_pod {
     char *instance; /* app.kubernetes.io/instance label: the worker Deployment's name */
     char *phase;
     char *waiting_reason; /* e.g. CrashLoopBackOff; NULL if none */
+    uint64_t waiting_since_ms; /* util_now_ms() when this watch first showed that reason */
     int ready, restarts;
     long long created_unix_s; /* metadata.creationTimestamp; 0 unknown (the rollout's wave gate) */
     int seen;

@@ -114,6 +114,10 @@ rollout_policy rollout_read_policy(rules *r)
         int ok = raw_int(L, t, "soak_seconds", 0, 86400, &q.soak_s) &&
                  raw_int(L, t, "ready_timeout_seconds", 1, 86400, &q.ready_timeout_s) &&
                  raw_int(L, t, "max_restarts", 0, 1000, &q.max_restarts);
+        lua_pushstring(L, "waiting_seconds"); /* optional (rules older than it) */
+        int absent = lua_rawget(L, t) == LUA_TNIL;
+        lua_pop(L, 1);
+        ok = ok && (absent || raw_int(L, t, "waiting_seconds", 0, 86400, &q.waiting_s));
         lua_pushstring(L, "rollback");
         lua_rawget(L, t);
         ok = ok && lua_type(L, -1) == LUA_TBOOLEAN;
@@ -345,9 +349,10 @@ static int start(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enq
         ro->wave = 0;
         rollout_reach_wave(ro, cache_deployments(c), enqueue);
         char *msg = xasprintf("rules %s (image %s) change %zu workers: %zu waves, canary %s; soak %d s, "
-                              "Ready within %d s, at most %d restarts, rollback %s",
+                              "Ready within %d s, at most %d restarts, config errors for %d s, rollback %s",
                               v, ro->to_image, ro->nmembers, ro->nwaves, ro->members[0].name, ro->pol.soak_s,
-                              ro->pol.ready_timeout_s, ro->pol.max_restarts, ro->pol.rollback ? "on" : "off");
+                              ro->pol.ready_timeout_s, ro->pol.max_restarts, ro->pol.waiting_s,
+                              ro->pol.rollback ? "on" : "off");
         ro->report(ro->ud, "RolloutStarted", NULL, msg, 0);
         free(msg);
     }

@@ -25,10 +25,11 @@ typedef struct rollout_member {
 
 typedef struct rollout_policy {
     int soak_s, ready_timeout_s, max_restarts, rollback;
+    int waiting_s; /* how long a pod may wait with a reason the kubelet retries (waiting_seconds) */
 } rollout_policy;
 
 /* lua/rules/rollout.lua's defaults, used on any doubt about the rules' own. */
-#define ROLLOUT_POLICY_DEFAULT ((rollout_policy){30, 300, 1, 1})
+#define ROLLOUT_POLICY_DEFAULT ((rollout_policy){30, 300, 1, 1, 30})
 
 struct rollout {
     const config *cfg;

@@ -183,10 +183,16 @@ static const char *pod_failure(const rollout *ro, strmap *pods, const rollout_me
         if (p->phase && strcmp(p->phase, "Failed") == 0)
             snprintf(why, whylen, "pod %s Failed", p->name);
         else if (p->waiting_reason && (strcmp(p->waiting_reason, "CrashLoopBackOff") == 0 ||
-                                       strcmp(p->waiting_reason, "ImagePullBackOff") == 0 ||
-                                       strcmp(p->waiting_reason, "ErrImagePull") == 0 ||
-                                       strcmp(p->waiting_reason, "CreateContainerConfigError") == 0))
+                                       strcmp(p->waiting_reason, "ImagePullBackOff") == 0))
             snprintf(why, whylen, "pod %s %s", p->name, p->waiting_reason);
+        else if (p->waiting_reason && (strcmp(p->waiting_reason, "ErrImagePull") == 0 ||
+                                       strcmp(p->waiting_reason, "CreateContainerConfigError") == 0) &&
+                 util_now_ms() - p->waiting_since_ms >= (uint64_t)ro->pol.waiting_s * 1000u)
+            /* The kubelet retries these by itself, and a transient one (a
+             * Secret not yet in its cache, a registry hiccup) clears in
+             * seconds: only one that lasts fails the wave. */
+            snprintf(why, whylen, "pod %s %s for %d s", p->name, p->waiting_reason,
+                     (int)((util_now_ms() - p->waiting_since_ms) / 1000u));
         else if (p->restarts > ro->pol.max_restarts)
             snprintf(why, whylen, "pod %s restarted %d times (at most %d)", p->name, p->restarts,
                      ro->pol.max_restarts);

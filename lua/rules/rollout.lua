@@ -6,8 +6,10 @@
 -- by `growth` times up to `max_wave`. A wave starts only when every worker
 -- of the previous one is updated, its pods are Ready, and it stayed so for
 -- `soak_seconds`. A wave fails when a pod of it is not Ready within
--- `ready_timeout_seconds` of the wave's start, is in CrashLoopBackOff or
--- Failed, or restarted more than `max_restarts` times: the rollout halts
+-- `ready_timeout_seconds` of the wave's start, is in CrashLoopBackOff,
+-- ImagePullBackOff or Failed, waits with a reason the kubelet retries by
+-- itself (CreateContainerConfigError, ErrImagePull) for `waiting_seconds`,
+-- or restarted more than `max_restarts` times: the rollout halts
 -- (no further worker is touched) and, when `rollback` is true, the failed
 -- wave goes back to the Deployment it had. Workers not yet reached are
 -- planned with the previous rules (kept loaded by the core) so that their
@@ -27,6 +29,7 @@ M.policy = {
     soak_seconds = 30,           -- a wave stays healthy this long before the next starts
     ready_timeout_seconds = 300, -- a wave's pods must be Ready within this of its start
     max_restarts = 1,            -- container restarts tolerated per pod during a wave
+    waiting_seconds = 30,        -- a config error or failed pull the kubelet retries lasts this long
     rollback = true,             -- put a failed wave back on the previous Deployment
 }
 
@@ -39,6 +42,12 @@ local integer_fields = {
     max_restarts = { 0, 1000 },
 }
 
+-- Fields a policy may leave out (rules written before they existed): the
+-- core uses M.policy's value.
+local optional_fields = {
+    waiting_seconds = { 0, 86400 },
+}
+
 --- Checks a policy table; the core refuses rules whose policy fails.
 ---@param policy table
 ---@return true|nil ok
@@ -48,18 +57,22 @@ function M.check(policy)
         return nil, "rollout policy must be a table"
     end
     for key in pairs(policy) do
-        if integer_fields[key] == nil and key ~= "rollback" then
+        if integer_fields[key] == nil and optional_fields[key] == nil and key ~= "rollback" then
             return nil, string_format("rollout policy: unknown field %s", tostring(key))
         end
     end
-    for key, range in pairs(integer_fields) do
-        local value = policy[key]
-        if math_type(value) ~= "integer" then
-            return nil, string_format("rollout policy: %s must be an integer, got %s", key, type(value))
-        end
-        if value < range[1] or value > range[2] then
-            return nil, string_format("rollout policy: %s must be in [%d, %d], got %d", key, range[1],
-                range[2], value)
+    for fields, optional in pairs({ [integer_fields] = false, [optional_fields] = true }) do
+        for key, range in pairs(fields) do
+            local value = policy[key]
+            if value ~= nil or not optional then
+                if math_type(value) ~= "integer" then
+                    return nil, string_format("rollout policy: %s must be an integer, got %s", key, type(value))
+                end
+                if value < range[1] or value > range[2] then
+                    return nil, string_format("rollout policy: %s must be in [%d, %d], got %d", key, range[1],
+                        range[2], value)
+                end
+            end
         end
     end
     if type(policy.rollback) ~= "boolean" then

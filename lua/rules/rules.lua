@@ -32,7 +32,7 @@
 --   examples                     the promises self_check holds the rules to
 --   self_check(ctx)              -> true | nil, err; the core refuses rules that fail it
 --   rollout_policy               {canary, growth, max_wave, soak_seconds, ready_timeout_seconds,
---                                max_restarts, rollback} (rollout.lua)
+--                                max_restarts, waiting_seconds, rollback} (rollout.lua)
 --   rollout_waves(total)         -> array of wave sizes summing to total
 local deployment = require("deployment")
 local examples = require("examples")

@@ -60,6 +60,8 @@ describe("rollout.check", function()
         { "growth", "2", "growth must be an integer" },
         { "soak_seconds", -1, "soak_seconds must be in" },
         { "max_restarts", nil, "max_restarts must be an integer" },
+        { "waiting_seconds", -1, "waiting_seconds must be in" },
+        { "waiting_seconds", "30", "waiting_seconds must be an integer" },
         { "rollback", "yes", "rollback must be true or false" },
         { "extra", 1, "unknown field extra" },
     }
@@ -72,6 +74,12 @@ describe("rollout.check", function()
             assert.matches(case[3], err, 1, true)
         end)
     end
+
+    it("accepts a policy without waiting_seconds (rules written before it)", function()
+        local p = copy(rollout.policy)
+        p.waiting_seconds = nil
+        assert.same({ true }, { rollout.check(p) })
+    end)
 
     it("refuses a max_wave below the canary", function()
         local p = copy(rollout.policy)

@@ -370,6 +370,43 @@ static void test_invariant_10_canary_not_ready_by_the_deadline_halts(void)
     fleet_free(&f);
 }
 
+/* A reason the kubelet retries by itself (seen on the real node: "failed to
+ * sync secret cache" on a canary Ready 3 s later) fails the wave only once
+ * it lasted waiting_seconds; a back-off fails it at once. */
+static void test_transient_config_error_halts_only_when_it_lasts(void)
+{
+    fleet f;
+    fleet_init(&f, NWORKERS, NWORKERS);
+    reports rep = {0};
+    strmap enqueue = STRMAP_INIT, replan = STRMAP_INIT;
+    rollout *ro = begin(&f, shipped, &rep, &enqueue);
+    CHECK(ro->pol.waiting_s == 30); /* the shipped policy */
+    plan_result p = {0};
+    pass(ro, &f, &p, &replan);
+    const action *canary = find(&p, ACT_UPDATE, "101");
+    CHECK(canary != NULL);
+    if (canary)
+        rolled_out(&f, canary, "CreateContainerConfigError", 0);
+    rec_plan_free(&p);
+    rollout_judge(ro, &f.deployments, &f.pods, &enqueue);
+    CHECK_STR(ro->phase, "progressing");
+    CHECK(ro->reached == 1);
+    /* The same reason, first seen longer ago than waiting_seconds. */
+    char *pod = xasprintf("%s-new", f.name[0]);
+    obs_pod *op = strmap_get(&f.pods, pod);
+    CHECK(op != NULL && op->waiting_since_ms != 0);
+    if (op)
+        op->waiting_since_ms = util_now_ms() - 31000u;
+    free(pod);
+    rollout_judge(ro, &f.deployments, &f.pods, &enqueue);
+    CHECK_STR(ro->phase, "halted");
+    CHECK_CONTAINS(ro->halt_reason, "CreateContainerConfigError for 31 s");
+    rollout_free(ro);
+    strmap_free(&enqueue);
+    strmap_free(&replan);
+    fleet_free(&f);
+}
+
 /* The control: the same steps with a healthy canary go on to wave 2, so the
  * halts above come from the failure, not from the rollout standing still. */
 static void test_healthy_canary_opens_the_next_wave(void)
@@ -486,6 +523,7 @@ int main(void)
     RUN(test_invariant_10_broken_change_reaches_at_most_its_canary);
     RUN(test_invariant_10_halt_without_rollback_keeps_the_canary);
     RUN(test_invariant_10_canary_not_ready_by_the_deadline_halts);
+    RUN(test_transient_config_error_halts_only_when_it_lasts);
     RUN(test_healthy_canary_opens_the_next_wave);
     rules_free(shipped);
     rules_free(shipped_prev);

@@ -35,7 +35,8 @@ CHAOS = POD_LABELS + '    pod_labels["pod-container-running-failed.stage.kwok.x-
 def policy(**kw) -> list[tuple[str, str]]:
     """Edits of rollout.lua's M.policy: policy(soak_seconds=3) → replacements."""
     shipped = {"canary": "1", "growth": "2", "max_wave": "100", "soak_seconds": "30",
-               "ready_timeout_seconds": "300", "max_restarts": "1", "rollback": "true"}
+               "ready_timeout_seconds": "300", "max_restarts": "1", "waiting_seconds": "30",
+               "rollback": "true"}
     out = []
     for key, value in kw.items():
         old = f"    {key} = {shipped[key]},"
