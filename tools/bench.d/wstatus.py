@@ -24,6 +24,20 @@ def table_writes(url: str) -> int:
                          "WHERE schemaname = 'sync_airbnb_operator' AND relname = 'worker_status'").fetchone()[0]
 
 
+def caught_up_writes(url: str, s: System, base_pg: int, base_metric: float, timeout: float = 90) -> int:
+    """table_writes once PostgreSQL's count shows every row the operator says it wrote since
+    (base_pg, base_metric). A backend flushes its table statistics only when idle, up to
+    10 s late (PGSTAT_IDLE_INTERVAL; pg_stat_force_next_flush flushes only the caller's
+    own), so a short run read at once showed 0 rows for 200 workers."""
+    want = base_pg + int(m(s, "sync_airbnb_operator_worker_status_rows_written_total") - base_metric)
+    deadline = time.time() + timeout
+    while True:
+        got = table_writes(url)
+        if got >= want or time.time() > deadline:
+            return got
+        time.sleep(0.5)
+
+
 def rows(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as c:
         return c.execute("SELECT count(*) FROM sync_airbnb_operator.worker_status "
@@ -56,8 +70,8 @@ def main() -> int:
     s = System("operator", env, db, ns, EXTRA)
     try:
         # Convergence: N new accounts, N Deployments created, every row written.
-        w0 = table_writes(db)
-        samples = [(time.time(), w0)]
+        wc0, rc0 = table_writes(db), m(s, "sync_airbnb_operator_worker_status_rows_written_total")
+        samples = [(time.time(), wc0)]
         deadline = time.time() + 1800
         while time.time() < deadline:
             time.sleep(1)
@@ -67,7 +81,7 @@ def main() -> int:
         t_end = samples[-1][0]
         watcher.wait_count(n, 60)
         conv_s = t_end - s.started
-        conv_rows = samples[-1][1] - w0
+        conv_rows = caught_up_writes(db, s, wc0, rc0) - wc0
         peak = max((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:]))
         out["conv"] = dict(seconds=conv_s, rows=conv_rows, per_min=conv_rows / conv_s * 60, peak_per_s=peak,
                            batches=m(s, "sync_airbnb_operator_worker_status_batches_total"),
@@ -77,10 +91,12 @@ def main() -> int:
         # Steady state: full resyncs every 30 s, nothing changes.
         p0 = s.passes()
         until(lambda: s.passes() >= p0 + 2, 120, "two full passes")
-        w0, t0, b0 = table_writes(db), time.time(), m(s, "sync_airbnb_operator_worker_status_batches_total")
+        r0 = m(s, "sync_airbnb_operator_worker_status_rows_written_total")
+        w0, t0, b0 = caught_up_writes(db, s, wc0, rc0), time.time(), m(s, "sync_airbnb_operator_worker_status_batches_total")
         p0 = s.passes()
         time.sleep(args.steady_seconds)
-        w1, t1 = table_writes(db), time.time()
+        t1 = time.time()
+        w1 = caught_up_writes(db, s, w0, r0)
         out["steady"] = dict(seconds=t1 - t0, rows=w1 - w0, per_min=(w1 - w0) / (t1 - t0) * 60,
                              passes=s.passes() - p0,
                              batches=m(s, "sync_airbnb_operator_worker_status_batches_total") - b0)
@@ -106,7 +122,7 @@ def main() -> int:
     try:
         until(lambda: s.passes() >= 1, 300, "first full pass")
         time.sleep(3)
-        out["restart_rows"] = table_writes(db) - w0
+        out["restart_rows"] = caught_up_writes(db, s, w0, 0) - w0
     finally:
         s.stop()
         watcher.stop()
