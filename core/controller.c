@@ -28,6 +28,7 @@
 #include "rules.h"
 #include "rules_event.h"
 #include "safety.h"
+#include "settled_store.h"
 #include "strmap.h"
 #include "trail.h"
 #include "util.h"
@@ -40,6 +41,7 @@
 #define FOLLOWUP_MS 20 /* delay of the pass that continues a deferred backlog */
 #define SHUTDOWN_BOUND_MS 10000
 #define MAX_RESYNCS_POSTPONED 4
+#define SETTLED_SAVE_MS 60000 /* the settled set is saved at most this often (and when stopping) */
 
 typedef struct ctl {
     const config *cfg;
@@ -61,6 +63,9 @@ typedef struct ctl {
     expect expect;        /* writes made, their watch echo not yet seen (expect.h) */
     strmap requeue;       /* account ids to plan again when their write is done and seen */
     rec_settled settled;  /* see plan_input.settled */
+    int settled_loaded;   /* the saved set was read (settled_store.h): once per process */
+    unsigned long long settled_saved_sum; /* settled_store_sum of what was saved last */
+    uint64_t settled_saved_ms;
 
     leader *leader;
     uv_async_t leader_async;
@@ -251,6 +256,52 @@ static void note_holds(ctl *c, const plan_result *plan, int full)
     metrics_set("sync_airbnb_operator_deletes_held", NULL, c->held_deletes);
 }
 
+/* The settled set a previous leader saved, before the first pass plans:
+ * a restart then plans only the accounts whose input changed. */
+static void settled_load(ctl *c, pg_conn *db)
+{
+    if (c->settled_loaded)
+        return;
+    c->settled_loaded = 1;
+    char tag[65], err[512];
+    settled_store_tag(c->cfg, c->rules, tag);
+    uint64_t t0 = util_now_ms();
+    long n = settled_store_load(db, tag, &c->settled, err, sizeof err);
+    char num[24], ms[24];
+    snprintf(num, sizeof num, "%ld", n);
+    snprintf(ms, sizeof ms, "%llu", (unsigned long long)(util_now_ms() - t0));
+    if (n < 0)
+        log_warn("the saved settled set could not be read; planning every account", "error", err, NULL);
+    else
+        log_info("settled set read", "digests", num, "ms", ms, NULL);
+    c->settled_saved_sum = settled_store_sum(&c->settled);
+}
+
+/* Saves the settled set when it changed (at most every SETTLED_SAVE_MS
+ * unless force). Only the leader's set is worth keeping. */
+static void settled_save(ctl *c, pg_conn *db, int force)
+{
+    uint64_t now = util_now_ms();
+    if (db == NULL || !is_leader(c) || !c->settled_loaded || c->settled.len == 0 ||
+        (!force && c->settled_saved_ms && now - c->settled_saved_ms < SETTLED_SAVE_MS))
+        return;
+    unsigned long long sum = settled_store_sum(&c->settled);
+    if (sum == c->settled_saved_sum)
+        return;
+    char tag[65], err[512];
+    settled_store_tag(c->cfg, c->rules, tag);
+    if (settled_store_save(db, tag, &c->settled, err, sizeof err) < 0) {
+        log_warn("the settled set could not be saved (a restart plans every account again)", "error", err, NULL);
+        return;
+    }
+    c->settled_saved_sum = sum;
+    c->settled_saved_ms = now;
+    char num[24], ms[24];
+    snprintf(num, sizeof num, "%zu", c->settled.len);
+    snprintf(ms, sizeof ms, "%llu", (unsigned long long)(util_now_ms() - now));
+    log_debug("settled set saved", "digests", num, "ms", ms, NULL);
+}
+
 static void pass(void *ud)
 {
     ctl *c = ud;
@@ -289,6 +340,7 @@ static void pass(void *ud)
     char *arr = full ? NULL : rec_text_array((const char *const *)b.ids, b.n);
     const char *params[] = {arr};
     pg_conn *db = watch_db(c->watch);
+    settled_load(c, db);
     PGresult *res = pg_exec(db, sql, full ? 0 : 1, params, err, sizeof err);
     free(sql);
     free(arr);
@@ -384,6 +436,10 @@ static void pass(void *ud)
         watch_backlog_clear(c->watch);
     }
     note_holds(c, &plan, full);
+    metrics_add("sync_airbnb_operator_accounts_planned_total", NULL, plan.planned);
+    metrics_set("sync_airbnb_operator_settled_accounts", NULL, (double)c->settled.len);
+    if (full)
+        settled_save(c, db, 0);
     snprintf(c->last_result, sizeof c->last_result, "%s: %d planned, %d deferred, %d writes, %d held",
              full ? "full" : "partial", plan.planned, plan.deferred, writes, plan.held_deletes);
     if (log_enabled(LOG_DEBUG)) {
@@ -833,6 +889,10 @@ static void declare_metrics(void)
     metrics_declare("sync_airbnb_operator_reconcile_actions_total", METRICS_COUNTER,
                     "Reconcile actions by result (create, update, delete, hold, error).");
     metrics_declare("sync_airbnb_operator_reconcile_passes_total", METRICS_COUNTER, "Reconcile passes by kind.");
+    metrics_declare("sync_airbnb_operator_accounts_planned_total", METRICS_COUNTER,
+                    "Accounts handed to the rules' plan() (the settled ones are not).");
+    metrics_declare("sync_airbnb_operator_settled_accounts", METRICS_GAUGE,
+                    "Accounts whose input the last plans left alone (the settled set).");
     metrics_declare("sync_airbnb_operator_reconcile_duration_seconds", METRICS_HISTOGRAM,
                     "Duration of a reconcile pass (read, plan, dispatch).");
     metrics_declare("sync_airbnb_operator_api_requests_total", METRICS_COUNTER,
@@ -953,6 +1013,8 @@ int run_main(const config *cfg, int argc, char **argv)
     health_beat();
     uv_run(&c->loop, UV_RUN_DEFAULT);
     rc = 0;
+    if (watch_db_up(c->watch) && watch_schema_ok(c->watch))
+        settled_save(c, watch_db(c->watch), 1); /* before the lease goes: the next leader reads it */
     log_info("stopping: releasing the lease", NULL);
 
 out:

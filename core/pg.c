@@ -382,6 +382,31 @@ static PGresult *exec_bounded(pg_conn *c, const char *sql, int nparams, const ch
     return last;
 }
 
+char *pg_bytea_param(const void *data, size_t len)
+{
+    if (len == 0)
+        return NULL;
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *in = data;
+    char *s = xmalloc(len * 2 + 3), *p = s;
+    *p++ = '\\';
+    *p++ = 'x';
+    for (size_t i = 0; i < len; i++) {
+        *p++ = hex[in[i] >> 4];
+        *p++ = hex[in[i] & 15];
+    }
+    *p = '\0';
+    return s;
+}
+
+unsigned char *pg_bytea_value(const PGresult *res, int col, size_t *len)
+{
+    *len = 0;
+    if (PQntuples(res) < 1 || PQgetisnull(res, 0, col))
+        return NULL;
+    return PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, col), len);
+}
+
 PGresult *pg_exec(pg_conn *c, const char *sql, int nparams, const char *const *params, char *err,
                   size_t errlen)
 {

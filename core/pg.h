@@ -55,6 +55,13 @@ int pg_command(pg_conn *c, const char *sql, int nparams, const char *const *para
  * no parameters): for trusted migration SQL only. Returns 0 or -1. */
 int pg_exec_script(pg_conn *c, const char *sql, char *err, size_t errlen);
 
+/* A bytea parameter in text form ("\\x" and hex) for data[0..len); NULL (SQL
+ * NULL) when len is 0. The caller frees it. */
+char *pg_bytea_param(const void *data, size_t len);
+/* The bytea of row 0, column col of res, decoded: a buffer the caller frees
+ * with PQfreemem, its length in *len; NULL for SQL NULL or a bad value. */
+unsigned char *pg_bytea_value(const PGresult *res, int col, size_t *len);
+
 /* Fills err with a one-line description of a failed result (primary message
  * and SQLSTATE), falling back to the connection's error. */
 void pg_result_error(pg_conn *c, const PGresult *res, char *err, size_t errlen);

@@ -78,6 +78,7 @@ typedef struct row_index {
     unsigned char *in_sync;  /* per row: active, has a Deployment carrying an applied hash and not
                               * drifted: planning it most likely only settles it */
     scrub_set *secrets; /* credential values of the rows handed to the rules (safety.h) */
+    int no_orphans;     /* call_plan(-1) shows only the Deployments of the rows handed over */
 } row_index;
 
 static void index_rows(row_index *ri, const plan_input *in)
@@ -158,6 +159,8 @@ static void push_observed(lua_State *L, strmap *observed, const char *only_accou
         if (only_account && (d->account_id == NULL || strcmp(d->account_id, only_account) != 0))
             continue;
         if (orphans_only && d->account_id && strmap_get(&ri->by_id, d->account_id))
+            continue;
+        if (ri->no_orphans && !only_account && (d->account_id == NULL || !strmap_get(&ri->by_id, d->account_id)))
             continue;
         if (ri->skip && d->account_id) {
             intptr_t row = (intptr_t)strmap_get(&ri->by_id, d->account_id);
@@ -267,7 +270,8 @@ static void read_actions(lua_State *L, const config *cfg, const plan_input *in, 
 }
 
 /* Calls rules.plan(accounts, observed, ctx) with the given subset. row < 0:
- * all rows and all observed; else only that row and its Deployments; row ==
+ * the rows not skipped and their Deployments, and the orphaned ones unless
+ * ri->no_orphans; else only that row and its Deployments; row ==
  * nrows: no rows, only the orphaned Deployments. Leaves the actions table on
  * the stack and returns 0, or -1 with err (stack unchanged). */
 static int call_plan(rules *r, luahost *h, const config *cfg, const plan_input *in, const row_index *ri,
@@ -305,6 +309,43 @@ static int call_plan(rules *r, luahost *h, const config *cfg, const plan_input *
     /* The budget stops runaway rules; it grows with the work handed over. */
     int budget = cfg->rules_budget_ms + (row < 0 ? nrows : 1);
     return luahost_call_rule(L, "plan", 3, budget, err, errlen);
+}
+
+/* After a failed call: plans rows[0..n) in halves, then quarters, ... so
+ * that an error stays with the account that causes it (a leaf of one row)
+ * while the others are planned in a few calls, not one each: a call that
+ * ran out of the rules' memory (640 renders in a burst of credential
+ * changes at 100,000 accounts) costs two calls, not 640. Orphans are not
+ * shown (the caller plans them once). */
+static void plan_split(rules *r, const config *cfg, const plan_input *in, row_index *ri, const int *rows, int n,
+                       plan_result *out)
+{
+    int nrows = in->accounts->nrows;
+    lua_State *L = luahost_state(rules_host(r));
+    char err[1024];
+    int rc;
+    if (n == 1) {
+        rc = call_plan(r, rules_host(r), cfg, in, ri, rows[0], err, sizeof err);
+    } else {
+        unsigned char *saved = ri->skip, *mask = xmalloc((size_t)nrows + 1);
+        memset(mask, 1, (size_t)nrows + 1);
+        for (int k = 0; k < n; k++)
+            mask[rows[k]] = 0;
+        ri->skip = mask;
+        ri->no_orphans = 1;
+        rc = call_plan(r, rules_host(r), cfg, in, ri, -1, err, sizeof err);
+        ri->skip = saved;
+        ri->no_orphans = 0;
+        free(mask);
+    }
+    if (rc == 0) {
+        read_actions(L, cfg, in, ri, rules_version(r), out);
+    } else if (n == 1) {
+        action_push(out, ACT_ERROR, rows_value(in->accounts, rows[0], ri->col[0]), NULL, err);
+    } else {
+        plan_split(r, cfg, in, ri, rows, n / 2, out);
+        plan_split(r, cfg, in, ri, rows + n / 2, n - n / 2, out);
+    }
 }
 
 static int is_active_row(const plan_input *in, const row_index *ri, int i)
@@ -346,13 +387,13 @@ static int settled_has(const rec_settled *s, const unsigned char d[16])
     return found;
 }
 
-static void settled_add(rec_settled *s, const unsigned char d[16])
+void rec_settled_add(rec_settled *s, const unsigned char d[16])
 {
     if ((s->len + 1) * 4 > s->cap * 3) { /* load <= 3/4: the digests are uniform */
         rec_settled bigger = {xcalloc(s->cap ? s->cap * 2 : 64, 16), s->cap ? s->cap * 2 : 64, 0};
         for (size_t i = 0; i < s->cap; i++) {
             if (memcmp(s->slots[i], no_digest, 16) != 0)
-                settled_add(&bigger, s->slots[i]);
+                rec_settled_add(&bigger, s->slots[i]);
         }
         free(s->slots);
         *s = bigger;
@@ -474,7 +515,7 @@ static void settle_commit(const plan_input *in, row_index *ri, const plan_result
         int was_settled = ri->skip[i] && !(ri->deferred && ri->deferred[i]);
         int settles_now = !ri->skip[i] && !strmap_get(&acted, id);
         if (was_settled || settles_now)
-            settled_add(into, ri->keys[i]);
+            rec_settled_add(into, ri->keys[i]);
     }
     if (in->full) {
         rec_settled_free(in->settled);
@@ -583,23 +624,25 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
     if (call_plan(r, rules_host(r), cfg, in, &ri, -1, perr, sizeof perr) == 0) {
         read_actions(L, cfg, in, &ri, rules_version(r), out);
     } else {
-        /* The plan as a whole failed: plan each account alone so the error
-         * stays with the account that causes it. */
+        /* The plan as a whole failed: plan the accounts in halves, down to
+         * one, so the error stays with the account that causes it; then the
+         * orphaned Deployments on their own. */
         char *why = xstrdup(perr); /* a rule's error can quote what it was given */
         safety_scrub(ri.secrets, &why);
-        log_warn("rules: plan failed; planning each account on its own", "error", why, NULL);
+        log_warn("rules: plan failed; planning the accounts in smaller groups", "error", why, NULL);
         free(why);
-        for (int i = 0; i <= nrows; i++) {
-            char aerr[1024];
-            if (i < nrows && ri.skip && ri.skip[i])
-                continue;
-            if (call_plan(r, rules_host(r), cfg, in, &ri, i, aerr, sizeof aerr) == 0) {
-                read_actions(L, cfg, in, &ri, rules_version(r), out);
-            } else {
-                const char *id = i < nrows ? rows_value(in->accounts, i, ri.col[0]) : NULL;
-                action_push(out, ACT_ERROR, id, NULL, aerr);
-            }
-        }
+        int *handed = xcalloc((size_t)nrows + 1, sizeof *handed), nhanded = 0;
+        for (int i = 0; i < nrows; i++)
+            if (!(ri.skip && ri.skip[i]))
+                handed[nhanded++] = i;
+        if (nhanded > 0)
+            plan_split(r, cfg, in, &ri, handed, nhanded, out);
+        free(handed);
+        char aerr[1024];
+        if (call_plan(r, rules_host(r), cfg, in, &ri, nrows, aerr, sizeof aerr) == 0)
+            read_actions(L, cfg, in, &ri, rules_version(r), out);
+        else
+            action_push(out, ACT_ERROR, NULL, NULL, aerr);
     }
 
     /* The safety filter over the whole plan: the empty-set hold and the

@@ -4,8 +4,9 @@
  * passed through the safety filter (safety.h) as it is read. Accounts whose
  * input did not change since a plan that left them alone are settled (not
  * handed to the rules again); the rest are planned at most max_rows at a
- * time. If plan() itself fails, each account is planned on its own so that
- * a rule error affects only the account that triggers it.
+ * time. If plan() itself fails, the accounts are planned again in halves,
+ * down to one, so that a rule error affects only the account that triggers
+ * it and the rest cost a few calls (plan_split).
  *
  * The pipeline (controller.h): watch → planner (here) → safety filter →
  * writer → trail. The planner sends nothing and reports nothing. */
@@ -28,6 +29,9 @@ typedef struct rec_settled {
     unsigned char (*slots)[16]; /* open addressing; all-zero = empty */
     size_t cap, len;
 } rec_settled;
+
+/* Adds digest d (a set loaded back: settled_store.h). */
+void rec_settled_add(rec_settled *s, const unsigned char d[16]);
 
 typedef struct plan_input {
     const acct_rows *accounts; /* the rows of rec_accounts_sql (borrowed) */

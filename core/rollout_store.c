@@ -18,28 +18,14 @@
 
 static char *bytea_param(const buf *b)
 {
-    if (b->len == 0)
-        return NULL;
-    static const char hex[] = "0123456789abcdef";
-    char *s = xmalloc(b->len * 2 + 3), *p = s;
-    *p++ = '\\';
-    *p++ = 'x';
-    for (size_t i = 0; i < b->len; i++) {
-        unsigned char c = (unsigned char)b->data[i];
-        *p++ = hex[c >> 4];
-        *p++ = hex[c & 15];
-    }
-    *p = '\0';
-    return s;
+    return pg_bytea_param(b->data, b->len);
 }
 
 static void bytea_read(const PGresult *res, int col, buf *out)
 {
     buf_free(out);
-    if (PQgetisnull(res, 0, col))
-        return;
     size_t n = 0;
-    unsigned char *raw = PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, col), &n);
+    unsigned char *raw = pg_bytea_value(res, col, &n);
     if (raw) {
         buf_append(out, raw, n);
         PQfreemem(raw);

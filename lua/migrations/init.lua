@@ -22,4 +22,5 @@ return {
   "005_credentials_generation",
   "006_rollout",
   "007_worker_status",
+  "008_settled",
 }

@@ -24,7 +24,7 @@
 #include "util.h"
 
 #define REAL_DIR SAO_SOURCE_DIR "/lua/migrations"
-#define NREAL 7 /* migrations in lua/migrations */
+#define NREAL 8 /* migrations in lua/migrations */
 
 static char tmproot[] = "/tmp/sao-migrate-XXXXXX";
 
@@ -133,7 +133,8 @@ static char *migrations_copy(const char *name, const char *const *extra_ids)
     buf init = {0};
     buf_puts(&init, "return {\n  \"001_operator_schema\", \"002_audit_log\", "
                     "\"003_accounts_table\", \"004_accounts_notify\", "
-                    "\"005_credentials_generation\", \"006_rollout\", \"007_worker_status\",\n");
+                    "\"005_credentials_generation\", \"006_rollout\", \"007_worker_status\", "
+                    "\"008_settled\",\n");
     for (int i = 0; extra_ids && extra_ids[i]; i++)
         buf_printf(&init, "  \"%s\",\n", extra_ids[i]);
     buf_puts(&init, "}\n");
@@ -216,7 +217,8 @@ static void test_fresh_database_migrates_to_head(void)
         CHECK_SCALAR(c, "SELECT string_agg(id || ':' || length(checksum), ',' ORDER BY id) "
                         "FROM sync_airbnb_operator.schema_migrations",
                      "001_operator_schema:64,002_audit_log:64,003_accounts_table:64,"
-                     "004_accounts_notify:64,005_credentials_generation:64,006_rollout:64,007_worker_status:64");
+                     "004_accounts_notify:64,005_credentials_generation:64,006_rollout:64,007_worker_status:64,"
+                     "008_settled:64");
         CHECK_SCALAR(c, "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes "
                         "WHERE schemaname = 'sync_airbnb_operator' AND tablename = 'audit_log'",
                      "audit_log_account_id_at_idx,audit_log_at_idx,audit_log_pkey");

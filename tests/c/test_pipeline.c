@@ -464,6 +464,44 @@ static void test_invariant_5_rule_error_affects_only_its_account(void)
     rules_free(r);
 }
 
+/* The fallback plans in halves: every healthy account gets exactly its one
+ * action, and an orphaned Deployment is planned once (not once per half). */
+static void test_invariant_5_split_fallback_plans_each_once(void)
+{
+    rules *r = poisoned_rules();
+    CHECK(r != NULL);
+    if (r == NULL)
+        return;
+    static const char *const ids[] = {"1", "2", "3", "4", "5", "6", "poison", "8", "9", "10", "11", "12"};
+    static const char *const cookies[] = {COOKIE "a", COOKIE "b", COOKIE "c", COOKIE "d", COOKIE "e", COOKIE "f",
+                                          COOKIE "g", COOKIE "h", COOKIE "i", COOKIE "j", COOKIE "k", COOKIE "l"};
+    input in = {0};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+        add_row(&in, ids[i], 1, cookies[i]);
+    input_done(&in);
+    observe(&in, deploy("sync-airbnb-worker-2", "2", 1, "5"));
+    observe(&in, deploy("sync-airbnb-worker-gone", "gone", 1, "6"));
+    plan_result p;
+    CHECK(plan(r, &in, 1, -1, 5, &p) == 0);
+    CHECK(count(&p, ACT_CREATE) == 10);
+    CHECK(count(&p, ACT_UPDATE) == 1 && find(&p, ACT_UPDATE, "2") != NULL);
+    CHECK(count(&p, ACT_ERROR) == 1 && find(&p, ACT_ERROR, "poison") != NULL);
+    int orphan = 0;
+    for (size_t i = 0; i < p.n; i++)
+        orphan += p.actions[i].name && strcmp(p.actions[i].name, "sync-airbnb-worker-gone") == 0;
+    CHECK(orphan == 1);
+    CHECK(count(&p, ACT_DELETE) == 1);
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        int n = 0;
+        for (size_t k = 0; k < p.n; k++)
+            n += p.actions[k].account_id && strcmp(p.actions[k].account_id, ids[i]) == 0;
+        CHECK(n == 1);
+    }
+    rec_plan_free(&p);
+    input_free(&in);
+    rules_free(r);
+}
+
 /* What the rules render is checked in C: a create with a credential in its
  * object never reaches the writer, whatever rules made it (§5.8). */
 static void test_invariant_8_rules_cannot_make_it_write_a_credential(void)
@@ -757,6 +795,7 @@ int main(void)
     RUN(test_invariant_3_only_managed_deployments_in_our_namespace);
     RUN(test_invariant_4_credentials_never_leave);
     RUN(test_invariant_5_rule_error_affects_only_its_account);
+    RUN(test_invariant_5_split_fallback_plans_each_once);
     RUN(test_invariant_6_every_write_is_logged_audited_and_posted);
     RUN(test_invariant_7_no_send_without_leadership);
     RUN(test_invariant_8_rules_cannot_make_it_write_a_credential);

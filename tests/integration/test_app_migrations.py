@@ -31,7 +31,7 @@ APP_COLUMNS = ("account_id character varying NO, customer_id uuid YES, airbnb_co
                "updated_at timestamp with time zone NO, deleted_at timestamp with time zone YES")
 ALL_MIGRATIONS = ["001_operator_schema", "002_audit_log", "003_accounts_table", "004_accounts_notify",
                   "005_credentials_generation", "006_rollout",
-                  "007_worker_status"]
+                  "007_worker_status", "008_settled"]
 TRIGGERS = "sync_airbnb_operator_credentials,sync_airbnb_operator_notify"
 
 

@@ -154,13 +154,13 @@ def test_plan_exit_codes_json_and_no_writes(pg, cluster, kubeconfig, namespace, 
 
 # Rules that refuse to be handed more accounts than run hands them at once
 # (REC_PLAN_CHUNK, core/reconcile.h): plan must chunk as run does, or the
-# whole-plan call fails and the core falls back to planning each account alone.
+# whole-plan call fails and the core falls back to planning the accounts in halves.
 CHUNK = 128
 CHUNKED_RULES = {"rules.lua": [("M.plan = plan.plan", f"""M.plan = function(accounts, observed, ctx)
     if #accounts > {CHUNK} then error("handed " .. #accounts .. " accounts in one call") end
     return plan.plan(accounts, observed, ctx)
 end""")]}
-FALLBACK = "planning each account on its own"
+FALLBACK = "planning the accounts in smaller groups"
 
 
 def test_plan_hands_the_rules_chunks_as_run_does(pg, cluster, kubeconfig, namespace, migrated_db, operator_factory,

@@ -218,7 +218,7 @@ def run_point(env: Env, a, system: str, n: int) -> dict:
         t = time.time() - p.started
         r["conv"] = {"seconds": t, "reached": got, "rate": got / t, "capped": got < n,
                      "died": not p.alive(), "peak_rss": p.peak_rss}
-        log(f"  {system} {n}: convergence {got}/{n} in {t:.1f} s ({got / t:.0f}/s)")
+        log(f"  {system} {n}: convergence {got}/{n} in {t:.1f} s ({got / t:.0f}/s); peak RSS so far {p.peak_rss / 1024:.0f} MiB")
         if got < n:
             return r
         # 2. idle: the full passes (polls) after convergence, nothing changing
@@ -249,7 +249,7 @@ def run_point(env: Env, a, system: str, n: int) -> dict:
         commit = changes(db, new, "UPDATE airbnb.accounts SET is_active = false WHERE account_id = %s", a.gap)
         r["delete"] = latencies(watcher.deleted, commit, time.time() + slack)
         log(f"  {system} {n}: latency p99 create/roll/delete {r['create']['p99']:.3f}/{r['roll']['p99']:.3f}/"
-            f"{r['delete']['p99']:.3f} s")
+            f"{r['delete']['p99']:.3f} s; peak RSS so far {p.peak_rss / 1024:.0f} MiB")
         # 4. burst: min(N, 10000) credential changes within one second
         if over_budget("burst"):
             return r
@@ -273,7 +273,7 @@ def run_point(env: Env, a, system: str, n: int) -> dict:
         b["commit_seconds"] = r_commit_s
         b["last"] = max((seen[k] for k in commit if k in seen), default=t0) - t0
         r["burst"] = b
-        log(f"  {system} {n}: burst {m}: all seen after {b['last']:.1f} s, missing {b['missing']}")
+        log(f"  {system} {n}: burst {m}: all seen after {b['last']:.1f} s, missing {b['missing']}; peak RSS so far {p.peak_rss / 1024:.0f} MiB")
         # 5. no-op rules reload (operator), rolls committed while it runs
         if over_budget("reload"):
             return r
@@ -295,7 +295,7 @@ def run_point(env: Env, a, system: str, n: int) -> dict:
                 time.sleep(0.02)
             th.join()
             r["reload"] = {"seconds": rt, **latencies(RollsAfter(watcher, during), during, time.time() + slack)}
-            log(f"  {system} {n}: reload {rt} s, p99 during it {r['reload']['p99']:.3f} s")
+            log(f"  {system} {n}: reload {rt} s, p99 during it {r['reload']['p99']:.3f} s; peak RSS so far {p.peak_rss / 1024:.0f} MiB")
         # 6. restart with all workers present
         if over_budget("restart"):
             return r
