@@ -376,7 +376,7 @@ static void pass(void *ud)
         }
         strmap_free(&want);
         observed = &subset;
-        char *csql = rec_active_count_sql(cfg);
+        char *csql = rec_active_any_sql(cfg);
         PGresult *cres = pg_exec(db, csql, 0, NULL, err, sizeof err);
         free(csql);
         if (cres) {

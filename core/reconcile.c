@@ -37,10 +37,11 @@ char *rec_accounts_sql(const config *cfg, int partial)
     return sql;
 }
 
-char *rec_active_count_sql(const config *cfg)
+char *rec_active_any_sql(const config *cfg)
 {
     char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);
-    char *sql = xasprintf("SELECT count(*) FROM %s.%s WHERE is_active AND deleted_at IS NULL", s, t);
+    char *sql = xasprintf("SELECT count(*) FROM (SELECT 1 FROM %s.%s WHERE is_active AND deleted_at IS NULL "
+                          "LIMIT 1) AS any_active", s, t);
     free(s);
     free(t);
     return sql;
