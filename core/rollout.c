@@ -237,7 +237,10 @@ static int name_cmp(const void *a, const void *b)
 
 /* The workers that the new rules render differently from the previous ones
  * (both rendered from the same rows: a credential change is not a rules
- * change), by name. */
+ * change), by name. A worker whose Deployment carries exactly what the new
+ * rules render needs no change, whatever the previous rules render: only
+ * the others are rendered under the previous rules too (a reload that
+ * changes nothing renders each worker once, not twice). */
 static int find_members(rollout *ro, pg_conn *db, rules *current, cache *c)
 {
     strmap *deps = cache_deployments(c);
@@ -265,6 +268,13 @@ static int find_members(rollout *ro, pg_conn *db, rules *current, cache *c)
         /* account id → its render under the previous rules when the two
          * differ ("" when only the new rules render it) */
         strmap changed = STRMAP_INIT;
+        strmap applied = STRMAP_BORROWED; /* account id → its Deployment's applied hash ("" for several) */
+        for (size_t i = 0; i < n; i++) {
+            const obs_deploy *d = strmap_get(deps, names[i]);
+            const char *h = d->applied_hash ? d->applied_hash : "";
+            strmap_put(&applied, d->account_id, strmap_get(&applied, d->account_id) ? (char *)"" : (char *)h);
+        }
+        int *again = xcalloc(MEMBER_CHUNK, sizeof *again);
         if (res == NULL) {
             log_warn("rollout: cannot read the accounts", "error", err, NULL);
             rc = -1;
@@ -277,15 +287,28 @@ static int find_members(rollout *ro, pg_conn *db, rules *current, cache *c)
                 int k = rows.nrows - at < MEMBER_CHUNK ? rows.nrows - at : MEMBER_CHUNK;
                 for (int j = 0; j < k; j++)
                     idx[j] = at + j;
-                acct_rows chunk;
+                acct_rows chunk, differ;
                 rows_subset(&chunk, &rows, idx, k);
                 strmap before = STRMAP_INIT, after = STRMAP_INIT;
-                if (render_hashes(ro->from, &ro->from_cfg, &chunk, &before) < 0 ||
-                    render_hashes(current, ro->cfg, &chunk, &after) < 0)
+                if (render_hashes(current, ro->cfg, &chunk, &after) < 0)
                     rc = -1;
+                int nagain = 0;
+                for (int j = 0; rc == 0 && j < k; j++) {
+                    const char *id = rows_value(&chunk, j, idcol);
+                    const char *now = id ? strmap_get(&after, id) : NULL, *has = id ? strmap_get(&applied, id) : NULL;
+                    if (!(now && has && *has && strcmp(now, has) == 0))
+                        again[nagain++] = idx[j];
+                }
+                rows_subset(&differ, &rows, again, nagain);
+                if (rc == 0 && nagain > 0 && render_hashes(ro->from, &ro->from_cfg, &differ, &before) < 0)
+                    rc = -1;
+                rows_free(&differ);
                 for (int j = 0; rc == 0 && j < k; j++) {
                     const char *id = rows_value(&chunk, j, idcol);
                     const char *was = id ? strmap_get(&before, id) : NULL, *now = id ? strmap_get(&after, id) : NULL;
+                    const char *has = id ? strmap_get(&applied, id) : NULL;
+                    if (now && has && *has && strcmp(now, has) == 0)
+                        continue; /* it carries what the new rules render */
                     if (was == NULL && now == NULL)
                         continue; /* not a live account under either: its delete is not a rules change */
                     if (was && now && strcmp(was, now) == 0)
@@ -309,6 +332,8 @@ static int find_members(rollout *ro, pg_conn *db, rules *current, cache *c)
         }
         if (res)
             PQclear(res);
+        free(again);
+        strmap_free(&applied);
         free_values(&changed);
     }
     free(names);
