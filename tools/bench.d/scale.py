@@ -277,7 +277,7 @@ def run_point(env: Env, a, system: str, n: int) -> dict:
         # 5. no-op rules reload (operator), rolls committed while it runs
         if over_budget("reload"):
             return r
-        if rules_dir:
+        if rules_dir and "reload" not in a.skip:
             reloads0 = p_metric(p, 'sync_airbnb_operator_rules_reloads_total{result="success"}')
             with open(Path(rules_dir) / "deployment.lua", "a") as f:
                 f.write("\n-- bench: a no-op edit\n")
@@ -632,6 +632,9 @@ def main() -> int:
     ap.add_argument("--idle-periods", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=16, help="the peers' concurrent reconciles")
     ap.add_argument("--no-ceiling", action="store_true")
+    ap.add_argument("--skip", type=lambda s: set(s.split(",")), default=set(),
+                    help="phases to leave out: reload (a restart then starts from settled workers, "
+                         "not in the middle of the re-plan new rules cause)")
     ap.add_argument("--strict", action="store_true", help="exit 1 unless every system got through every phase "
                     "(--smoke sets it)")
     ap.add_argument("--charts", action=argparse.BooleanOptionalAction, default=True)
