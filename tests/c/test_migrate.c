@@ -204,8 +204,8 @@ static void test_fresh_database_migrates_to_head(void)
         if (c == NULL)
             break;
         CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 0);
-        CHECK_CONTAINS(err, "7 migrations pending, first 001_operator_schema");
-        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "7 migrations pending", "check", NULL, NULL);
+        CHECK_CONTAINS(err, "8 migrations pending, first 001_operator_schema");
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "8 migrations pending", "check", NULL, NULL);
 
         int applied = -1;
         CHECK(migrate_up(c, &cfg, &applied, err, sizeof err) == 0);
@@ -250,7 +250,7 @@ static void test_fresh_database_migrates_to_head(void)
         CHECK_CONTAINS(out, "{\"at_head\":true,\"migrations\":[{\"id\":\"001_operator_schema\"");
         CHECK_CONTAINS(out, "\"state\":\"applied\"");
         free(out);
-        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_OK, "schema at head (7 migrations applied)",
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_OK, "schema at head (8 migrations applied)",
                       "check", NULL, NULL);
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_OK, "nothing to apply", "up", NULL, NULL);
         CHECK(migrate_captured(&cfg, "sideways", NULL, NULL, &out) == MIGRATE_EXIT_USAGE);
@@ -412,14 +412,14 @@ static void test_waits_for_the_apps_accounts_table(void)
                      "001_operator_schema,002_audit_log");
         CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 0);
         CHECK_CONTAINS(err, "waiting for the accounts table airbnb.accounts");
-        CHECK_CONTAINS(err, "5 migrations pending, first 003_accounts_table");
+        CHECK_CONTAINS(err, "6 migrations pending, first 003_accounts_table");
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_WAITING, "waiting for the accounts table", "up", NULL, NULL);
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "waiting for the accounts table", "check", NULL, NULL);
 
         CHECK(exec_ok(c, current_accounts) == 0); /* sync-airbnb's migrations ran */
         char *before = accounts_snapshot(c);
         CHECK(migrate_up(c, &cfg, &applied, err, sizeof err) == 0);
-        CHECK(applied == 5);
+        CHECK(applied == 6);
         char *after = accounts_snapshot(c);
         CHECK_STR(after, before);
         free(before);
@@ -454,9 +454,9 @@ static void test_two_runners_at_once(void)
 {
     WITH_DB({
         /* A slow extra migration makes sure the runs overlap. */
-        const char *extra[] = {"008_slow", NULL};
+        const char *extra[] = {"009_slow", NULL};
         char *dir = migrations_copy("concurrent", extra);
-        write_migration(dir, "008_slow",
+        write_migration(dir, "009_slow",
                         "SELECT pg_sleep(1); CREATE TABLE sync_airbnb_operator.slow (id int);");
         config cfg = test_config(dir);
         pid_t pids[2];
@@ -476,7 +476,7 @@ static void test_two_runners_at_once(void)
         pg_conn *c = connect_test();
         if (c != NULL) {
             CHECK_SCALAR(c, "SELECT count(*) || ' ' || count(DISTINCT id) FROM "
-                            "sync_airbnb_operator.schema_migrations", "8 8");
+                            "sync_airbnb_operator.schema_migrations", "9 9");
             char err[512];
             CHECK(migrate_at_head(c, &cfg, err, sizeof err) == 1);
             pg_close(c);
@@ -509,9 +509,9 @@ static void test_lock_wait_is_bounded(void)
 static void test_failing_migration_leaves_no_partial_change(void)
 {
     WITH_DB({
-        const char *extra[] = {"008_bad", NULL};
+        const char *extra[] = {"009_bad", NULL};
         char *dir = migrations_copy("failing", extra);
-        write_migration(dir, "008_bad",
+        write_migration(dir, "009_bad",
                         "CREATE TABLE sync_airbnb_operator.half_done (id int);\n"
                         "INSERT INTO sync_airbnb_operator.audit_log (action) VALUES ('create');\n"
                         "CREATE TABLEX oops (id int);\n");
@@ -526,25 +526,25 @@ static void test_failing_migration_leaves_no_partial_change(void)
             int applied = -1;
             CHECK(migrate_up(c, &cfg, &applied, err, sizeof err) == -1);
             CHECK(applied == (round == 0 ? NREAL : 0));
-            CHECK_CONTAINS(err, "migration 008_bad failed and was rolled back: syntax error at "
+            CHECK_CONTAINS(err, "migration 009_bad failed and was rolled back: syntax error at "
                                 "or near \"TABLEX\"");
-            CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "7");
+            CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "8");
             CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations "
-                            "WHERE id = '008_bad'", "0");
+                            "WHERE id = '009_bad'", "0");
             CHECK_SCALAR(c, "SELECT to_regclass('sync_airbnb_operator.half_done')", "<null>");
             CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.audit_log", "0");
         }
         CHECK_MIGRATE(&cfg, MIGRATE_EXIT_ERROR,
-                      "migrate up: migration 008_bad failed and was rolled back",
+                      "migrate up: migration 009_bad failed and was rolled back",
                       "up", NULL, NULL);
-        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "1 migration pending, first 008_bad",
+        CHECK_MIGRATE(&cfg, MIGRATE_EXIT_PENDING, "1 migration pending, first 009_bad",
                       "check", NULL, NULL);
 
         /* A migration may not end the runner's transaction itself. */
-        write_migration(dir, "008_bad", "CREATE TABLE sync_airbnb_operator.t1 (id int); COMMIT;");
+        write_migration(dir, "009_bad", "CREATE TABLE sync_airbnb_operator.t1 (id int); COMMIT;");
         CHECK(migrate_up(c, &cfg, NULL, err, sizeof err) == -1);
         CHECK_CONTAINS(err, "COMMIT/ROLLBACK are not allowed");
-        CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "7");
+        CHECK_SCALAR(c, "SELECT count(*) FROM sync_airbnb_operator.schema_migrations", "8");
         pg_close(c);
         free(dir);
     });
