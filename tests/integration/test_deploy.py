@@ -425,6 +425,7 @@ GRANT INSERT ON sync_airbnb_operator.audit_log TO {role};
 GRANT USAGE ON SEQUENCE sync_airbnb_operator.audit_log_id_seq TO {role};
 GRANT SELECT, INSERT, UPDATE ON sync_airbnb_operator.rollout TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON sync_airbnb_operator.worker_status TO {role};
+GRANT SELECT, INSERT, UPDATE ON sync_airbnb_operator.settled TO {role};
 """
 
 
@@ -450,7 +451,7 @@ def test_operator_runs_with_the_documented_least_privilege_role(pg, cluster, nam
         assert line.format(db="DBNAME", role="sync_airbnb_operator_rw") in doc, line
     pg.psql("insert into airbnb.accounts(account_id, airbnb_cookie, x_client_version, user_agent, is_active)"
             " values ('3001', 'c', 'v1', 'ua', true), ('3002', 'c', 'v1', 'ua', true)", url=migrated_db)
-    op = operator_factory(database_url=operator_role)
+    op = operator_factory(database_url=operator_role, env={"RESYNC_INTERVAL_SECONDS": "2"})  # saves the settled set
     op.wait_ready()
 
     def names():
@@ -464,6 +465,9 @@ def test_operator_runs_with_the_documented_least_privilege_role(pg, cluster, nam
     wait_for(lambda: pg.psql("select string_agg(account_id || ':' || coalesce(reason, 'ok'), ',' order by account_id)"
                              " from sync_airbnb_operator.worker_status", url=migrated_db).stdout.strip()
              == "3001:ok,3002:inactive", 10, "worker_status rows not written with the documented grants")
+    wait_for(lambda: pg.psql("select length(digests) / 16 from sync_airbnb_operator.settled",
+                             url=migrated_db).stdout.strip() not in ("", "0"), 30,
+             "the settled set not saved with the documented grants")
     assert not [r for r in op.logs() if r.get("level") in ("warn", "error")]
     env = {"DATABASE_URL": operator_role, "KUBECONFIG": cluster.kubeconfig, "OPERATOR_NAMESPACE": namespace}
     assert run_cli("status", env=env).returncode == 0
