@@ -57,6 +57,7 @@ typedef struct ctl {
     rollout *rollout; /* rules changes in waves (rollout.h): filters stage 2's plan */
     uv_fs_event_t rules_watch;
     uv_timer_t reload_timer;
+    uv_idle_t search_idle; /* the rollout's member search: a slice per turn of the loop */
     safety_window window; /* stage 3's mass-delete window (safety.h) */
     writer *writer;       /* stage 4 */
     trail trail;          /* stage 5 */
@@ -91,6 +92,7 @@ typedef struct ctl {
 
 static void publish(ctl *c);
 static void rollout_step(ctl *c);
+static void on_search_idle(uv_idle_t *h);
 
 static int is_leader(const ctl *c)
 {
@@ -318,7 +320,10 @@ static void pass(void *ud)
     c->delete_refill_ms = t0;
 
     watch_batch b;
-    if (!watch_take(c->watch, MAX_PARTIAL, REC_PLAN_CHUNK, &b))
+    /* While a rules change finds the workers it changes, full passes wait
+     * for it; partial passes go on (their workers judged first, below). */
+    int searching = rollout_searching(c->rollout);
+    if (!watch_take(c->watch, MAX_PARTIAL, REC_PLAN_CHUNK, searching, &b))
         return;
     int full = b.full;
     strmap busy = STRMAP_BORROWED; /* keys: account ids inside the writer's and expect's records */
@@ -376,6 +381,12 @@ static void pass(void *ud)
         }
         strmap_free(&want);
         observed = &subset;
+        if (searching && rollout_resolve(c->rollout, c->rules, &rows, &subset) < 0) {
+            /* Who changes cannot be told: planned once the rollout started again. */
+            for (size_t i = 0; i < b.n; i++)
+                watch_enqueue(c->watch, b.ids[i]);
+            goto out;
+        }
         char *csql = rec_active_any_sql(cfg);
         PGresult *cres = pg_exec(db, csql, 0, NULL, err, sizeof err);
         free(csql);
@@ -672,8 +683,10 @@ static void on_expectation_lapsed(const char *account_id, const char *name, void
 static void rollout_step(ctl *c)
 {
     if (c->stopping || !watch_db_up(c->watch) || !watch_schema_ok(c->watch) || c->cache == NULL ||
-        !cache_synced(c->cache) || !is_leader(c))
+        !cache_synced(c->cache) || !is_leader(c)) {
+        uv_idle_stop(&c->search_idle); /* the tick resumes a search */
         return;
+    }
     strmap again = STRMAP_INIT;
     int full = rollout_tick(c->rollout, watch_db(c->watch), c->rules, c->cache, &again);
     size_t it = 0;
@@ -683,6 +696,18 @@ static void rollout_step(ctl *c)
     strmap_free(&again);
     if (full)
         watch_kick_full(c->watch);
+    /* The next slice in the next turn of the loop, after its I/O: passes
+     * react in between. (Not a 0 ms timer: libuv runs a timer restarted
+     * from its own callback again before it polls.) */
+    if (rollout_searching(c->rollout))
+        uv_idle_start(&c->search_idle, on_search_idle);
+    else
+        uv_idle_stop(&c->search_idle);
+}
+
+static void on_search_idle(uv_idle_t *h)
+{
+    rollout_step(h->data);
 }
 
 /* Log line, audit row, Event beside the rules reload's (the rules ConfigMap,
@@ -879,6 +904,7 @@ static void on_signal(uv_signal_t *s, int signum)
     c->stop_deadline = util_now_ms() + SHUTDOWN_BOUND_MS;
     event_queue_flush(&c->trail.events);
     uv_timer_stop(&c->resync_timer);
+    uv_idle_stop(&c->search_idle);
     watch_stop(c->watch);
     publish(c);
     uv_timer_start(&c->drain_timer, on_drain, 0, 20);
@@ -977,7 +1003,9 @@ int run_main(const config *cfg, int argc, char **argv)
     uv_timer_init(&c->loop, &c->resync_timer);
     uv_timer_init(&c->loop, &c->tick_timer);
     uv_timer_init(&c->loop, &c->drain_timer);
+    uv_idle_init(&c->loop, &c->search_idle);
     c->reload_timer.data = c->resync_timer.data = c->tick_timer.data = c->drain_timer.data = c;
+    c->search_idle.data = c;
     uv_signal_init(&c->loop, &c->sigterm);
     uv_signal_init(&c->loop, &c->sigint);
     c->sigterm.data = c->sigint.data = c;

@@ -13,6 +13,7 @@
 #include "metrics.h"
 
 #define REREAD_MS 2000 /* while a rollout is under way: a person's resume/abort */
+#define SEARCH_BUDGET_MS 15 /* per turn of the event loop, finding who a rollout changes */
 
 rollout *rollout_new(const config *cfg, rollout_report_fn report, void *ud)
 {
@@ -194,153 +195,6 @@ static int plan_accounts(rules *r, const config *cfg, PGresult *res, strmap *obs
     return rc;
 }
 
-/* account id → desired hash of every active account of rows under r. */
-static int render_hashes(rules *r, const config *cfg, const acct_rows *rows, strmap *out)
-{
-    strmap none = STRMAP_INIT;
-    plan_result p = {0};
-    char err[1024];
-    plan_input in = {.accounts = rows, .observed = &none, .full = 0, .active_total = -1,
-                     .delete_allowance = 0, .settled = NULL, .max_rows = 0, .busy = NULL};
-    int rc = rec_plan(r, cfg, &in, &p, err, sizeof err);
-    if (rc == 0) {
-        for (size_t i = 0; i < p.n; i++)
-            if (p.actions[i].kind == ACT_CREATE && p.actions[i].account_id && p.actions[i].desired_hash)
-                free(strmap_put(out, p.actions[i].account_id, xstrdup(p.actions[i].desired_hash)));
-    } else {
-        log_warn("rollout: cannot render the workers", "error", err, NULL);
-    }
-    rec_plan_free(&p);
-    strmap_free(&none);
-    return rc;
-}
-
-static void free_values(strmap *m)
-{
-    size_t it = 0;
-    void *v;
-    while (strmap_next(m, &it, NULL, &v))
-        free(v);
-    strmap_free(m);
-}
-
-static int name_cmp(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* Accounts rendered per rules call while finding the members: each call's
- * rendered objects are dropped before the next, so memory does not grow
- * with the fleet (one call for every worker held 100,000 rendered bodies,
- * 411 MiB, and overran the rules' memory limit). */
-#define MEMBER_CHUNK REC_PLAN_CHUNK
-
-/* The workers that the new rules render differently from the previous ones
- * (both rendered from the same rows: a credential change is not a rules
- * change), by name. A worker whose Deployment carries exactly what the new
- * rules render needs no change, whatever the previous rules render: only
- * the others are rendered under the previous rules too (a reload that
- * changes nothing renders each worker once, not twice). */
-static int find_members(rollout *ro, pg_conn *db, rules *current, cache *c)
-{
-    strmap *deps = cache_deployments(c);
-    const char **names = xcalloc(deps->len + 1, sizeof *names);
-    const char **ids = xcalloc(deps->len + 1, sizeof *ids);
-    size_t n = 0, nids = 0;
-    size_t it = 0;
-    void *v;
-    while (strmap_next(deps, &it, NULL, &v)) {
-        const obs_deploy *d = v;
-        if (d->managed && d->account_id) {
-            names[n++] = d->name;
-            ids[nids++] = d->account_id;
-        }
-    }
-    qsort(names, n, sizeof *names, name_cmp);
-    int rc = 0;
-    if (n > 0) {
-        char err[512];
-        char *sql = rec_accounts_sql(ro->cfg, 1), *arr = rec_text_array(ids, nids);
-        const char *params[] = {arr};
-        PGresult *res = pg_exec(db, sql, 1, params, err, sizeof err);
-        free(sql);
-        free(arr);
-        /* account id → its render under the previous rules when the two
-         * differ ("" when only the new rules render it) */
-        strmap changed = STRMAP_INIT;
-        strmap applied = STRMAP_BORROWED; /* account id → its Deployment's applied hash ("" for several) */
-        for (size_t i = 0; i < n; i++) {
-            const obs_deploy *d = strmap_get(deps, names[i]);
-            const char *h = d->applied_hash ? d->applied_hash : "";
-            strmap_put(&applied, d->account_id, strmap_get(&applied, d->account_id) ? (char *)"" : (char *)h);
-        }
-        int *again = xcalloc(MEMBER_CHUNK, sizeof *again);
-        if (res == NULL) {
-            log_warn("rollout: cannot read the accounts", "error", err, NULL);
-            rc = -1;
-        } else {
-            acct_rows rows;
-            rows_from_pgresult(&rows, res);
-            int idcol = rows_column(&rows, "account_id");
-            int *idx = xcalloc(MEMBER_CHUNK, sizeof *idx);
-            for (int at = 0; rc == 0 && at < rows.nrows; at += MEMBER_CHUNK) {
-                int k = rows.nrows - at < MEMBER_CHUNK ? rows.nrows - at : MEMBER_CHUNK;
-                for (int j = 0; j < k; j++)
-                    idx[j] = at + j;
-                acct_rows chunk, differ;
-                rows_subset(&chunk, &rows, idx, k);
-                strmap before = STRMAP_INIT, after = STRMAP_INIT;
-                if (render_hashes(current, ro->cfg, &chunk, &after) < 0)
-                    rc = -1;
-                int nagain = 0;
-                for (int j = 0; rc == 0 && j < k; j++) {
-                    const char *id = rows_value(&chunk, j, idcol);
-                    const char *now = id ? strmap_get(&after, id) : NULL, *has = id ? strmap_get(&applied, id) : NULL;
-                    if (!(now && has && *has && strcmp(now, has) == 0))
-                        again[nagain++] = idx[j];
-                }
-                rows_subset(&differ, &rows, again, nagain);
-                if (rc == 0 && nagain > 0 && render_hashes(ro->from, &ro->from_cfg, &differ, &before) < 0)
-                    rc = -1;
-                rows_free(&differ);
-                for (int j = 0; rc == 0 && j < k; j++) {
-                    const char *id = rows_value(&chunk, j, idcol);
-                    const char *was = id ? strmap_get(&before, id) : NULL, *now = id ? strmap_get(&after, id) : NULL;
-                    const char *has = id ? strmap_get(&applied, id) : NULL;
-                    if (now && has && *has && strcmp(now, has) == 0)
-                        continue; /* it carries what the new rules render */
-                    if (was == NULL && now == NULL)
-                        continue; /* not a live account under either: its delete is not a rules change */
-                    if (was && now && strcmp(was, now) == 0)
-                        continue;
-                    free(strmap_put(&changed, id, xstrdup(was ? was : "")));
-                }
-                rows_free(&chunk);
-                free_values(&before);
-                free_values(&after);
-            }
-            free(idx);
-            rows_free(&rows);
-            for (size_t i = 0; rc == 0 && i < n; i++) {
-                const obs_deploy *d = strmap_get(deps, names[i]);
-                const char *was = strmap_get(&changed, d->account_id);
-                if (was == NULL)
-                    continue;
-                rollout_member_add(ro, d->name, d->account_id, NULL,
-                                   *was && d->applied_hash && strcmp(was, d->applied_hash) == 0);
-            }
-        }
-        if (res)
-            PQclear(res);
-        free(again);
-        strmap_free(&applied);
-        free_values(&changed);
-    }
-    free(names);
-    free(ids);
-    return rc;
-}
-
 /* The rules or image in effect differ from the state's target. */
 static int start(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enqueue)
 {
@@ -360,7 +214,7 @@ static int start(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enq
         from_image = ro->from_image ? xstrdup(ro->from_image) : NULL;
         buf_append(&from_rules, ro->from_rules.data, ro->from_rules.len);
     }
-    int had_row = ro->has_row;
+    int had_row = ro->has_row, was_complete = rollout_phase_is(ro, "complete");
     rollout_state_clear(ro);
     ro->has_row = 1;
     ro->to_version = xstrdup(rules_version(current));
@@ -385,15 +239,31 @@ static int start(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enq
         ro->report(ro->ud, "RolloutSkipped", NULL, msg, 1);
         free(msg);
         rollout_complete(ro, "applied without waves");
-    } else if (find_members(ro, db, current, c) < 0) {
-        /* Cannot tell who changes: try again at the next tick (the pass waits). */
-        rollout_members_clear(ro);
-        free(ro->to_version);
-        ro->to_version = xstrdup("");
-        ro->loaded = 0;
+    } else {
+        /* Who changes is found in slices (rollout_search.c); the start
+         * goes on in start_found once every worker is judged. Nothing is
+         * stored before: a restart in the meantime starts again. */
+        snprintf(ro->phase, sizeof ro->phase, "progressing");
+        rollout_search_begin(ro, c, !was_complete);
+        log_info("rollout: finding the workers the new rules change", "version", ro->to_version, NULL);
         rollout_publish_metrics(ro);
         return 0;
-    } else if (ro->nmembers == 0) {
+    }
+    ro->dirty = 1;
+    if (rollout_store_persist(ro, db) < 0)
+        rc = -1;
+    rollout_publish_metrics(ro);
+    return rc;
+}
+
+/* Every worker judged: no rollout, or its first wave. */
+static int start_found(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enqueue)
+{
+    char v[13], fv[13];
+    rollout_short_version(ro->to_version, v);
+    rollout_short_version(ro->from_version, fv);
+    int rc = 0;
+    if (ro->nmembers == 0) {
         snprintf(ro->phase, sizeof ro->phase, "complete");
         char *msg = xasprintf("rules %s (image %s) render no existing worker differently from %s: no rollout",
                               v, ro->to_image, fv);
@@ -432,7 +302,15 @@ int rollout_tick(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enq
         strcmp(ro->to_image, ro->cfg->worker_image) != 0) {
         if (start(ro, db, current, c, enqueue) < 0)
             ro->loaded = 0; /* read it again before the next try */
-        return rollout_ready(ro, current);
+        return ro->search == NULL && rollout_ready(ro, current);
+    }
+    if (ro->search) {
+        int found = rollout_search_run(ro, db, current, c, SEARCH_BUDGET_MS);
+        if (found < 0)
+            rollout_search_fail(ro);
+        else if (found > 0 && start_found(ro, db, current, c, enqueue) < 0)
+            ro->loaded = 0;
+        return found > 0; /* the full pass waited for it */
     }
     if (ro->to_rules.len == 0 && rollout_snapshot_current(current, ro->cfg, &ro->to_rules) == 0)
         ro->dirty = 1;
@@ -554,6 +432,7 @@ void rollout_json(const rollout *ro, json_out *o)
     jo_kint(o, "wave", ro->nwaves ? ro->wave + 1 : 0);
     jo_kint(o, "waves", (long long)ro->nwaves);
     jo_kbool(o, "halted", ro->loaded && rollout_phase_is(ro, "halted"));
+    jo_kbool(o, "finding_workers", rollout_searching(ro)); /* who changes: judged in slices */
     jo_end(o);
 }
 

@@ -51,9 +51,24 @@ void rollout_invalidate(rollout *ro);
  * rules to every worker at once). */
 int rollout_ready(const rollout *ro, rules *current);
 
+/* 1 while a rollout being started is still finding the workers it changes
+ * (in slices between passes, rollout_tick): a full pass waits until it is
+ * done; a partial pass may plan once rollout_resolve has judged its
+ * accounts' workers. */
+int rollout_searching(const rollout *ro);
+
+/* During the search, before a partial pass plans the accounts of rows:
+ * judges their Deployments in observed (name → obs_deploy) not judged yet,
+ * so the pass holds on the previous rules exactly the workers the new rules
+ * change. -1 when they cannot be rendered (the search starts again; the
+ * pass must not plan). */
+int rollout_resolve(rollout *ro, rules *current, const acct_rows *rows, strmap *observed);
+
 /* Once a second on the leader with the database up and the cache synced:
  * reads the state (first call, or while a rollout is under way), starts a
- * rollout when the rules or image in effect differ from the state's target,
+ * rollout when the rules or image in effect differ from the state's target
+ * (finding who it changes takes many calls: one slice of about 15 ms each;
+ * the controller calls it every turn of its loop meanwhile),
  * judges the current wave from the Deployments and Pods in c, advances,
  * halts or rolls back, and acts on a person's resume/abort. Account ids to
  * plan again (newly reached, rolled back) are added to *enqueue (keys

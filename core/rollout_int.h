@@ -42,7 +42,7 @@ struct rollout {
     char *to_version, *to_image, *from_version, *from_image;
     buf to_rules, from_rules; /* luahost_dir_bundle() bytes; len 0: unknown */
     rollout_member *members;
-    size_t nmembers;
+    size_t nmembers, members_cap;
     strmap by_name; /* member name → member (borrowed keys) */
     int *waves;
     size_t nwaves;
@@ -54,6 +54,8 @@ struct rollout {
 
     config from_cfg; /* cfg with the previous WORKER_IMAGE */
     rules *from;     /* the previous rules, while a rollout is not complete */
+
+    struct member_search *search; /* a rollout being started, its members being found (rollout_search.c) */
 };
 
 /* ---- rollout_wave.c: the state machine ---- */
@@ -63,6 +65,8 @@ int rollout_phase_is(const rollout *ro, const char *phase);
 void rollout_short_version(const char *version, char out[13]);
 /* Appends a member (names copied; admit_hash NULL: not reached yet). */
 void rollout_member_add(rollout *ro, const char *name, const char *account_id, const char *admit_hash, int on_from);
+/* Members in the order of their names (the order of the waves). */
+void rollout_members_sort(rollout *ro);
 void rollout_members_clear(rollout *ro);
 void rollout_from_unload(rollout *ro);
 /* Back to "no rollout recorded" (frees everything but cfg/report). */
@@ -95,6 +99,25 @@ rollout_policy rollout_read_policy(rules *r);
 /* ro->waves from the rules' rollout_waves(total); one worker per wave when
  * their answer is unusable. */
 void rollout_read_waves(rollout *ro, rules *r, int total);
+
+/* ---- rollout_search.c: who changes ---- */
+
+/* Starts finding the members: the managed Deployments of c now, in name
+ * order, are judged later in slices (rollout_search_run) or, for the
+ * accounts a partial pass plans, at once (rollout_resolve). superseding: the
+ * previous rules are the base of a rollout this one supersedes, which may
+ * have moved some workers off them. */
+void rollout_search_begin(rollout *ro, cache *c, int superseding);
+/* Judges Deployments for up to budget_ms: 1 when every one is judged (the
+ * members are sorted by name), 0 when some are left, -1 when the accounts
+ * could not be read or rendered. */
+int rollout_search_run(rollout *ro, pg_conn *db, rules *current, cache *c, uint64_t budget_ms);
+void rollout_search_free(rollout *ro);
+/* Who changes cannot be told: the state is read again and the start tried
+ * again at the next tick (passes wait until then). */
+void rollout_search_fail(rollout *ro);
+/* account id → desired hash of every active account of rows under r. */
+int rollout_render_hashes(rules *r, const config *cfg, const acct_rows *rows, strmap *out);
 
 /* ---- rollout_store.c: the state row ---- */
 

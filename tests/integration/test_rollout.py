@@ -14,7 +14,9 @@ kwok turns such a pod from Running+Ready into Failed (exit 1) a few seconds late
 - without rollback in the policy the canary stays on the bad template until a person
   aborts, which puts it back;
 - a leader change in the middle of a rollout: the new leader resumes it from the
-  stored state (no wave repeated, none skipped).
+  stored state (no wave repeated, none skipped);
+- while a rules change is still finding the workers it changes (in slices), a credential
+  change committed meanwhile rolls at once, and is the only write.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 from operator_harness import run_cli, wait_for
 from rules_dir import ConfigMapDir, rules_files, rules_version
 
+FINGERPRINT = "sync-airbnb.io/credentials-fingerprint"
 MODE_ENV = '        { name = "MODE", value = "worker" },\n'
 POD_LABELS = "    local pod_labels = assert(naming.labels(id))\n"
 CHAOS = POD_LABELS + '    pod_labels["pod-container-running-failed.stage.kwok.x-k8s.io"] = "true"\n'
@@ -337,3 +340,61 @@ def test_halt_without_rollback_keeps_the_canary_until_a_person_aborts(tmp_path, 
     add_accounts(pg, migrated_db, ["6499"])
     fresh = wait_for(lambda: deployments(cluster, namespace).get("sync-airbnb-worker-6499"), 20)
     assert not chaos_of(fresh)
+
+
+RESOURCES = "function M.resources(account)\n"
+
+
+def fingerprint_of(d: dict) -> str:
+    return d["spec"]["template"]["metadata"]["annotations"][FINGERPRINT]
+
+
+def slow_rules(comment: str | None = None) -> dict[str, str]:
+    """Rules whose every render spins for a few milliseconds: finding who a rules change
+    changes then takes seconds for a few hundred workers, as it does for 100,000 real ones."""
+    dep = [(RESOURCES, RESOURCES + "    local spin = 0\n    for i = 1, 2000000 do spin = spin + i end\n")]
+    if comment:
+        dep.append(("-- deployment: THE worker", f"-- {comment}\n-- deployment: THE worker"))
+    return rules_files({"deployment.lua": dep})
+
+
+def test_reactions_go_on_while_a_rules_change_finds_its_workers(tmp_path, pg, cluster, namespace, migrated_db,
+                                                               operator_factory):
+    """A rules change first finds the workers it changes by rendering every worker; that is
+    done in slices between passes, so a credential change committed meanwhile rolls at once
+    (benchmarks.md: at 100,000 workers the search takes a minute). The roll must be written
+    before the operator logs that every worker is judged, and nothing else is written."""
+    ids = [f"65{i:03d}" for i in range(300)]
+    target = "sync-airbnb-worker-65150"
+    cm = ConfigMapDir(tmp_path / "rules", slow_rules())
+    add_accounts(pg, migrated_db, ids)
+    op = start(operator_factory, cm, RULES_BUDGET_MS=20000)  # a rules call of 128 slow renders takes seconds
+    wait_for(lambda: len(deployments(cluster, namespace)) == len(ids), 240,
+             lambda: (len(deployments(cluster, namespace)), op.raw_log()[-2000:]))
+    wait_for(lambda: op.readyz()["checks"]["rollout"]["phase"] == "complete", 30, lambda: op.readyz())
+    fp0 = fingerprint_of(deployments(cluster, namespace)[target])
+    n_audit = len(audit(pg, migrated_db))
+
+    same = slow_rules("a comment: a new version that renders nothing differently")
+    cm.update(same)
+    wait_for(lambda: op.readyz()["checks"]["rollout"]["finding_workers"], 30,
+             lambda: (op.readyz(), op.raw_log()[-2000:]))
+    t0 = time.time()
+    print(f"\n    committing at {time.strftime('%H:%M:%S', time.gmtime(t0))}.{int(t0 * 1000) % 1000:03d}")
+    pg.psql(f"update airbnb.accounts set user_agent = 'ua-rolled' where account_id = '{target[-5:]}'",
+            url=migrated_db)
+    wait_for(lambda: fingerprint_of(cluster.kubectl_json("get", "deployment", target, namespace=namespace)) != fp0,
+             60, lambda: op.raw_log()[-3000:])
+    seen = time.time() - t0
+    wait_for(lambda: events(cluster, namespace, "RolloutNotNeeded"), 120, lambda: (op.readyz(), op.raw_log()[-2000:]))
+
+    log = op.logs()
+    judged = [i for i, r in enumerate(log) if r.get("msg") == "rollout: every worker judged"]
+    rolled = [i for i, r in enumerate(log) if r.get("msg") == "update" and r.get("deployment") == target]
+    assert judged and rolled and rolled[0] < judged[0], (rolled, judged, log[judged[0]] if judged else None)
+    assert log[judged[0]]["workers"] == str(len(ids)), log[judged[0]]
+    updates = [r for r in audit(pg, migrated_db)[n_audit:] if r["action"] != "rollout"]
+    assert [(r["action"], r["deployment"]) for r in updates] == [("update", target)], updates  # once, nothing else
+    assert op.readyz()["checks"]["rollout"]["phase"] == "complete"
+    print(f"\n    [measured] credential change during the member search of {len(ids)} workers "
+          f"({log[judged[0]]['ms']} ms): seen after {seen * 1000:.0f} ms")
