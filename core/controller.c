@@ -320,10 +320,7 @@ static void pass(void *ud)
     c->delete_refill_ms = t0;
 
     watch_batch b;
-    /* While a rules change finds the workers it changes, full passes wait
-     * for it; partial passes go on (their workers judged first, below). */
-    int searching = rollout_searching(c->rollout);
-    if (!watch_take(c->watch, MAX_PARTIAL, REC_PLAN_CHUNK, searching, &b))
+    if (!watch_take(c->watch, MAX_PARTIAL, REC_PLAN_CHUNK, &b))
         return;
     int full = b.full;
     strmap busy = STRMAP_BORROWED; /* keys: account ids inside the writer's and expect's records */
@@ -381,12 +378,6 @@ static void pass(void *ud)
         }
         strmap_free(&want);
         observed = &subset;
-        if (searching && rollout_resolve(c->rollout, c->rules, &rows, &subset) < 0) {
-            /* Who changes cannot be told: planned once the rollout started again. */
-            for (size_t i = 0; i < b.n; i++)
-                watch_enqueue(c->watch, b.ids[i]);
-            goto out;
-        }
         char *csql = rec_active_any_sql(cfg);
         PGresult *cres = pg_exec(db, csql, 0, NULL, err, sizeof err);
         free(csql);
@@ -410,6 +401,13 @@ static void pass(void *ud)
         log_info("deletes released by the Lease annotation", "annotation", LEADER_RELEASE_ANNOTATION, "value",
                  token, NULL);
         trail_note(&c->trail, "hold", "deletes released by a person (Lease annotation " LEADER_RELEASE_ANNOTATION ")");
+    }
+    /* A rules change still finding the workers it changes: those this plan
+     * updates are judged now, so that the filter holds exactly its members. */
+    if (rollout_resolve(c->rollout, c->rules, &rows, &plan, observed) < 0) {
+        rec_plan_free(&plan); /* who changes cannot be told: planned again once the rollout started again */
+        watch_retry_full(c->watch);
+        goto out;
     }
     rollout_filter(c->rollout, db, cache_deployments(c->cache), &plan); /* workers not reached: previous rules */
     wstatus_clear_rollout(c->ws);

@@ -302,7 +302,7 @@ int rollout_tick(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enq
         strcmp(ro->to_image, ro->cfg->worker_image) != 0) {
         if (start(ro, db, current, c, enqueue) < 0)
             ro->loaded = 0; /* read it again before the next try */
-        return ro->search == NULL && rollout_ready(ro, current);
+        return rollout_ready(ro, current); /* passes waited for the start (a search does not hold them) */
     }
     if (ro->search) {
         int found = rollout_search_run(ro, db, current, c, SEARCH_BUDGET_MS);
@@ -310,7 +310,7 @@ int rollout_tick(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enq
             rollout_search_fail(ro);
         else if (found > 0 && start_found(ro, db, current, c, enqueue) < 0)
             ro->loaded = 0;
-        return found > 0; /* the full pass waited for it */
+        return 0; /* the passes did not wait for it; the first wave's accounts are in *enqueue */
     }
     if (ro->to_rules.len == 0 && rollout_snapshot_current(current, ro->cfg, &ro->to_rules) == 0)
         ro->dirty = 1;

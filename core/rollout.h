@@ -52,22 +52,24 @@ void rollout_invalidate(rollout *ro);
 int rollout_ready(const rollout *ro, rules *current);
 
 /* 1 while a rollout being started is still finding the workers it changes
- * (in slices between passes, rollout_tick): a full pass waits until it is
- * done; a partial pass may plan once rollout_resolve has judged its
- * accounts' workers. */
+ * (in slices between passes, rollout_tick). Passes go on meanwhile: each
+ * first judges the workers it updates (rollout_resolve). */
 int rollout_searching(const rollout *ro);
 
-/* During the search, before a partial pass plans the accounts of rows:
- * judges their Deployments in observed (name → obs_deploy) not judged yet,
- * so the pass holds on the previous rules exactly the workers the new rules
- * change. -1 when they cannot be rendered (the search starts again; the
- * pass must not plan). */
-int rollout_resolve(rollout *ro, rules *current, const acct_rows *rows, strmap *observed);
+/* During the search, after a pass planned with the current rules and before
+ * rollout_filter: judges the Deployments that plan updates and that were
+ * not judged yet (their accounts' rows in rows, the Deployments in
+ * observed, name → obs_deploy), so the filter holds on the previous rules
+ * exactly the workers the new rules change. Creates and deletes need no
+ * judging. 0 when not searching. -1 when they cannot be rendered (the
+ * search starts again; the pass must not send its plan). */
+int rollout_resolve(rollout *ro, rules *current, const acct_rows *rows, const plan_result *plan,
+                    strmap *observed);
 
 /* Once a second on the leader with the database up and the cache synced:
  * reads the state (first call, or while a rollout is under way), starts a
  * rollout when the rules or image in effect differ from the state's target
- * (finding who it changes takes many calls: one slice of about 15 ms each;
+ * (finding who it changes takes many calls, a slice of about 15 ms each;
  * the controller calls it every turn of its loop meanwhile),
  * judges the current wave from the Deployments and Pods in c, advances,
  * halts or rolls back, and acts on a person's resume/abort. Account ids to

@@ -103,8 +103,8 @@ void rollout_read_waves(rollout *ro, rules *r, int total);
 /* ---- rollout_search.c: who changes ---- */
 
 /* Starts finding the members: the managed Deployments of c now, in name
- * order, are judged later in slices (rollout_search_run) or, for the
- * accounts a partial pass plans, at once (rollout_resolve). superseding: the
+ * order, are judged later in slices (rollout_search_run) or, those a pass
+ * updates, at once (rollout_resolve). superseding: the
  * previous rules are the base of a rollout this one supersedes, which may
  * have moved some workers off them. */
 void rollout_search_begin(rollout *ro, cache *c, int superseding);

@@ -10,12 +10,11 @@
  * With 100,000 workers that is a minute of rendering, so it is not one step:
  * the Deployments present when the rollout starts are judged in name order,
  * a slice at a time, for a few milliseconds per turn of the event loop
- * (rollout_search_run), and the event loop reacts in between. A partial pass
- * in the meantime first judges the workers of the accounts it plans
- * (rollout_resolve), so it holds exactly those the new rules change; a full
- * pass waits for the end (controller.c). Members are sorted by name at the
- * end, so the waves do not depend on which accounts changed during the
- * search. */
+ * (rollout_search_run), and the event loop reacts in between. A pass in the
+ * meantime first judges the workers it updates (rollout_resolve), so that it
+ * holds exactly those the new rules change; creates and deletes need no
+ * judging. Members are sorted by name at the end, so the waves do not depend
+ * on which accounts changed during the search. */
 #include "rollout_int.h"
 
 #include <libpq-fe.h>
@@ -241,25 +240,43 @@ int rollout_search_run(rollout *ro, pg_conn *db, rules *current, cache *c, uint6
     return 1;
 }
 
-int rollout_resolve(rollout *ro, rules *current, const acct_rows *rows, strmap *observed)
+int rollout_resolve(rollout *ro, rules *current, const acct_rows *rows, const plan_result *plan,
+                    strmap *observed)
 {
     member_search *s = ro->search;
     if (!rollout_searching(ro))
         return 0;
-    const obs_deploy **ds = xcalloc(observed->len + 1, sizeof *ds);
-    size_t nd = 0, it = 0;
-    void *v;
-    while (strmap_next(observed, &it, NULL, &v)) {
-        const obs_deploy *d = v;
-        if (!d->managed || d->account_id == NULL)
+    const obs_deploy **ds = xcalloc(plan->n + 1, sizeof *ds);
+    strmap accounts = STRMAP_BORROWED; /* of the Deployments to judge */
+    size_t nd = 0;
+    for (size_t i = 0; i < plan->n; i++) {
+        const action *a = &plan->actions[i];
+        const obs_deploy *d = a->kind == ACT_UPDATE && a->name ? strmap_get(observed, a->name) : NULL;
+        if (d == NULL || !d->managed || d->account_id == NULL)
             continue;
         char *key = d->name, **hit = bsearch(&key, s->names, s->n, sizeof *s->names, name_cmp);
         if (hit && !s->done[hit - s->names]) {
             s->done[hit - s->names] = 1;
             ds[nd++] = d;
+            strmap_put(&accounts, d->account_id, (void *)1);
         }
     }
-    int rc = nd > 0 ? judge(ro, current, rows, ds, nd) : 0;
+    int rc = 0;
+    if (nd > 0) {
+        /* Only their rows are rendered (a full pass holds every row). */
+        int idcol = rows_column(rows, "account_id"), *idx = xcalloc(nd + 1, sizeof *idx), k = 0;
+        for (int r = 0; r < rows->nrows && (size_t)k < nd; r++) {
+            const char *id = rows_value(rows, r, idcol);
+            if (id && strmap_del(&accounts, id))
+                idx[k++] = r;
+        }
+        acct_rows sub;
+        rows_subset(&sub, rows, idx, k);
+        rc = judge(ro, current, &sub, ds, nd);
+        rows_free(&sub);
+        free(idx);
+    }
+    strmap_free(&accounts);
     free(ds);
     if (rc < 0)
         rollout_search_fail(ro);

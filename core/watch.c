@@ -116,21 +116,18 @@ void watch_backlog_clear(watch *w)
     w->backlog_at = 0;
 }
 
-int watch_take(watch *w, size_t max_partial, size_t chunk, int partial_only, watch_batch *b)
+int watch_take(watch *w, size_t max_partial, size_t chunk, watch_batch *b)
 {
     memset(b, 0, sizeof *b);
-    b->full = !partial_only && (w->full_pending || w->pending.len > max_partial);
+    b->full = w->full_pending || w->pending.len > max_partial;
     if (!b->full) {
         if (w->pending.len == 0 && !watch_backlog_left(w))
             return 0;
-        size_t take = w->pending.len < max_partial ? w->pending.len : max_partial;
-        b->ids = xcalloc(take + chunk + 1, sizeof *b->ids);
+        b->ids = xcalloc(w->pending.len + chunk + 1, sizeof *b->ids);
         size_t it = 0;
         const char *k;
-        while (b->n < take && strmap_next(&w->pending, &it, &k, NULL))
+        while (strmap_next(&w->pending, &it, &k, NULL))
             b->ids[b->n++] = xstrdup(k);
-        for (size_t i = 0; i < b->n; i++)
-            strmap_del(&w->pending, b->ids[i]);
         /* The next deferred accounts, by id: a continuation reads a few
          * hundred rows, not the whole table once per chunk. */
         for (size_t n = 0; n < chunk && watch_backlog_left(w); n++) {
@@ -138,11 +135,6 @@ int watch_take(watch *w, size_t max_partial, size_t chunk, int partial_only, wat
             w->backlog_at += strlen(id) + 1;
             b->ids[b->n++] = xstrdup(id);
             b->took_backlog = 1;
-        }
-        if (partial_only) {
-            if (w->pending.len > 0)
-                watch_kick(w); /* the rest next; a full pass asked for waits */
-            return 1;
         }
     } else {
         watch_backlog_clear(w); /* a full pass sees every account */

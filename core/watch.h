@@ -62,11 +62,8 @@ typedef struct watch_batch {
 } watch_batch;
 /* Takes the queue: a full pass when one is pending or the queue holds more
  * than max_partial ids, else the queued ids and up to chunk ids of the
- * backlog. partial_only (a full pass must wait): at most max_partial queued
- * ids and the backlog's chunk, never a full pass; the rest of the queue and
- * a pending full pass stay (kicked again when ids are left). Returns 0 when
- * there is nothing to do. */
-int watch_take(watch *w, size_t max_partial, size_t chunk, int partial_only, watch_batch *b);
+ * backlog. Returns 0 when there is nothing to do. */
+int watch_take(watch *w, size_t max_partial, size_t chunk, watch_batch *b);
 void watch_batch_free(watch_batch *b);
 /* The pass read nothing: plan everything once the database answers. */
 void watch_retry_full(watch *w);
