@@ -245,6 +245,28 @@ static void drop_expected(ctl *c, watch_batch *b, const strmap *expected)
     b->n = keep;
 }
 
+/* A full pass defers what it does not plan now (beyond its chunk, or with a
+ * write in flight) in the table's order. The accounts a notification asked
+ * about go first: after a rules change, when every account is planned
+ * again, a credential change committed just before the pass otherwise
+ * waited for all the others (2.7 s at 10,000 accounts). */
+static void asked_first(plan_result *plan, const watch_batch *b)
+{
+    strmap asked = STRMAP_BORROWED;
+    for (size_t i = 0; i < b->n; i++)
+        strmap_put(&asked, b->ids[i], (void *)1);
+    buf out = {0};
+    const char *end = plan->deferred_ids + plan->deferred_ids_len;
+    for (int first = 1; first >= 0; first--)
+        for (const char *id = plan->deferred_ids; id < end; id += strlen(id) + 1)
+            if ((strmap_get(&asked, id) != NULL) == first)
+                buf_append(&out, id, strlen(id) + 1);
+    free(plan->deferred_ids);
+    plan->deferred_ids = out.data;
+    plan->deferred_ids_len = out.len;
+    strmap_free(&asked);
+}
+
 /* The held-deletes state /readyz shows, after a pass. */
 static void note_holds(ctl *c, const plan_result *plan, int full)
 {
@@ -427,6 +449,8 @@ static void pass(void *ud)
         /* More accounts wait, in front of the rest of the backlog. A write
          * finishing kicks the next pass; with nothing in flight, nothing
          * would, so kick now. */
+        if (full && b.n > 0)
+            asked_first(&plan, &b);
         watch_defer(c->watch, plan.deferred_ids, plan.deferred_ids_len);
         if (writer_inflight(c->writer) == 0)
             watch_kick_after(c->watch, FOLLOWUP_MS);

@@ -138,6 +138,15 @@ int watch_take(watch *w, size_t max_partial, size_t chunk, watch_batch *b)
         }
     } else {
         watch_backlog_clear(w); /* a full pass sees every account */
+        /* Those asked about by id, as a hint: the pass puts them first
+         * among what it defers (a burst's thousands are not kept). */
+        if (w->pending.len <= max_partial) {
+            b->ids = xcalloc(w->pending.len + 1, sizeof *b->ids);
+            size_t it = 0;
+            const char *k;
+            while (strmap_next(&w->pending, &it, &k, NULL))
+                b->ids[b->n++] = xstrdup(k);
+        }
     }
     strmap_free(&w->pending);
     w->full_pending = 0;

@@ -55,7 +55,7 @@ void watch_kick(watch *w);
 
 /* What the next pass plans. */
 typedef struct watch_batch {
-    int full;         /* every account (ids empty) */
+    int full;         /* every account; ids: those asked about by id (at most max_partial) */
     char **ids;       /* else these account ids (owned) */
     size_t n;
     int took_backlog; /* some came from the backlog */
