@@ -16,7 +16,8 @@ kwok turns such a pod from Running+Ready into Failed (exit 1) a few seconds late
 - a leader change in the middle of a rollout: the new leader resumes it from the
   stored state (no wave repeated, none skipped);
 - while a rules change is still finding the workers it changes (in slices), a credential
-  change committed meanwhile rolls at once, and is the only write.
+  change committed meanwhile rolls at once, and is the only write; an operator restarted in
+  the middle of that search reconciles (a delete) before it has searched again.
 """
 
 from __future__ import annotations
@@ -398,3 +399,38 @@ def test_reactions_go_on_while_a_rules_change_finds_its_workers(tmp_path, pg, cl
     assert op.readyz()["checks"]["rollout"]["phase"] == "complete"
     print(f"\n    [measured] credential change during the member search of {len(ids)} workers "
           f"({log[judged[0]]['ms']} ms): seen after {seen * 1000:.0f} ms")
+
+
+def test_a_restart_in_the_middle_of_the_search_reconciles_at_once(tmp_path, pg, cluster, namespace, migrated_db,
+                                                                  operator_factory):
+    """Stopped while a rules change was still finding its workers, the operator stores nothing
+    of that search and starts it again; meanwhile it reconciles: a worker deactivated while it
+    was down is deleted before the new search is done (it used to wait for it)."""
+    ids = [f"66{i:03d}" for i in range(300)]
+    gone = "sync-airbnb-worker-66100"
+    cm = ConfigMapDir(tmp_path / "rules", slow_rules())
+    add_accounts(pg, migrated_db, ids)
+    first = start(operator_factory, cm, RULES_BUDGET_MS=20000)
+    wait_for(lambda: len(deployments(cluster, namespace)) == len(ids), 240,
+             lambda: (len(deployments(cluster, namespace)), first.raw_log()[-2000:]))
+    wait_for(lambda: first.readyz()["checks"]["rollout"]["phase"] == "complete", 30, lambda: first.readyz())
+
+    cm.update(slow_rules("a comment: a new version that renders nothing differently"))
+    wait_for(lambda: first.readyz()["checks"]["rollout"]["finding_workers"], 30, lambda: first.raw_log()[-2000:])
+    assert first.stop() == 0
+    assert not [r for r in first.logs() if r.get("msg") == "rollout: every worker judged"]
+    n_audit = len(audit(pg, migrated_db))
+    pg.psql(f"update airbnb.accounts set is_active = false where account_id = '{gone[-5:]}'", url=migrated_db)
+
+    second = start(operator_factory, cm, RULES_BUDGET_MS=20000)
+    wait_for(lambda: gone not in deployments(cluster, namespace), 120, lambda: second.raw_log()[-3000:])
+    wait_for(lambda: any(r.get("msg") == "rollout: every worker judged" for r in second.logs()), 120,
+             lambda: second.raw_log()[-2000:])
+    log = second.logs()
+    searched = [i for i, r in enumerate(log) if r.get("msg") == "rollout: finding the workers the new rules change"]
+    judged = [i for i, r in enumerate(log) if r.get("msg") == "rollout: every worker judged"]
+    deleted = [i for i, r in enumerate(log) if r.get("msg") == "delete" and r.get("deployment") == gone]
+    assert searched and deleted and searched[0] < deleted[0] < judged[0], (searched, deleted, judged)
+    writes = [r for r in audit(pg, migrated_db)[n_audit:] if r["action"] != "rollout"]
+    assert [(r["action"], r["deployment"]) for r in writes] == [("delete", gone)], writes
+    wait_for(lambda: second.readyz()["checks"]["rollout"]["phase"] == "complete", 30, lambda: second.readyz())
