@@ -180,6 +180,17 @@ void rollout_read_waves(rollout *ro, rules *r, int total)
 
 /* ---- starting a rollout ---------------------------------------------------- */
 
+PGresult *rollout_read_accounts(const rollout *ro, pg_conn *db, const char *const *ids, size_t n, char *err,
+                                size_t errlen)
+{
+    char *sql = rec_accounts_sql(ro->cfg, 1), *arr = rec_text_array(ids, n);
+    const char *params[] = {arr};
+    PGresult *res = pg_exec(db, sql, 1, params, err, errlen);
+    free(sql);
+    free(arr);
+    return res;
+}
+
 /* A plan of the accounts in res against observed, as a partial pass makes
  * it but with nothing settled, deferred or deletable: the rollout's own
  * renders. */
@@ -350,11 +361,7 @@ void rollout_filter(rollout *ro, pg_conn *db, strmap *observed, plan_result *pla
     while (strmap_next(&ids, &it, &k, NULL))
         list[n++] = k;
     char err[1024];
-    char *sql = rec_accounts_sql(ro->cfg, 1), *arr = rec_text_array(list, n);
-    const char *params[] = {arr};
-    PGresult *res = pg_exec(db, sql, 1, params, err, sizeof err);
-    free(sql);
-    free(arr);
+    PGresult *res = rollout_read_accounts(ro, db, list, n, err, sizeof err);
     free(list);
     strmap subset = STRMAP_BORROWED;
     plan_result old = {0};

@@ -94,6 +94,9 @@ void rollout_partition(rollout *ro, strmap *observed, plan_result *plan, strmap 
 /* ---- rollout.c ---- */
 
 void rollout_publish_metrics(const rollout *ro);
+/* The rows of the accounts ids (rec_accounts_sql), NULL with *err on failure. */
+PGresult *rollout_read_accounts(const rollout *ro, pg_conn *db, const char *const *ids, size_t n, char *err,
+                                size_t errlen);
 /* The policy of rules r (rules' rollout_policy), the defaults on any doubt. */
 rollout_policy rollout_read_policy(rules *r);
 /* ro->waves from the rules' rollout_waves(total); one worker per wave when

@@ -183,11 +183,7 @@ static int judge_read(rollout *ro, pg_conn *db, rules *current, const obs_deploy
     for (size_t i = 0; i < nd; i++)
         ids[i] = ds[i]->account_id;
     char err[512];
-    char *sql = rec_accounts_sql(ro->cfg, 1), *arr = rec_text_array(ids, nd);
-    const char *params[] = {arr};
-    PGresult *res = pg_exec(db, sql, 1, params, err, sizeof err);
-    free(sql);
-    free(arr);
+    PGresult *res = rollout_read_accounts(ro, db, ids, nd, err, sizeof err);
     free(ids);
     if (res == NULL) {
         log_warn("rollout: cannot read the accounts", "error", err, NULL);
