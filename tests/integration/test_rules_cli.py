@@ -38,11 +38,14 @@ def deployments(cluster, namespace) -> dict[str, dict]:
 
 def write_state(pg, db, cluster, namespace) -> tuple:
     """What a write would change: audit rows, the Deployments (uid, generation, annotations;
-    not resourceVersion, which status updates by the controller-manager move), Events."""
+    not resourceVersion, which status updates by the controller-manager move), the Events
+    the operator posts (not the controller-manager's and scheduler's for its Deployments,
+    which can come late on a busy machine)."""
     audit = pg.psql("select count(*) from sync_airbnb_operator.audit_log", url=db).stdout.strip()
     deps = {n: (d["metadata"]["uid"], d["metadata"]["generation"], json.dumps(d["metadata"].get("annotations")))
             for n, d in deployments(cluster, namespace).items()}
-    events = len(cluster.kubectl_json("get", "events", namespace=namespace)["items"])
+    events = len([e for e in cluster.kubectl_json("get", "events", namespace=namespace)["items"]
+                  if (e.get("source") or {}).get("component") == "sync-airbnb-operator"])
     return audit, deps, events
 
 
