@@ -207,7 +207,7 @@ static int plan_accounts(rules *r, const config *cfg, PGresult *res, strmap *obs
 }
 
 /* The rules or image in effect differ from the state's target. */
-static int start(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enqueue)
+static int start(rollout *ro, pg_conn *db, rules *current, cache *c)
 {
     /* From what the workers not reached run: the target of a finished
      * rollout, else the base of the one this supersedes. */
@@ -311,7 +311,7 @@ int rollout_tick(rollout *ro, pg_conn *db, rules *current, cache *c, strmap *enq
         return 0;
     if (!ro->has_row || strcmp(ro->to_version, rules_version(current)) != 0 ||
         strcmp(ro->to_image, ro->cfg->worker_image) != 0) {
-        if (start(ro, db, current, c, enqueue) < 0)
+        if (start(ro, db, current, c) < 0)
             ro->loaded = 0; /* read it again before the next try */
         return rollout_ready(ro, current); /* passes waited for the start (a search does not hold them) */
     }

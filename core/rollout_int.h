@@ -119,8 +119,6 @@ void rollout_search_free(rollout *ro);
 /* Who changes cannot be told: the state is read again and the start tried
  * again at the next tick (passes wait until then). */
 void rollout_search_fail(rollout *ro);
-/* account id → desired hash of every active account of rows under r. */
-int rollout_render_hashes(rules *r, const config *cfg, const acct_rows *rows, strmap *out);
 
 /* ---- rollout_store.c: the state row ---- */
 

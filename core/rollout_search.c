@@ -93,7 +93,8 @@ int rollout_searching(const rollout *ro)
     return ro != NULL && ro->loaded && ro->search != NULL;
 }
 
-int rollout_render_hashes(rules *r, const config *cfg, const acct_rows *rows, strmap *out)
+/* account id → desired hash of every active account of rows under r. */
+static int render_hashes(rules *r, const config *cfg, const acct_rows *rows, strmap *out)
 {
     strmap none = STRMAP_INIT;
     plan_result p = {0};
@@ -131,7 +132,7 @@ static int carries(const char *render, const obs_deploy *d)
 static int judge(rollout *ro, rules *current, const acct_rows *rows, const obs_deploy *const *ds, size_t nd)
 {
     strmap before = STRMAP_INIT, after = STRMAP_INIT;
-    int rc = rollout_render_hashes(current, ro->cfg, rows, &after);
+    int rc = render_hashes(current, ro->cfg, rows, &after);
     if (rc == 0) {
         /* Rendered under the previous rules too: the accounts with a
          * Deployment that does not carry the new render. */
@@ -148,7 +149,7 @@ static int judge(rollout *ro, rules *current, const acct_rows *rows, const obs_d
         }
         acct_rows differ;
         rows_subset(&differ, rows, again, nagain);
-        if (nagain > 0 && rollout_render_hashes(ro->from, &ro->from_cfg, &differ, &before) < 0)
+        if (nagain > 0 && render_hashes(ro->from, &ro->from_cfg, &differ, &before) < 0)
             rc = -1;
         rows_free(&differ);
         free(again);

@@ -120,14 +120,19 @@ int watch_take(watch *w, size_t max_partial, size_t chunk, watch_batch *b)
 {
     memset(b, 0, sizeof *b);
     b->full = w->full_pending || w->pending.len > max_partial;
-    if (!b->full) {
-        if (w->pending.len == 0 && !watch_backlog_left(w))
-            return 0;
-        b->ids = xcalloc(w->pending.len + chunk + 1, sizeof *b->ids);
+    if (!b->full && w->pending.len == 0 && !watch_backlog_left(w))
+        return 0;
+    /* The ids asked about: a partial pass plans them; a full pass takes them
+     * as a hint and puts them first among what it defers (a burst's
+     * thousands are not kept). */
+    if (w->pending.len <= max_partial) {
+        b->ids = xcalloc(w->pending.len + (b->full ? 0 : chunk) + 1, sizeof *b->ids);
         size_t it = 0;
         const char *k;
         while (strmap_next(&w->pending, &it, &k, NULL))
             b->ids[b->n++] = xstrdup(k);
+    }
+    if (!b->full) {
         /* The next deferred accounts, by id: a continuation reads a few
          * hundred rows, not the whole table once per chunk. */
         for (size_t n = 0; n < chunk && watch_backlog_left(w); n++) {
@@ -138,15 +143,6 @@ int watch_take(watch *w, size_t max_partial, size_t chunk, watch_batch *b)
         }
     } else {
         watch_backlog_clear(w); /* a full pass sees every account */
-        /* Those asked about by id, as a hint: the pass puts them first
-         * among what it defers (a burst's thousands are not kept). */
-        if (w->pending.len <= max_partial) {
-            b->ids = xcalloc(w->pending.len + 1, sizeof *b->ids);
-            size_t it = 0;
-            const char *k;
-            while (strmap_next(&w->pending, &it, &k, NULL))
-                b->ids[b->n++] = xstrdup(k);
-        }
     }
     strmap_free(&w->pending);
     w->full_pending = 0;
