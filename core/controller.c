@@ -82,7 +82,10 @@ typedef struct ctl {
     int held_deletes;
     char *hold_reason;
 
-    uint64_t passes, trimmed_at_passes;
+    uint64_t passes, trimmed_at_passes, memory_logged_ms;
+    /* The cache's Deployments counted as they change (publish runs every
+     * tick: a sweep over 100,000 was a third of an idle operator's CPU). */
+    long workers_present, workers_ready, workers_paused;
     uint64_t last_pass_wall_ms;
     double last_pass_seconds;
     char last_result[64];
@@ -360,7 +363,7 @@ static void pass(void *ud)
     expect_accounts(&c->expect, &busy);
 
     char err[1024];
-    char *sql = rec_accounts_sql(cfg, !full);
+    char *sql = full ? rec_accounts_light_sql(cfg) : rec_accounts_sql(cfg, 1);
     char *arr = full ? NULL : rec_text_array((const char *const *)b.ids, b.n);
     const char *params[] = {arr};
     pg_conn *db = watch_db(c->watch);
@@ -408,7 +411,8 @@ static void pass(void *ud)
             PQclear(cres);
         }
     }
-    plan_input in = {&rows, observed, full, active_total, (int)c->delete_tokens, &c->settled, REC_PLAN_CHUNK, &busy};
+    plan_input in = {&rows, observed, full, active_total, (int)c->delete_tokens, &c->settled, REC_PLAN_CHUNK, &busy,
+                     full};
     if (rec_plan(c->rules, cfg, &in, &plan, err, sizeof err) < 0) {
         wstatus_on_pass(c->ws, res, full, NULL, rules_version(c->rules));
         trail_pass_error(&c->trail, err);
@@ -508,10 +512,23 @@ static const char *deployment_uid(const char *name, void *ud)
     return d ? d->uid : NULL;
 }
 
+static void count_worker(ctl *c, const obs_deploy *d, int sign)
+{
+    if (d == NULL)
+        return;
+    c->workers_present += sign;
+    c->workers_ready += sign * (d->ready_replicas > 0);
+    c->workers_paused += sign * (d->managed && wstate_paused(d));
+}
+
 static void on_cache_change(enum cache_kind kind, const char *name, const void *old, const void *now,
                             void *ud)
 {
     ctl *c = ud;
+    if (kind == CACHE_DEPLOYMENT && name != NULL) {
+        count_worker(c, old, -1);
+        count_worker(c, now, 1);
+    }
     wstatus_on_cache(c->ws, kind, name, old, now);
     if (name == NULL) { /* a list completed */
         if (kind == CACHE_DEPLOYMENT) {
@@ -587,7 +604,7 @@ static int check_candidate(rules *r, luahost *candidate, void *ud, char *err, si
         return 0; /* the database's problem, not the rules' */
     acct_rows rows;
     rows_from_pgresult(&rows, res);
-    plan_input in = {&rows, cache_deployments(c->cache), 1, -1, 0, NULL, REC_PLAN_CHUNK, NULL};
+    plan_input in = {&rows, cache_deployments(c->cache), 1, -1, 0, NULL, REC_PLAN_CHUNK, NULL, 0};
     int rc = rec_check_plan(r, candidate, c->cfg, &in, err, errlen);
     rows_free(&rows);
     PQclear(res);
@@ -732,6 +749,33 @@ static void on_search_idle(uv_idle_t *h)
     rollout_step(h->data);
 }
 
+/* Where the memory is (debug): the heap malloc holds and uses, the
+ * long-lived blocks' pages, the rules' Lua heap, and what the cache holds. */
+static void log_memory(const ctl *c)
+{
+    struct mallinfo2 mi = mallinfo2();
+    size_t long_mapped, long_used;
+    xlong_stats(&long_mapped, &long_used);
+    long rss_pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%*s %ld", &rss_pages) != 1)
+            rss_pages = 0;
+        fclose(f);
+    }
+    char v[8][24];
+    snprintf(v[0], sizeof v[0], "%ld", rss_pages * 4);
+    snprintf(v[1], sizeof v[1], "%zu", (mi.arena + mi.hblkhd) / 1024);
+    snprintf(v[2], sizeof v[2], "%zu", (mi.uordblks + mi.hblkhd) / 1024);
+    snprintf(v[3], sizeof v[3], "%zu", long_mapped / 1024);
+    snprintf(v[4], sizeof v[4], "%zu", long_used / 1024);
+    snprintf(v[5], sizeof v[5], "%d", rules_lua_kib(c->rules));
+    snprintf(v[6], sizeof v[6], "%zu", cache_deployments(c->cache)->len);
+    snprintf(v[7], sizeof v[7], "%zu", cache_pods(c->cache)->len);
+    log_debug("memory", "rss_kib", v[0], "malloc_kib", v[1], "malloc_used_kib", v[2], "long_kib", v[3],
+              "long_used_kib", v[4], "lua_kib", v[5], "deployments", v[6], "pods", v[7], NULL);
+}
+
 /* Log line, audit row, Event beside the rules reload's (the rules ConfigMap,
  * else the Lease) and on the worker's Deployment. */
 static void report_rollout(void *ud, const char *event, const char *name, const char *message, int warning)
@@ -768,6 +812,10 @@ static void on_tick(uv_timer_t *t)
     if (c->passes != c->trimmed_at_passes) {
         c->trimmed_at_passes = c->passes;
         malloc_trim(0);
+        if (log_enabled(LOG_DEBUG) && now - c->memory_logged_ms >= 10000) {
+            c->memory_logged_ms = now;
+            log_memory(c);
+        }
     }
     publish(c);
 }
@@ -869,17 +917,9 @@ static char *readiness(ctl *c, int *ready_out)
 static void publish(ctl *c)
 {
     if (c->cache) {
-        int present = 0, ready = 0;
-        size_t it = 0;
-        void *v;
-        while (strmap_next(cache_deployments(c->cache), &it, NULL, &v)) {
-            present++;
-            ready += ((obs_deploy *)v)->ready_replicas > 0;
-        }
-        metrics_set("sync_airbnb_operator_workers", "state=\"present\"", present);
-        metrics_set("sync_airbnb_operator_workers", "state=\"ready\"", ready);
-        metrics_set("sync_airbnb_operator_workers", "state=\"paused\"",
-                    (double)wstate_count_paused(cache_deployments(c->cache)));
+        metrics_set("sync_airbnb_operator_workers", "state=\"present\"", (double)c->workers_present);
+        metrics_set("sync_airbnb_operator_workers", "state=\"ready\"", (double)c->workers_ready);
+        metrics_set("sync_airbnb_operator_workers", "state=\"paused\"", (double)c->workers_paused);
     }
     if (c->health == NULL)
         return;

@@ -21,20 +21,46 @@ static const char *const account_columns[] = {"account_id", "customer_id", "airb
 /* credentials_generation: credential changes made by anyone but the worker
  * (migration 005_credentials_generation), read in the same statement as the
  * row so the two are one snapshot. */
-char *rec_accounts_sql(const config *cfg, int partial)
+/* What the rules see of a row, in the text forms they get; its sha256 (as
+ * base64) is the row's part of the settle digest (settle_key), computed by
+ * the database so that a full pass reads no credentials. A record's text
+ * form quotes its fields, so no two rows give the same text. */
+#define INPUT_VALUES                                                                                  \
+    "a.account_id::text, a.customer_id::text, a.airbnb_cookie, a.x_client_version, a.user_agent, " \
+    "a.is_active, a.last_sync_at::text, a.updated_at::text, a.deleted_at::text, "                  \
+    "coalesce(g.generation, 0)::text"
+
+static char *accounts_sql(const config *cfg, const char *columns, const char *where)
 {
     char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);
     char *sql = xasprintf(
-        "SELECT a.account_id::text AS account_id, a.customer_id::text AS customer_id, a.airbnb_cookie, "
-        "a.x_client_version, a.user_agent, a.is_active, a.last_sync_at::text AS last_sync_at, "
-        "a.updated_at::text AS updated_at, a.deleted_at::text AS deleted_at, "
-        "coalesce(g.generation, 0)::text AS credentials_generation FROM %s.%s a "
-        "LEFT JOIN sync_airbnb_operator.credentials_generation g "
+        "SELECT %s, encode(sha256(convert_to(row(" INPUT_VALUES ")::text, 'UTF8')), 'base64') AS " REC_DIGEST_COLUMN
+        " FROM %s.%s a LEFT JOIN sync_airbnb_operator.credentials_generation g "
         "ON g.account_key = sha256(convert_to(a.account_id::text, 'UTF8'))%s",
-        s, t, partial ? " WHERE a.account_id::text = ANY($1::text[])" : "");
+        columns, s, t, where);
     free(s);
     free(t);
     return sql;
+}
+
+char *rec_accounts_sql(const config *cfg, int partial)
+{
+    return accounts_sql(cfg,
+                        "a.account_id::text AS account_id, a.customer_id::text AS customer_id, a.airbnb_cookie, "
+                        "a.x_client_version, a.user_agent, a.is_active, a.last_sync_at::text AS last_sync_at, "
+                        "a.updated_at::text AS updated_at, a.deleted_at::text AS deleted_at, "
+                        "coalesce(g.generation, 0)::text AS credentials_generation",
+                        partial ? " WHERE a.account_id::text = ANY($1::text[])" : "");
+}
+
+char *rec_accounts_light_sql(const config *cfg)
+{
+    return accounts_sql(cfg,
+                        "a.account_id::text AS account_id, NULL::text AS customer_id, NULL::text AS airbnb_cookie, "
+                        "NULL::text AS x_client_version, NULL::text AS user_agent, a.is_active, "
+                        "NULL::text AS last_sync_at, NULL::text AS updated_at, a.deleted_at::text AS deleted_at, "
+                        "coalesce(g.generation, 0)::text AS credentials_generation",
+                        "");
 }
 
 char *rec_active_any_sql(const config *cfg)
@@ -103,7 +129,7 @@ void rec_push_account(lua_State *L, const acct_rows *rows, int row)
     lua_createtable(L, 0, (int)NCOLUMNS);
     for (int c = 0; c < rows->ncols; c++) {
         const char *v = rows_value(rows, row, c);
-        if (v == NULL)
+        if (v == NULL || strcmp(rows->names[c], REC_DIGEST_COLUMN) == 0) /* the operator's, not the rules' */
             continue;
         if (rows->is_bool[c])
             lua_pushboolean(L, v[0] == 't');
@@ -415,8 +441,8 @@ void rec_settled_free(rec_settled *settled)
 
 /* The settle digest of row i: everything the rules see of this account.
  * Returns 0, or -1 when the account is never settled (several Deployments). */
-static int settle_key(rules *r, const config *cfg, const plan_input *in, int i, strmap *deploy_by_account,
-                      unsigned char out[16])
+static int settle_key(rules *r, const config *cfg, const plan_input *in, int i, int digest_col,
+                      strmap *deploy_by_account, unsigned char out[16])
 {
     buf b = {0};
     buf_puts(&b, rules_version(r));
@@ -425,10 +451,19 @@ static int settle_key(rules *r, const config *cfg, const plan_input *in, int i, 
     buf_putc(&b, '\0');
     buf_puts(&b, cfg->namespace);
     buf_putc(&b, '\0');
-    for (int c = 0; c < in->accounts->ncols; c++) {
-        const char *v = rows_value(in->accounts, i, c);
-        buf_puts(&b, v ? v : "\x01NULL");
+    const char *row_digest = rows_value(in->accounts, i, digest_col);
+    if (row_digest) { /* the database's (rec_accounts_sql): a light row has it too */
+        buf_puts(&b, row_digest);
         buf_putc(&b, '\0');
+    } else if (in->light) { /* no digest, no values: never settled */
+        buf_free(&b);
+        return -1;
+    } else {
+        for (int c = 0; c < in->accounts->ncols; c++) {
+            const char *v = rows_value(in->accounts, i, c);
+            buf_puts(&b, v ? v : "\x01NULL");
+            buf_putc(&b, '\0');
+        }
     }
     const char *id = rows_value(in->accounts, i, 0);
     const obs_deploy *d = strmap_get(deploy_by_account, id);
@@ -481,11 +516,12 @@ static void settle_prepare(rules *r, const config *cfg, const plan_input *in, ro
         else
             strmap_put(&by_account, d->account_id, d);
     }
+    int digest_col = rows_column(in->accounts, REC_DIGEST_COLUMN);
     for (int i = 0; i < nrows; i++) {
         const char *id = rows_value(in->accounts, i, ri->col[0]);
         if (id == NULL)
             continue;
-        ri->has_key[i] = settle_key(r, cfg, in, i, &by_account, ri->keys[i]) == 0;
+        ri->has_key[i] = settle_key(r, cfg, in, i, digest_col, &by_account, ri->keys[i]) == 0;
         const obs_deploy *d = strmap_get(&by_account, id);
         /* An inactive account's worker is not: its delete goes with the
          * first accounts planned (a restart after deactivations catches up
@@ -571,6 +607,21 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
             }
         }
     }
+    if (in->light) {
+        /* No row carries what the rules need: each one not settled is read
+         * again, whole, by id (a partial pass of the backlog). */
+        if (ri.skip == NULL)
+            ri.skip = xcalloc((size_t)nrows + 1, 1);
+        if (ri.deferred == NULL)
+            ri.deferred = xcalloc((size_t)nrows + 1, 1);
+        for (int i = 0; i < nrows; i++) {
+            if (ri.skip[i] || rows_value(in->accounts, i, ri.col[0]) == NULL)
+                continue;
+            ri.skip[i] = ri.deferred[i] = 1;
+            out->deferred++;
+        }
+        out->planned = 0;
+    }
     if (in->max_rows > 0 && out->planned > in->max_rows) {
         /* Defer the rest: treated like settled rows for this call (their
          * Deployments are not shown to the rules, so they are not orphans),
@@ -610,11 +661,14 @@ int rec_plan(rules *r, const config *cfg, const plan_input *in, plan_result *out
         ri.deferred = deferred;
     }
     if (out->deferred > 0) { /* so the caller can continue with exactly these */
+        /* A light pass defers the in-sync rows last: they most likely only
+         * settle, and a restart's deletes or a change's roll come first. */
         buf ids = {0};
-        for (int i = 0; i < nrows; i++)
-            if (ri.deferred[i])
-                buf_append(&ids, rows_value(in->accounts, i, ri.col[0]),
-                           strlen(rows_value(in->accounts, i, ri.col[0])) + 1);
+        for (int late = 0; late < 2; late++)
+            for (int i = 0; i < nrows; i++)
+                if (ri.deferred[i] && (in->light && ri.in_sync && ri.in_sync[i]) == late)
+                    buf_append(&ids, rows_value(in->accounts, i, ri.col[0]),
+                               strlen(rows_value(in->accounts, i, ri.col[0])) + 1);
         out->deferred_ids = ids.data;
         out->deferred_ids_len = ids.len;
     }

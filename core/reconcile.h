@@ -55,6 +55,10 @@ typedef struct plan_input {
     int max_rows;
     /* Optional: account ids with a write in flight; deferred like max_rows. */
     strmap *busy;
+    /* The rows are rec_accounts_light_sql's: no row is handed to the rules;
+     * every row not settled is deferred (read again, whole, by id); only the
+     * Deployments without a row are planned (their delete). */
+    int light;
 } plan_input;
 
 /* Accounts handed to the rules per pass (plan_input.max_rows in `run`, and
@@ -62,9 +66,19 @@ typedef struct plan_input {
  * follow as the writes drain. */
 #define REC_PLAN_CHUNK 128
 
-/* The columns the rules get, in this order; the table name is appended by
- * rec_accounts_sql (validated, quoted identifiers). */
+/* The columns the rules get, in this order, and REC_DIGEST_COLUMN (not
+ * shown to the rules); the table name is appended by rec_accounts_sql
+ * (validated, quoted identifiers). partial: only the ids in $1 (text[]). */
 char *rec_accounts_sql(const config *cfg, int partial);
+/* A full pass's read: every row, but of the columns the rules get only
+ * account_id, is_active and deleted_at (the others NULL), with
+ * credentials_generation and REC_DIGEST_COLUMN. No credentials: at 100,000
+ * accounts with real (kilobyte) cookies the whole table would be hundreds
+ * of MB. Plan such rows with plan_input.light. */
+char *rec_accounts_light_sql(const config *cfg);
+/* The database's digest of what the rules see of a row (its settle digest's
+ * part, plan_input.settled). */
+#define REC_DIGEST_COLUMN "input_digest"
 /* 1 if any account is active (and not soft-deleted), else 0: all a partial
  * pass's safety filter asks (safety_hold_deletes: is the desired set empty?).
  * It stops at the first such row: a count(*) read the whole table for every

@@ -230,6 +230,11 @@ luahost *rules_host(rules *r)
     return r->host;
 }
 
+int rules_lua_kib(rules *r)
+{
+    return r->host ? lua_gc(luahost_state(r->host), LUA_GCCOUNT) : 0;
+}
+
 const char *rules_version(const rules *r)
 {
     return r->version;

@@ -37,6 +37,8 @@ int rules_load_at_start(rules *r, char *err, size_t errlen);
 
 /* The current rules' host, or NULL before the first successful load. */
 luahost *rules_host(rules *r);
+/* KiB the current rules' Lua state holds (0 before the first load). */
+int rules_lua_kib(rules *r);
 /* sha256 of the current rules' files ("" before the first load). */
 const char *rules_version(const rules *r);
 /* Last reload error, or NULL if the last reload succeeded. */

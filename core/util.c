@@ -281,6 +281,7 @@ static long_free *long_lists[LONG_CLASSES];
 static char *long_cur;
 static size_t long_left;
 #endif
+static size_t long_mapped, long_used; /* bytes of pages, of blocks handed out (headers included) */
 
 void *xlong_alloc(size_t n)
 {
@@ -302,6 +303,7 @@ void *xlong_alloc(size_t n)
                 goto big;
             long_cur = page;
             long_left = LONG_PAGE;
+            long_mapped += LONG_PAGE;
         }
         p = (size_t *)long_cur;
         long_cur += bytes;
@@ -309,6 +311,7 @@ void *xlong_alloc(size_t n)
     }
     memset(p, 0, cls * LONG_CLASS);
     *p = cls;
+    long_used += cls * LONG_CLASS;
     return p + 1;
 big:
     p = xcalloc(1, n + sizeof(size_t));
@@ -331,9 +334,16 @@ void xlong_free(void *q)
     }
     long_free *f = (long_free *)p;
     size_t cls = *p;
+    long_used -= cls * LONG_CLASS;
     f->next = long_lists[cls - 1];
     long_lists[cls - 1] = f;
 #endif
+}
+
+void xlong_stats(size_t *mapped, size_t *used)
+{
+    *mapped = long_mapped;
+    *used = long_used;
 }
 
 char *xlong_strdup(const char *s)

@@ -20,6 +20,9 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void *xlong_alloc(size_t n);
 void xlong_free(void *p);
 char *xlong_strdup(const char *s);
+/* Bytes of the pages the long-lived blocks are carved from, and of the blocks
+ * in use (both 0 when plain malloc serves them: sanitizer builds). */
+void xlong_stats(size_t *mapped, size_t *used);
 
 /* Growable buffer. Always NUL-terminated when data != NULL.
  * Zero-initialise ({0}) to start; buf_free() releases the memory. */

@@ -100,7 +100,7 @@ static void input_free(input *in)
 static int plan(rules *r, input *in, int full, long active_total, int allowance, plan_result *out)
 {
     char err[512] = "";
-    plan_input pi = {&in->rows, &in->observed, full, active_total, allowance, NULL, 0, NULL};
+    plan_input pi = {&in->rows, &in->observed, full, active_total, allowance, NULL, 0, NULL, 0};
     int rc = rec_plan(r, &cfg, &pi, out, err, sizeof err);
     if (rc < 0)
         fprintf(stderr, "  rec_plan: %s\n", err);
@@ -624,7 +624,7 @@ static void test_busy_account_is_not_planned_again(void)
     strmap busy = STRMAP_BORROWED;
     strmap_put(&busy, "1", (void *)1);
     char err[512];
-    plan_input pi = {&in.rows, &in.observed, 1, -1, 5, NULL, 0, &busy};
+    plan_input pi = {&in.rows, &in.observed, 1, -1, 5, NULL, 0, &busy, 0};
     plan_result p;
     CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
     CHECK(find(&p, ACT_CREATE, "1") == NULL);
@@ -649,7 +649,7 @@ static void test_planner_settles_and_chunks(void)
     input_done(&in);
     rec_settled settled = {0};
     char err[512];
-    plan_input pi = {&in.rows, &in.observed, 1, -1, 5, &settled, 2, NULL};
+    plan_input pi = {&in.rows, &in.observed, 1, -1, 5, &settled, 2, NULL, 0};
     plan_result p;
     CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
     CHECK(p.n == 0 && p.planned == 2 && p.deferred == 3);
@@ -691,13 +691,69 @@ static void test_in_sync_rows_do_not_crowd_out_a_delete(void)
     input_done(&in);
     rec_settled settled = {0}; /* a restart: nothing settled yet */
     char err[512];
-    plan_input pi = {&in.rows, &in.observed, 1, -1, 5, &settled, 1, NULL}; /* in-sync allowance: 4 */
+    plan_input pi = {&in.rows, &in.observed, 1, -1, 5, &settled, 1, NULL, 0}; /* in-sync allowance: 4 */
     plan_result p;
     CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
     CHECK(find(&p, ACT_DELETE, "11") != NULL);
     CHECK(p.planned == 5 && p.deferred == 6);
     CHECK(p.deferred_ids_len == 13 && memcmp(p.deferred_ids, "5\0006\0007\0008\0009\00010\000", 13) == 0);
     rec_plan_free(&p);
+    rec_settled_free(&settled);
+    input_free(&in);
+}
+
+/* A full pass reads no credentials (rec_accounts_light_sql): its rows carry
+ * only id, is_active, deleted_at and the database's digest of the whole row.
+ * No row is handed to the rules; a row whose digest is settled is skipped,
+ * every other is deferred (read again, whole, by id), the in-sync ones last;
+ * a Deployment without a row is still planned (its delete). */
+static void test_a_light_full_pass_hands_no_row_to_the_rules(void)
+{
+    static const char *const dcols[] = {"account_id", "customer_id", "airbnb_cookie", "x_client_version",
+                                        "user_agent", "is_active",   "last_sync_at",  "updated_at",
+                                        "deleted_at", "credentials_generation", REC_DIGEST_COLUMN};
+    /* whole rows: 1 active with a worker, 2 inactive without one (nothing to do: settles) */
+    const char *whole[] = {
+        "1", "c", COOKIE, "v", "ua", "t", "2025-10-23", "2025-10-23", NULL, "0", "digest-1",
+        "2", "c", COOKIE, "v", "ua", "f", "2025-10-23", "2025-10-23", NULL, "0", "digest-2",
+    };
+    /* light rows: the same two, and 3 inactive with a worker (its delete) */
+    const char *light[] = {
+        "1", NULL, NULL, NULL, NULL, "t", NULL, NULL, NULL, "0", "digest-1",
+        "2", NULL, NULL, NULL, NULL, "f", NULL, NULL, NULL, "0", "digest-2",
+        "3", NULL, NULL, NULL, NULL, "f", NULL, NULL, NULL, "0", "digest-3",
+    };
+    input in = {0};
+    observe(&in, deploy("sync-airbnb-worker-1", "1", 1, "5"));
+    observe(&in, deploy("sync-airbnb-worker-3", "3", 1, "5"));
+    observe(&in, deploy("sync-airbnb-worker-9", "9", 1, "5")); /* its row is gone */
+    acct_rows rows;
+    rows_from_cells(&rows, 2, 11, dcols, whole, bool_columns);
+    rec_settled settled = {0};
+    char err[512];
+    plan_result p;
+    plan_input pi = {&rows, &in.observed, 0, 1, 5, &settled, 0, NULL, 0};
+    CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
+    CHECK(p.planned == 2 && find(&p, ACT_CREATE, "2") == NULL && find(&p, ACT_DELETE, "2") == NULL);
+    rec_plan_free(&p);
+    rows_free(&rows);
+
+    rows_from_cells(&rows, 3, 11, dcols, light, bool_columns);
+    pi = (plan_input){&rows, &in.observed, 1, -1, 5, &settled, REC_PLAN_CHUNK, NULL, 1};
+    CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
+    CHECK(p.planned == 0 && p.deferred == 2);
+    CHECK(p.deferred_ids_len == 4 && memcmp(p.deferred_ids, "3\0001\0", 4) == 0); /* the delete first */
+    CHECK(p.n == 1 && p.actions[0].kind == ACT_DELETE && strcmp(p.actions[0].name, "sync-airbnb-worker-9") == 0);
+    rec_plan_free(&p);
+    /* the full pass rebuilt the settled set: 2 is still in it */
+    CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
+    CHECK(p.deferred == 2);
+    rec_plan_free(&p);
+    light[1 * 11 + 10] = "digest-2-changed"; /* its row changed: read again */
+    CHECK(rec_plan(real_rules, &cfg, &pi, &p, err, sizeof err) == 0);
+    CHECK(p.deferred == 3 && p.planned == 0);
+    rec_plan_free(&p);
+    rows_free(&rows);
     rec_settled_free(&settled);
     input_free(&in);
 }
@@ -788,6 +844,7 @@ int main(void)
         return 1;
     }
     free(dir);
+    RUN(test_a_light_full_pass_hands_no_row_to_the_rules);
     RUN(test_invariant_1_database_error_never_deletes);
     RUN(test_invariant_2_empty_desired_set_is_held);
     RUN(test_invariant_2_deletes_are_budgeted);

@@ -9,13 +9,15 @@ pods; see docs/benchmarks.md). Prints a table."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from bench import System, one_system_setup, proc_mem, proc_mem_split
 
 RESYNC = 10
 EXTRA = {"KUBE_QPS": "5000", "KUBE_BURST": "5000", "RESYNC_INTERVAL_SECONDS": str(RESYNC),
-         "LEADER_ELECT": "false", "DELETE_BUDGET": "1000000"}
+         "LEADER_ELECT": "false", "DELETE_BUDGET": "1000000",
+         "LOG_LEVEL": os.environ.get("BENCH_SYSTEM_LOG_LEVEL", "warn")}  # debug: a "memory" line per full pass
 
 
 def main() -> int:

@@ -80,7 +80,7 @@ int main(int argc, char **argv)
         for (int k = 0; k < chunks; k++) {
             acct_rows rows;
             rows_from_pgresult(&rows, res[k]);
-            plan_input in = {&rows, &observed, 0, accounts, 0, NULL, CHUNK, NULL};
+            plan_input in = {&rows, &observed, 0, accounts, 0, NULL, CHUNK, NULL, 0};
             plan_result out;
             double t0 = cpu_ms();
             if (rec_plan(r, &cfg, &in, &out, err, sizeof err) < 0) {
