@@ -80,6 +80,29 @@ unsigned long long cache_resource_version(const json_value *obj)
     return *end == '\0' ? n : 0;
 }
 
+static void deploy_digest(obs_deploy *d)
+{
+    buf b = {0};
+    const char *parts[] = {d->name, d->applied_hash ? d->applied_hash : "", d->fingerprint ? d->fingerprint : ""};
+    for (size_t k = 0; k < 3; k++) {
+        buf_puts(&b, parts[k]);
+        buf_putc(&b, '\x02');
+    }
+    char num[24];
+    int n = snprintf(num, sizeof num, "%ld", d->generation);
+    buf_append(&b, num, (size_t)n);
+    for (int k = 0; k < d->nann; k++) {
+        buf_putc(&b, '\x02');
+        buf_puts(&b, d->ann_keys[k]);
+        buf_putc(&b, '=');
+        buf_puts(&b, d->ann_values[k]);
+    }
+    unsigned char md[32];
+    util_sha256(b.data, b.len, md);
+    buf_free(&b);
+    memcpy(d->digest, md, sizeof d->digest);
+}
+
 obs_deploy *cache_parse_deployment(const json_value *obj)
 {
     const json_value *meta = json_get(obj, "metadata");
@@ -147,6 +170,7 @@ obs_deploy *cache_parse_deployment(const json_value *obj)
     d->ready_replicas = (int)json_number(json_get(st, "readyReplicas"), 0);
     d->updated_replicas = (int)json_number(json_get(st, "updatedReplicas"), 0);
     d->available_replicas = (int)json_number(json_get(st, "availableReplicas"), 0);
+    deploy_digest(d);
     return d;
 }
 

@@ -40,6 +40,10 @@ typedef struct obs_deploy {
     int own_rename_at;       /* own_rename_index of this copy (-1: the move needs a GET) */
     int replicas, ready_replicas, updated_replicas, available_replicas;
     int seen;                /* relist sweep mark */
+    /* sha256 (first 16 bytes) of what the rules see of it but the applied
+     * generation: name, applied hash, fingerprint, generation, the
+     * sync-airbnb.io/ annotations (the settle digest's part, reconcile.c) */
+    unsigned char digest[16];
 } obs_deploy;
 
 typedef struct obs_pod {

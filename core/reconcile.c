@@ -471,22 +471,12 @@ static int settle_key(rules *r, const config *cfg, const plan_input *in, int i, 
         buf_free(&b);
         return -1;
     }
-    if (d) { /* plain appends: this runs for every row of every full pass */
-        const char *parts[] = {d->name, d->applied_hash ? d->applied_hash : "",
-                               d->fingerprint ? d->fingerprint : ""};
-        for (size_t k = 0; k < 3; k++) {
-            buf_puts(&b, parts[k]);
-            buf_putc(&b, '\x02');
-        }
-        char num[48];
-        int n = snprintf(num, sizeof num, "%ld\x02%ld", d->generation, d->applied_generation);
+    if (d) { /* its digest, made once per version of it (cache.h); the applied generation is set later */
+        buf_putc(&b, '\x02');
+        buf_append(&b, (const char *)d->digest, sizeof d->digest);
+        char num[24];
+        int n = snprintf(num, sizeof num, "%ld", d->applied_generation);
         buf_append(&b, num, (size_t)n);
-        for (int k = 0; k < d->nann; k++) {
-            buf_putc(&b, '\x02');
-            buf_puts(&b, d->ann_keys[k]);
-            buf_putc(&b, '=');
-            buf_puts(&b, d->ann_values[k]);
-        }
     }
     unsigned char md[32];
     util_sha256(b.data, b.len, md);
@@ -544,6 +534,8 @@ static void settle_commit(const plan_input *in, row_index *ri, const plan_result
             strmap_put(&acted, out->actions[i].account_id, (void *)1);
     int nrows = in->accounts->nrows;
     rec_settled fresh = {0};
+    if (in->full && in->settled->cap > 0) /* about as many as last time: no rehash while it fills */
+        fresh = (rec_settled){xcalloc(in->settled->cap, 16), in->settled->cap, 0};
     rec_settled *into = in->full ? &fresh : in->settled;
     for (int i = 0; i < nrows; i++) {
         const char *id = rows_value(in->accounts, i, ri->col[0]);

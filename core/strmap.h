@@ -11,6 +11,7 @@
 typedef struct strmap {
     char **keys;
     void **values;
+    unsigned *hashes; /* per slot: the key's hash (low bits), compared before the key */
     size_t cap, len, used; /* used counts tombstones too */
     int borrowed_keys;
 } strmap;
