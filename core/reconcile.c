@@ -63,6 +63,15 @@ char *rec_accounts_light_sql(const config *cfg)
                         "");
 }
 
+char *rec_account_ids_sql(const config *cfg)
+{
+    char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);
+    char *sql = xasprintf("SELECT account_id::text FROM %s.%s", s, t);
+    free(s);
+    free(t);
+    return sql;
+}
+
 char *rec_active_any_sql(const config *cfg)
 {
     char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);

@@ -76,6 +76,8 @@ char *rec_accounts_sql(const config *cfg, int partial);
  * accounts with real (kilobyte) cookies the whole table would be hundreds
  * of MB. Plan such rows with plan_input.light. */
 char *rec_accounts_light_sql(const config *cfg);
+/* Every account id of the table (nothing else). */
+char *rec_account_ids_sql(const config *cfg);
 /* The database's digest of what the rules see of a row (its settle digest's
  * part, plan_input.settled). */
 #define REC_DIGEST_COLUMN "input_digest"
