@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "cache.h"
@@ -794,7 +795,7 @@ static void log_memory(const ctl *c)
         fclose(f);
     }
     char v[8][24];
-    snprintf(v[0], sizeof v[0], "%ld", rss_pages * 4);
+    snprintf(v[0], sizeof v[0], "%ld", rss_pages * (sysconf(_SC_PAGESIZE) / 1024));
     snprintf(v[1], sizeof v[1], "%zu", (mi.arena + mi.hblkhd) / 1024);
     snprintf(v[2], sizeof v[2], "%zu", (mi.uordblks + mi.hblkhd) / 1024);
     snprintf(v[3], sizeof v[3], "%zu", long_mapped / 1024);
