@@ -18,10 +18,20 @@ static const char *const account_columns[] = {"account_id", "customer_id", "airb
                                               "last_sync_at", "updated_at", "deleted_at"};
 #define NCOLUMNS (sizeof account_columns / sizeof account_columns[0])
 
+/* The accounts table, quoted (its names are validated by config.c). */
+static char *accounts_table(const config *cfg)
+{
+    char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);
+    char *table = xasprintf("%s.%s", s, t);
+    free(s);
+    free(t);
+    return table;
+}
+
 /* credentials_generation: credential changes made by anyone but the worker
  * (migration 005_credentials_generation), read in the same statement as the
- * row so the two are one snapshot. */
-/* What the rules see of a row, in the text forms they get; its sha256 (as
+ * row so the two are one snapshot.
+ * What the rules see of a row, in the text forms they get; its sha256 (as
  * base64) is the row's part of the settle digest (settle_key), computed by
  * the database so that a full pass reads no credentials. A record's text
  * form quotes its fields, so no two rows give the same text. */
@@ -32,14 +42,13 @@ static const char *const account_columns[] = {"account_id", "customer_id", "airb
 
 static char *accounts_sql(const config *cfg, const char *columns, const char *where)
 {
-    char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);
+    char *table = accounts_table(cfg);
     char *sql = xasprintf(
         "SELECT %s, encode(sha256(convert_to(row(" INPUT_VALUES ")::text, 'UTF8')), 'base64') AS " REC_DIGEST_COLUMN
-        " FROM %s.%s a LEFT JOIN sync_airbnb_operator.credentials_generation g "
+        " FROM %s a LEFT JOIN sync_airbnb_operator.credentials_generation g "
         "ON g.account_key = sha256(convert_to(a.account_id::text, 'UTF8'))%s",
-        columns, s, t, where);
-    free(s);
-    free(t);
+        columns, table, where);
+    free(table);
     return sql;
 }
 
@@ -65,20 +74,18 @@ char *rec_accounts_light_sql(const config *cfg)
 
 char *rec_account_ids_sql(const config *cfg)
 {
-    char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);
-    char *sql = xasprintf("SELECT account_id::text FROM %s.%s", s, t);
-    free(s);
-    free(t);
+    char *table = accounts_table(cfg);
+    char *sql = xasprintf("SELECT account_id::text FROM %s", table);
+    free(table);
     return sql;
 }
 
 char *rec_active_any_sql(const config *cfg)
 {
-    char *s = pg_quote_ident(cfg->accounts_schema), *t = pg_quote_ident(cfg->accounts_relname);
-    char *sql = xasprintf("SELECT count(*) FROM (SELECT 1 FROM %s.%s WHERE is_active AND deleted_at IS NULL "
-                          "LIMIT 1) AS any_active", s, t);
-    free(s);
-    free(t);
+    char *table = accounts_table(cfg);
+    char *sql = xasprintf("SELECT count(*) FROM (SELECT 1 FROM %s WHERE is_active AND deleted_at IS NULL "
+                          "LIMIT 1) AS any_active", table);
+    free(table);
     return sql;
 }
 
